@@ -1,0 +1,101 @@
+"""Paged KV memory: one K and one V buffer per layer, a slot per token (page size 1), a free list.
+
+Running requests and the radix cache share this pool; who holds which slot is the
+engine's bookkeeping, the pool only knows free vs allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class OutOfSlotsError(RuntimeError):
+    """The pool has fewer free slots than asked for; the caller evicts or retracts first."""
+
+
+@dataclass(frozen=True)
+class KVPoolConfig:
+    num_slots: int
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: str
+
+    def __post_init__(self) -> None:
+        if self.num_slots <= 0:
+            raise ValueError(f"num_slots must be positive, got {self.num_slots}")
+
+    @property
+    def bytes_per_token(self) -> int:
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.kv_heads * self.head_dim * element
+
+
+class TokenSlotAllocator:
+    """Free list over slot indices. Slot 0 is reserved as a padding target and never handed out."""
+
+    def __init__(self, num_slots: int, device: str = "cpu"):
+        self.num_slots = num_slots
+        self.device = device
+        self._free = torch.arange(1, num_slots + 1, dtype=torch.int64)
+        self._free_count = num_slots
+        self._allocated = torch.zeros(num_slots + 1, dtype=torch.bool)
+
+    @property
+    def free_count(self) -> int:
+        return self._free_count
+
+    def alloc(self, n: int) -> torch.Tensor:
+        """Return n free slots (int64, on the pool's device) or raise OutOfSlotsError."""
+        if n < 0:
+            raise ValueError(f"cannot allocate a negative number of slots ({n})")
+        if n > self._free_count:
+            raise OutOfSlotsError(f"asked for {n} KV slots, {self._free_count} free")
+        start = self._free_count - n
+        slots = self._free[start : self._free_count].clone()
+        self._free_count = start
+        self._allocated[slots] = True
+        return slots.to(self.device)
+
+    def free(self, slots: torch.Tensor) -> None:
+        """Give slots back. Freeing a slot that is not allocated is a bookkeeping bug and raises."""
+        if slots.numel() == 0:
+            return
+        slots = slots.to("cpu", torch.int64)
+        if not bool(self._allocated[slots].all()) or slots.unique().numel() != slots.numel():
+            raise RuntimeError("double free of KV slots")
+        self._allocated[slots] = False
+        n = slots.numel()
+        self._free[self._free_count : self._free_count + n] = slots
+        self._free_count += n
+
+    def allocated_count(self) -> int:
+        return self.num_slots - self._free_count
+
+
+class KVPool:
+    """Per-layer K/V buffers of shape [num_slots + 1, kv_heads, head_dim] plus the slot allocator."""
+
+    def __init__(self, config: KVPoolConfig):
+        self.config = config
+        shape = (config.num_slots + 1, config.kv_heads, config.head_dim)
+        self.k_buffers = [torch.zeros(shape, dtype=config.dtype, device=config.device) for _ in range(config.num_layers)]
+        self.v_buffers = [torch.zeros(shape, dtype=config.dtype, device=config.device) for _ in range(config.num_layers)]
+        self.allocator = TokenSlotAllocator(config.num_slots, config.device)
+
+    @property
+    def num_slots(self) -> int:
+        return self.config.num_slots
+
+    def alloc(self, n: int) -> torch.Tensor:
+        return self.allocator.alloc(n)
+
+    def free(self, slots: torch.Tensor) -> None:
+        self.allocator.free(slots)
+
+    @property
+    def free_count(self) -> int:
+        return self.allocator.free_count
