@@ -99,3 +99,32 @@ class KVPool:
     @property
     def free_count(self) -> int:
         return self.allocator.free_count
+
+
+class ReqToTokenTable:
+    """Maps each admitted request's token positions to pool slots: table[row, pos] = slot.
+
+    A row is held from admission to release; width is the longest context a request may have.
+    """
+
+    def __init__(self, max_requests: int, max_context: int, device: str = "cpu"):
+        self.table = torch.zeros((max_requests, max_context), dtype=torch.int64, device=device)
+        self._free_rows = list(range(max_requests - 1, -1, -1))
+
+    @property
+    def free_rows(self) -> int:
+        return len(self._free_rows)
+
+    def alloc(self) -> int:
+        if not self._free_rows:
+            raise OutOfSlotsError("no free request rows")
+        return self._free_rows.pop()
+
+    def free(self, row: int) -> None:
+        self._free_rows.append(row)
+
+    def write(self, row: int, start: int, slots: torch.Tensor) -> None:
+        self.table[row, start : start + slots.numel()] = slots
+
+    def slots(self, row: int, start: int, end: int) -> torch.Tensor:
+        return self.table[row, start:end]

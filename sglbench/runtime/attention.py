@@ -1,0 +1,73 @@
+"""The attention-backend seam: the model hands q/k/v of a layer here; the backend stores K/V in the
+paged pool and attends over each request's context. The torch backend is the CPU path; the Triton
+backend serves CUDA through the same interface."""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from sglbench.kernel import reference
+from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
+from sglbench.runtime.kv_pool import KVPool
+
+
+class AttentionBackend(abc.ABC):
+    """Stores new K/V and computes attention for one layer of a ForwardBatch."""
+
+    name = "base"
+
+    def __init__(self, pool: KVPool, sm_scale: float):
+        self.pool = pool
+        self.sm_scale = sm_scale
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [tokens, heads, dim]
+        k: torch.Tensor,  # [tokens, kv_heads, dim]
+        v: torch.Tensor,  # [tokens, kv_heads, dim]
+        layer_id: int,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:  # [tokens, heads, dim]
+        k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
+        self.store_kv(k_buf, v_buf, batch.out_cache_loc, k, v)
+        if batch.mode is ForwardMode.DECODE:
+            return self.decode(q, k_buf, v_buf, batch)
+        return self.extend(q, k_buf, v_buf, batch)
+
+    def store_kv(self, k_buf, v_buf, slots, k, v) -> None:
+        reference.store_kv(k_buf, v_buf, slots, k, v)
+
+    @abc.abstractmethod
+    def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
+        """One query token per request over its context: [batch, heads, dim]."""
+
+    @abc.abstractmethod
+    def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
+        """New tokens over their cached prefix and causally over each other: [tokens, heads, dim]."""
+
+
+class TorchAttentionBackend(AttentionBackend):
+    """Plain-torch reference path (CPU, or any device without Triton)."""
+
+    name = "torch"
+
+    def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
+        return reference.decode_attention_ref(q, k_buf, v_buf, batch.kv_indptr, batch.kv_indices, self.sm_scale)
+
+    def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
+        return reference.extend_attention_ref(
+            q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale
+        )
+
+
+def make_attention_backend(name: str, pool: KVPool, sm_scale: float) -> AttentionBackend:
+    """Pick a backend by name: 'torch' or 'triton'."""
+    if name == "torch":
+        return TorchAttentionBackend(pool, sm_scale)
+    if name == "triton":
+        from sglbench.runtime.triton_attention import TritonAttentionBackend
+
+        return TritonAttentionBackend(pool, sm_scale)
+    raise ValueError(f"attention_backend must be 'torch' or 'triton', got {name!r}")

@@ -1,0 +1,55 @@
+"""Build a model from a local Hugging Face folder, loading safetensors straight to device and dtype."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from sglbench.runtime.model_config import ModelConfig
+from sglbench.runtime.models.llama import LlamaForCausalLM
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str, config: ModelConfig) -> torch.dtype:
+    """'auto' is fp32 on the CPU and the checkpoint's dtype (bf16 if unknown or fp32) on a GPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device == "cpu":
+            return torch.float32
+        return torch.float16 if config.torch_dtype == "float16" else torch.bfloat16
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: ModelConfig | None = None) -> LlamaForCausalLM:
+    """Instantiate the decoder on the meta device, then fill every parameter from the safetensors shards."""
+    path = Path(model_path)
+    config = config or ModelConfig.from_path(path)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"model_path {str(path)!r} has no *.safetensors weights")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt", device=str(device) if device != "cpu" else "cpu") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if name in params:
+                    loaded[name] = f.get_tensor(name).to(dtype)
+    if config.tie_word_embeddings and "model.embed_tokens.weight" in loaded:
+        loaded["lm_head.weight"] = loaded["model.embed_tokens.weight"]
+    missing = [n for n in params if n not in loaded]
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} lacks weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    model.load_state_dict(loaded, assign=True, strict=False)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # Non-persistent buffers (rotary tables) were created on meta: rebuild them on the target device.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config).to(device)
+    return model.to(device).eval()

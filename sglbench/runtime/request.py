@@ -1,0 +1,152 @@
+"""One generation request as the engine tracks it, and the handle through which its caller reads it."""
+
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sglbench.runtime.sampling import SamplingParams
+
+
+class ReqState(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"  # admitted: prefilling (maybe over several chunks) or decoding
+    FINISHED = "finished"
+
+
+@dataclass
+class Timings:
+    """Wall-clock times (time.time()) of a request's milestones; None until reached."""
+
+    arrived: float = field(default_factory=time.time)
+    scheduled: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+
+
+@dataclass(eq=False)
+class Request:
+    rid: str
+    input_ids: list[int]
+    params: SamplingParams
+    output_ids: list[int] = field(default_factory=list)
+    state: ReqState = ReqState.WAITING
+    timings: Timings = field(default_factory=Timings)
+    # KV bookkeeping (engine thread only)
+    row: int = -1  # row in the request-to-token table while admitted
+    kv_len: int = 0  # tokens of fill_ids whose K/V sit in the pool
+    alloc_len: int = 0  # table entries holding slots (>= kv_len while a step is in flight)
+    prefix_len: int = 0  # leading tokens shared with the radix cache at admission (not owned)
+    last_node: Any = None  # locked radix node covering the prefix
+    cached_tokens: int = 0
+    num_retractions: int = 0
+    # outputs
+    text: str = ""
+    emitted_len: int = 0
+    finish_reason: dict | None = None
+    input_token_logprobs: list = field(default_factory=list)
+    output_token_logprobs: list = field(default_factory=list)
+    output_top_logprobs: list = field(default_factory=list)
+    generator: torch.Generator | None = None
+    output_counts: torch.Tensor | None = None
+    handle: RequestHandle | None = None
+    program_id: str | None = None  # set by the language layer for telemetry
+
+    @property
+    def fill_ids(self) -> list[int]:
+        """Every token whose K/V the request needs: prompt then output."""
+        return self.input_ids + self.output_ids
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.params.return_logprob and self.params.logprob_start_len >= 0
+
+    @property
+    def finished(self) -> bool:
+        return self.state is ReqState.FINISHED
+
+    def meta_info(self) -> dict:
+        t = self.timings
+        meta = {
+            "id": self.rid,
+            "prompt_tokens": len(self.input_ids),
+            "completion_tokens": len(self.output_ids),
+            "cached_tokens": self.cached_tokens,
+            "finish_reason": self.finish_reason,
+            "num_retractions": self.num_retractions,
+            "arrived": t.arrived,
+            "scheduled": t.scheduled,
+            "first_token": t.first_token,
+            "finished": t.finished,
+            "queue_time": (t.scheduled - t.arrived) if t.scheduled else None,
+            "ttft": (t.first_token - t.arrived) if t.first_token else None,
+            "e2e_latency": (t.finished - t.arrived) if t.finished else None,
+        }
+        if self.params.return_logprob:
+            meta["input_token_logprobs"] = list(self.input_token_logprobs)
+            meta["output_token_logprobs"] = list(self.output_token_logprobs)
+            meta["output_top_logprobs"] = list(self.output_top_logprobs)
+        return meta
+
+    def result(self) -> dict:
+        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": self.meta_info()}
+
+
+class RequestHandle:
+    """Thread-safe view of a request for its caller: blocking result, a stream of text deltas, callbacks."""
+
+    _END = object()
+
+    def __init__(self, rid: str):
+        self.rid = rid
+        self._deltas: queue.Queue = queue.Queue()
+        self._done = threading.Event()
+        self._result: dict | None = None
+        self._callbacks: list[Callable[[dict], None]] = []
+        self._lock = threading.Lock()
+
+    # engine side
+    def push_delta(self, text: str) -> None:
+        if text:
+            self._deltas.put(text)
+
+    def finish(self, result: dict) -> None:
+        with self._lock:
+            self._result = result
+            self._done.set()
+            callbacks = list(self._callbacks)
+        self._deltas.put(self._END)
+        for cb in callbacks:
+            cb(result)
+
+    # caller side
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> dict:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.rid} did not finish within {timeout} s")
+        assert self._result is not None
+        return self._result
+
+    def add_done_callback(self, fn: Callable[[dict], None]) -> None:
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self._result)  # type: ignore[arg-type]
+
+    def iter_text(self, timeout: float | None = None):
+        """Yield text deltas as they are produced, until the request finishes."""
+        while True:
+            item = self._deltas.get(timeout=timeout)
+            if item is self._END:
+                return
+            yield item

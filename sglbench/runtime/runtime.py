@@ -1,0 +1,272 @@
+"""`Runtime`: the in-kernel engine. One daemon thread owns the Engine; every other thread (notebook
+cells, widget callbacks) only enqueues commands and reads immutable snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import concurrent.futures
+import itertools
+import queue
+import threading
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import torch
+
+from sglbench.runtime.engine import Engine, EngineConfig, EngineMetrics
+from sglbench.runtime.request import Request, RequestHandle
+from sglbench.runtime.sampling import SamplingParams
+
+_instance_counter = itertools.count()
+_STOP = object()  # sentinel command: leave the engine loop
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA device is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return device
+
+
+def _engine_loop(engine: Engine, commands: queue.Queue, stopped: threading.Event) -> None:
+    """Drain commands, step while there is work, block briefly when idle. Runs on the engine thread."""
+    while not stopped.is_set():
+        try:
+            cmd = commands.get(block=not engine.has_work())
+        except queue.Empty:
+            cmd = None
+        while cmd is not None:
+            if cmd is _STOP:
+                stopped.set()
+                break
+            cmd(engine)
+            try:
+                cmd = commands.get_nowait()
+            except queue.Empty:
+                cmd = None
+        if not stopped.is_set() and engine.has_work():
+            engine.step()
+    for req in list(engine.scheduler.waiting) + list(engine.scheduler.running):
+        engine.abort(req.rid, "the runtime was shut down")
+
+
+class Runtime:
+    """An LLM engine inside this Python process (e.g. the Jupyter kernel).
+
+    >>> rt = Runtime()                      # embedded default model on the CPU
+    >>> rt.generate("Q: What is 2 + 3?\\nA:", max_new_tokens=4, temperature=0)["text"]
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_total_tokens: int | None = None,
+        *,
+        mem_fraction_static: float = 0.85,
+        context_length: int | None = None,
+        attention_backend: str = "auto",
+        disable_radix_cache: bool = False,
+        schedule_policy: str = "lpm",
+        max_running_requests: int = 64,
+        max_prefill_tokens: int = 8192,
+        chunked_prefill_size: int = 2048,
+        random_seed: int = 0,
+    ):
+        if model_path is None:
+            from sglbench.default_model import default_model_path
+
+            model_path = default_model_path()
+        self.config = EngineConfig(
+            model_path=str(model_path), device=resolve_device(device), dtype=dtype, max_total_tokens=max_total_tokens,
+            mem_fraction_static=mem_fraction_static, context_length=context_length,
+            attention_backend=attention_backend, disable_radix_cache=disable_radix_cache,
+            schedule_policy=schedule_policy, max_running_requests=max_running_requests,
+            max_prefill_tokens=max_prefill_tokens, chunked_prefill_size=chunked_prefill_size, random_seed=random_seed,
+        )
+        self.engine = Engine(self.config)
+        self.tokenizer = self.engine.tokenizer
+        self._commands: queue.Queue = queue.Queue()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=_engine_loop, args=(self.engine, self._commands, self._stopped),
+            name=f"sglbench-engine-{next(_instance_counter)}", daemon=True,
+        )
+        self._thread.start()
+        self._finalizer = weakref.finalize(self, _stop_thread, self._commands, self._thread)
+
+    # ------------------------------------------------------------------ lifecycle
+    def shutdown(self) -> None:
+        """Stop the engine thread (aborting unfinished requests) and free the model and KV pool."""
+        if self._finalizer.alive:
+            self._finalizer()
+        self.engine.pool.k_buffers.clear()
+        self.engine.pool.v_buffers.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        mc = self.engine.model_config
+        return (f"Runtime(model={self.config.model_path!r}, arch={mc.architecture}, device={self.config.device!r}, "
+                f"dtype={self.engine.dtype}, slots={self.engine.pool.num_slots}, "
+                f"radix_cache={'off' if self.config.disable_radix_cache else 'on'})")
+
+    # ------------------------------------------------------------------ engine-thread calls
+    def call(self, fn: Callable[[Engine], Any], timeout: float | None = 60.0) -> Any:
+        """Run fn(engine) on the engine thread between steps and return its result."""
+        if not self.is_running:
+            raise RuntimeError("the runtime has been shut down")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run(engine: Engine) -> None:
+            try:
+                future.set_result(fn(engine))
+            except Exception as exc:
+                future.set_exception(exc)
+
+        self._commands.put(run)
+        return future.result(timeout)
+
+    # ------------------------------------------------------------------ submission
+    def submit(
+        self, prompt: str | list[int], sampling: SamplingParams, rid: str | None = None, program_id: str | None = None
+    ) -> RequestHandle:
+        """Validate and enqueue one request (n is handled by `generate`); returns its handle at once."""
+        if not self.is_running:
+            raise RuntimeError("the runtime has been shut down")
+        input_ids = self._to_ids(prompt)
+        self.engine.validate_prompt(input_ids, sampling.max_new_tokens)
+        rid = rid or uuid.uuid4().hex
+        handle = RequestHandle(rid)
+        req = Request(rid=rid, input_ids=input_ids, params=sampling, handle=handle, program_id=program_id)
+        self._commands.put(lambda engine: engine.add_request(req))
+        return handle
+
+    def _to_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty: give a non-empty text or input_ids")
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+            return list(prompt)
+        raise TypeError(f"prompt must be a str or a list of token ids, got {type(prompt).__name__}")
+
+    def _submit_all(self, prompt, sampling: SamplingParams, program_id=None) -> list[RequestHandle]:
+        """One handle per sample; with n > 1 the prompt is prefilled once first so samples share it."""
+        if sampling.n == 1:
+            return [self.submit(prompt, sampling, program_id=program_id)]
+        if not self.config.disable_radix_cache:
+            self.submit(prompt, sampling.replace(n=1, max_new_tokens=0, min_new_tokens=0, return_logprob=False)).result()
+        seeds = [None if sampling.seed is None else sampling.seed + i for i in range(sampling.n)]
+        return [self.submit(prompt, sampling.replace(n=1, seed=s), program_id=program_id) for s in seeds]
+
+    def generate(self, prompt: str | list[int] | list[str] | list[list[int]], **sampling_kwargs) -> dict | list:
+        """Blocking generation. A single prompt gives a result dict (a list of n dicts when n > 1);
+        a list of prompts gives a list of those."""
+        sampling = SamplingParams.from_kwargs(**sampling_kwargs)
+        if _is_batch(prompt):
+            groups = [self._submit_all(p, sampling) for p in prompt]
+            return [_collect(g, sampling.n) for g in groups]
+        return _collect(self._submit_all(prompt, sampling), sampling.n)
+
+    def generate_stream(self, prompt: str | list[int], **sampling_kwargs) -> Iterator[str]:
+        """Yield text pieces as they are decoded (stop strings are never shown)."""
+        sampling = SamplingParams.from_kwargs(**sampling_kwargs)
+        if sampling.n != 1:
+            raise ValueError("streaming supports n=1 only")
+        handle = self.submit(prompt, sampling)
+        yield from handle.iter_text()
+
+    async def async_generate(self, prompt: str | list[int], **sampling_kwargs) -> dict | list:
+        """Awaitable generation; the event loop stays free while the engine works."""
+        sampling = SamplingParams.from_kwargs(**sampling_kwargs)
+        handles = self._submit_all(prompt, sampling)
+        results = [await _await_handle(h) for h in handles]
+        return results[0] if sampling.n == 1 else results
+
+    async def async_generate_stream(self, prompt: str | list[int], **sampling_kwargs) -> AsyncIterator[str]:
+        sampling = SamplingParams.from_kwargs(**sampling_kwargs)
+        handle = self.submit(prompt, sampling)
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        def pump() -> None:
+            for piece in handle.iter_text():
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            loop.call_soon_threadsafe(pieces.put_nowait, done)
+
+        threading.Thread(target=pump, daemon=True).start()
+        while (piece := await pieces.get()) is not done:
+            yield piece
+
+    def abort(self, rid: str) -> None:
+        self._commands.put(lambda engine: engine.abort(rid))
+
+    # ------------------------------------------------------------------ inspection
+    def metrics(self) -> EngineMetrics:
+        """The latest immutable metrics record (no engine-thread round trip)."""
+        return self.engine.metrics
+
+    def check_integrity(self) -> None:
+        self.call(lambda engine: engine.check_integrity())
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Block until no request is waiting or running."""
+
+        deadline = time.monotonic() + timeout
+        while self.call(lambda engine: engine.has_work()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("engine still busy")
+            time.sleep(0.005)
+
+    def flush_cache(self) -> bool:
+        return self.call(lambda engine: engine.flush_cache())
+
+    @property
+    def events(self):
+        return self.engine.events
+
+
+def _is_batch(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
+
+
+def _collect(handles: list[RequestHandle], n: int) -> dict | list:
+    results = [h.result() for h in handles]
+    return results[0] if n == 1 else results
+
+
+async def _await_handle(handle: RequestHandle) -> dict:
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    handle.add_done_callback(lambda result: loop.call_soon_threadsafe(_set_once, future, result))
+    return await future
+
+
+def _set_once(future: asyncio.Future, result: dict) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _stop_thread(commands: queue.Queue, thread: threading.Thread) -> None:
+    commands.put(_STOP)
+    if thread is not threading.current_thread():
+        thread.join(timeout=30)

@@ -1,0 +1,150 @@
+"""Which requests run next: waiting-queue policies and prefill admission under a token budget.
+
+No device code and no memory bookkeeping here: the engine's `admit` callback does the matching,
+locking and slot allocation, and says how many tokens it could schedule.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sglbench.runtime.request import Request
+
+POLICIES = ("lpm", "dfs-weight", "fcfs", "random")
+# Beyond this many waiting requests, prefix-aware ordering costs more than it saves (as in SGLang).
+PREFIX_POLICY_QUEUE_LIMIT = 128
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    policy: str = "lpm"
+    max_running_requests: int = 64
+    max_prefill_tokens: int = 8192  # new tokens in one prefill batch
+    chunked_prefill_size: int = 2048  # most new tokens of one request per step; <= 0 disables chunking
+    max_consecutive_prefills: int = 4  # then one decode step, so decoding requests never starve
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"schedule_policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.max_running_requests < 1:
+            raise ValueError(f"max_running_requests must be >= 1, got {self.max_running_requests}")
+        if self.max_prefill_tokens < 1:
+            raise ValueError(f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
+
+
+@dataclass(frozen=True)
+class PrefixMatch:
+    """A waiting request's cached-prefix length and the radix node it ends at (for dfs-weight)."""
+
+    length: int
+    node: Any
+
+
+# admit(request, max_new_tokens_to_schedule) -> tokens scheduled (0: no room now)
+AdmitFn = Callable[[Request, int], int]
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig):
+        self.config = config
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []  # admitted: prefilling or decoding
+        self._rng = random.Random(config.seed)
+        self._consecutive_prefills = 0
+
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def remove(self, req: Request) -> None:
+        if req in self.waiting:
+            self.waiting.remove(req)
+        if req in self.running:
+            self.running.remove(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @staticmethod
+    def is_prefilling(req: Request) -> bool:
+        return req.kv_len < len(req.fill_ids)
+
+    def decoding(self) -> list[Request]:
+        return [r for r in self.running if not self.is_prefilling(r)]
+
+    def chunk_limit(self) -> int:
+        return self.config.chunked_prefill_size if self.config.chunked_prefill_size > 0 else 1 << 62
+
+    def order_waiting(self, match: Callable[[Request], PrefixMatch]) -> None:
+        """Sort the waiting queue by the configured policy."""
+        policy = self.config.policy
+        if policy == "fcfs" or (policy in ("lpm", "dfs-weight") and len(self.waiting) > PREFIX_POLICY_QUEUE_LIMIT):
+            self.waiting.sort(key=lambda r: r.timings.arrived)
+        elif policy == "random":
+            self._rng.shuffle(self.waiting)
+        elif policy == "lpm":
+            lengths = {id(r): match(r).length for r in self.waiting}
+            self.waiting.sort(key=lambda r: (-lengths[id(r)], r.timings.arrived))
+        else:
+            self.waiting = dfs_weight_order(self.waiting, {id(r): match(r).node for r in self.waiting})
+
+    def plan_prefill(self, admit: AdmitFn, match: Callable[[Request], PrefixMatch]) -> list[tuple[Request, int]]:
+        """Continue chunked requests first, then admit waiting ones in policy order under the budget.
+
+        Returns (request, tokens to prefill this step); empty when a decode step should run instead.
+        """
+        decoding = self.decoding()
+        if decoding and self._consecutive_prefills >= self.config.max_consecutive_prefills:
+            self._consecutive_prefills = 0
+            return []
+        budget = self.config.max_prefill_tokens
+        plan: list[tuple[Request, int]] = []
+        for req in [r for r in self.running if self.is_prefilling(r)]:
+            n = admit(req, min(budget, self.chunk_limit()))
+            if n:
+                plan.append((req, n))
+                budget -= n
+            if budget <= 0:
+                break
+        if self.waiting and budget > 0:
+            self.order_waiting(match)
+            for req in list(self.waiting):
+                if budget <= 0 or len(self.running) >= self.config.max_running_requests:
+                    break
+                n = admit(req, min(budget, self.chunk_limit()))
+                if not n:
+                    break  # no memory now: keep policy order, do not let later requests jump ahead
+                self.waiting.remove(req)
+                self.running.append(req)
+                plan.append((req, n))
+                budget -= n
+        self._consecutive_prefills = self._consecutive_prefills + 1 if plan else 0
+        return plan
+
+
+def dfs_weight_order(reqs: list[Request], nodes: dict[int, Any]) -> list[Request]:
+    """Depth-first over the radix tree, heavier subtrees (more waiting requests) first, so requests
+    sharing a prefix run back to back and the shared part stays cached."""
+    weight: dict[int, int] = defaultdict(int)
+    at_node: dict[int, list[Request]] = defaultdict(list)
+    root = None
+    for r in reqs:
+        node = nodes[id(r)]
+        at_node[id(node)].append(r)
+        while node is not None:
+            weight[id(node)] += 1
+            root = node
+            node = node.parent
+    order: list[Request] = []
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        order.extend(at_node.get(id(node), ()))
+        children = [c for c in node.children.values() if weight.get(id(c))]
+        children.sort(key=lambda c: weight[id(c)])  # heaviest popped first
+        stack.extend(children)
+    return order

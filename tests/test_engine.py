@@ -1,0 +1,230 @@
+"""Engine behaviour on a random tiny Llama: batching, sampling options, logprobs, bad input, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+import transformers
+
+from sglbench.runtime.models.synthetic import make_random_checkpoint
+from sglbench.runtime.runtime import Runtime
+from tests.helpers import assert_pool_full, hf_greedy
+
+PROMPTS = [[1, 5, 9, 13, 40, 41], [1, 100, 7], [1, *range(50, 90)], [1, 300, 301, 302, 9, 9, 9, 12]]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return make_random_checkpoint(tmp_path_factory.mktemp("llama"), family="llama", seed=3)
+
+
+@pytest.fixture(scope="module")
+def rt(model_path):
+    runtime = Runtime(str(model_path), device="cpu", max_total_tokens=2048)
+    yield runtime
+    runtime.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    yield
+    if "rt" in request.fixturenames:
+        assert_pool_full(request.getfixturevalue("rt"))
+
+
+def greedy(rt, prompt, n=24, **kw):
+    return rt.generate(prompt, max_new_tokens=n, temperature=0, ignore_eos=True, **kw)
+
+
+def test_batch_invariance(rt):
+    alone = [greedy(rt, p)["output_ids"] for p in PROMPTS]
+    together = [r["output_ids"] for r in greedy(rt, PROMPTS)]
+    assert together == alone
+    # Late arrivals join while the first requests decode (continuous batching).
+    early = [rt.submit(p, rt_params(24)) for p in PROMPTS[:2]]
+    time.sleep(0.02)
+    late = [rt.submit(p, rt_params(24)) for p in PROMPTS[2:]]
+    staggered = [h.result(timeout=60)["output_ids"] for h in early + late]
+    assert staggered == alone
+
+
+def rt_params(n):
+    from sglbench.runtime.sampling import SamplingParams
+
+    return SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True)
+
+
+def test_chunked_prefill_matches_unchunked(model_path):
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
+    prompt = [1, *[(7 * i) % 390 + 3 for i in range(150)]]
+    with Runtime(str(model_path), device="cpu", max_total_tokens=1024, chunked_prefill_size=32) as small:
+        out = small.generate(prompt, max_new_tokens=8, temperature=0, ignore_eos=True)
+        assert out["output_ids"] == hf_greedy(ref, prompt, 8)
+        assert_pool_full(small)
+
+
+def test_stop_string_across_token_boundary_is_cut_and_never_streamed(rt):
+    full = greedy(rt, PROMPTS[0], n=16)
+    ids = full["output_ids"]
+    tok = rt.tokenizer
+    # A stop string made of the end of token 4 and the start of token 5 straddles their boundary.
+    left, right = tok.decode(ids[:5]), tok.decode(ids[:6])
+    assert len(right) > len(left) > 0
+    stop = left[-1] + right[len(left)]
+    expected = full["text"][: full["text"].find(stop)]
+    out = greedy(rt, PROMPTS[0], n=16, stop=[stop])
+    assert out["text"] == expected and stop not in out["text"]
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    streamed = "".join(rt.generate_stream(PROMPTS[0], max_new_tokens=16, temperature=0, ignore_eos=True, stop=[stop]))
+    assert streamed == expected
+
+
+def test_stop_token_ids_and_min_new_tokens(rt):
+    first = greedy(rt, PROMPTS[1], n=6)["output_ids"]
+    stopped = greedy(rt, PROMPTS[1], n=6, stop_token_ids=[first[0]])
+    assert stopped["output_ids"] == first[:1]
+    assert stopped["meta_info"]["finish_reason"] == {"type": "stop", "matched": first[0]}
+    held = greedy(rt, PROMPTS[1], n=6, stop_token_ids=[first[0]], min_new_tokens=4)
+    assert len(held["output_ids"]) >= 4
+    assert first[0] not in held["output_ids"][:3]
+
+
+def test_eos_stops_unless_ignored(rt):
+    eos = next(iter(rt.engine.eos_token_ids))
+    # Make eos the likeliest token by asking for it as a stop token and checking finish handling.
+    out = rt.generate(PROMPTS[0], max_new_tokens=5, temperature=0)
+    assert out["meta_info"]["finish_reason"]["type"] in ("stop", "length")
+    assert eos not in out["output_ids"][:-1]
+
+
+def test_n_samples_are_seeded_and_distinct(rt):
+    a = rt.generate(PROMPTS[2], max_new_tokens=12, temperature=1.0, n=3, seed=7, ignore_eos=True)
+    b = rt.generate(PROMPTS[2], max_new_tokens=12, temperature=1.0, n=3, seed=7, ignore_eos=True)
+    assert len(a) == 3 and [r["output_ids"] for r in a] == [r["output_ids"] for r in b]
+    assert len({tuple(r["output_ids"]) for r in a}) > 1
+    # n > 1 prefills the prompt once: the samples reuse it from the radix cache.
+    assert all(r["meta_info"]["cached_tokens"] == len(PROMPTS[2]) - 1 for r in a)
+
+
+def test_sampling_filters_restrict_choices(rt):
+    greedy_first = greedy(rt, PROMPTS[3], n=1)["output_ids"][0]
+    for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}):
+        outs = {rt.generate(PROMPTS[3], max_new_tokens=1, temperature=1.5, seed=s, **kw)["output_ids"][0] for s in range(5)}
+        assert outs == {greedy_first}, kw
+
+
+def test_penalties_change_repetition(rt):
+    plain = greedy(rt, PROMPTS[0], n=40)["output_ids"]
+    penalised = greedy(rt, PROMPTS[0], n=40, frequency_penalty=2.0, presence_penalty=2.0)["output_ids"]
+    assert len(set(penalised)) > len(set(plain))
+
+
+def test_prompt_and_output_logprobs_match_transformers(rt, model_path):
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
+    prompt = PROMPTS[2]
+    greedy(rt, prompt)  # the prompt is now cached: logprob_start_len must still recompute what it needs
+    out = rt.generate(prompt, max_new_tokens=3, temperature=0, ignore_eos=True, return_logprob=True,
+                      logprob_start_len=10, top_logprobs_num=2)
+    with torch.no_grad():
+        lp = torch.log_softmax(ref(torch.tensor([prompt + out["output_ids"]])).logits[0], dim=-1)
+    got = out["meta_info"]["input_token_logprobs"]
+    assert [t for _, t in got] == prompt[10:]
+    for (value, token), pos in zip(got, range(10, len(prompt))):
+        assert abs(value - lp[pos - 1, token].item()) < 1e-4
+    for k, (value, token) in enumerate(out["meta_info"]["output_token_logprobs"]):
+        assert abs(value - lp[len(prompt) - 1 + k, token].item()) < 1e-4
+    assert out["meta_info"]["output_top_logprobs"][0][0][1] == out["output_ids"][0]
+
+
+def test_prefill_only_request(rt):
+    out = rt.generate(PROMPTS[1], max_new_tokens=0, return_logprob=True, logprob_start_len=0)
+    assert out["output_ids"] == [] and out["meta_info"]["completion_tokens"] == 0
+    logprobs = out["meta_info"]["input_token_logprobs"]
+    assert logprobs[0][0] is None and len(logprobs) == len(PROMPTS[1])
+
+
+def test_meta_info_timings(rt):
+    meta = greedy(rt, PROMPTS[0], n=4)["meta_info"]
+    assert meta["prompt_tokens"] == len(PROMPTS[0]) and meta["completion_tokens"] == 4
+    assert meta["arrived"] <= meta["scheduled"] <= meta["first_token"] <= meta["finished"]
+    assert meta["e2e_latency"] >= meta["ttft"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "kwargs", "match"),
+    [
+        ("", {}, "prompt is empty"),
+        ([], {}, "prompt is empty"),
+        ([1] * 600, {}, "context"),
+        ([1, 2], {"max_new_tokens": -1}, "max_new_tokens"),
+        ([1, 2], {"temperature": -0.5}, "temperature"),
+        ([1, 2], {"top_p": 0.0}, "top_p"),
+        ([1, 2], {"top_p": 1.5}, "top_p"),
+        ([1, 2], {"top_k": 0}, "top_k"),
+        ([1, 2], {"min_new_tokens": 5, "max_new_tokens": 2}, "min_new_tokens"),
+        ([1, 99999], {}, "vocabulary"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_engine_keeps_serving(rt, prompt, kwargs, match):
+    background = rt.submit(PROMPTS[2], rt_params(16))
+    with pytest.raises(ValueError, match=match):
+        rt.generate(prompt, **kwargs)
+    assert len(background.result(timeout=60)["output_ids"]) == 16
+
+
+def test_unknown_sampling_parameter(rt):
+    with pytest.raises(TypeError, match="temprature"):
+        rt.generate(PROMPTS[0], temprature=0.5)
+
+
+def test_abort_frees_its_slots(rt):
+    handle = rt.submit(PROMPTS[2], rt_params(400))
+    time.sleep(0.05)
+    rt.abort(handle.rid)
+    assert handle.result(timeout=60)["meta_info"]["finish_reason"]["type"] == "abort"
+
+
+def test_engine_error_aborts_only_that_batch(rt, monkeypatch):
+    original = rt.engine.model.forward
+    calls = {"n": 0}
+
+    def flaky(batch, backend):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected fault")
+        return original(batch, backend)
+
+    monkeypatch.setattr(rt.engine.model, "forward", flaky)
+    failed = rt.generate(PROMPTS[0], max_new_tokens=4, temperature=0)
+    assert failed["meta_info"]["finish_reason"]["type"] == "abort"
+    assert "injected fault" in failed["meta_info"]["finish_reason"]["message"]
+    assert len(greedy(rt, PROMPTS[0], n=4)["output_ids"]) == 4
+
+
+def test_async_generate_and_stream(rt):
+    expected = greedy(rt, PROMPTS[3], n=10)
+
+    async def main():
+        result = await rt.async_generate(PROMPTS[3], max_new_tokens=10, temperature=0, ignore_eos=True)
+        pieces = [p async for p in rt.async_generate_stream(PROMPTS[3], max_new_tokens=10, temperature=0, ignore_eos=True)]
+        return result, pieces
+
+    result, pieces = asyncio.run(main())
+    assert result["output_ids"] == expected["output_ids"]
+    assert "".join(pieces) == expected["text"]
+
+
+def test_recreating_runtimes_does_not_leak_threads(model_path):
+    before = {t.name for t in threading.enumerate()}
+    for _ in range(3):
+        with Runtime(str(model_path), device="cpu", max_total_tokens=256) as r:
+            assert greedy(r, PROMPTS[0], n=2)["meta_info"]["completion_tokens"] == 2
+    time.sleep(0.1)
+    after = {t.name for t in threading.enumerate() if t.name.startswith("sglbench-engine")}
+    assert after <= before
+    with pytest.raises(RuntimeError, match="shut down"):
+        r.generate(PROMPTS[0])
