@@ -1,0 +1,23 @@
+"""`python -m sglbench.bench WORKLOAD ...`: dispatch to one benchmark module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+WORKLOADS = {
+    "decode": "sglbench.bench.decode",
+    "kernels": "sglbench.bench.kernels",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in WORKLOADS:
+        print(f"usage: python -m sglbench.bench {{{','.join(WORKLOADS)}}} [options]", file=sys.stderr)
+        raise SystemExit(2)
+    importlib.import_module(WORKLOADS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
