@@ -160,11 +160,10 @@ class Engine:
     def _matchable(self, req: Request) -> list[int]:
         """Tokens whose K/V may come from the cache: all but the last (its logits are needed), and
         none from where prompt logprobs are asked (their logits are needed too)."""
-        fill = req.fill_ids
-        limit = len(fill) - 1
+        limit = req.prefill_len - 1
         if req.wants_prompt_logprobs:
             limit = min(limit, max(req.params.logprob_start_len - 1, 0))
-        return fill[:limit]
+        return req.fill_ids[:limit]
 
     def _ensure_free(self, n: int) -> bool:
         if self.pool.free_count < n:
@@ -183,7 +182,7 @@ class Engine:
             req.kv_len = req.alloc_len = match.matched_len
             req.row = self.req_to_token.alloc()
             self.req_to_token.write(req.row, 0, match.slots)
-        remaining = len(req.fill_ids) - req.kv_len
+        remaining = req.prefill_len - req.kv_len
         reserve = self._decode_reserve()
         n = min(remaining, max_tokens)
         if not self._ensure_free(n + reserve):
@@ -191,6 +190,9 @@ class Engine:
             alone = not self.scheduler.running or self.scheduler.running == [req]
             if n <= 0 and alone:
                 n = min(remaining, max_tokens, self.pool.free_count)
+                if n <= 0:  # nothing else holds memory, so it can never fit
+                    self._finish(req, {"type": "length", "message": "the KV pool cannot hold this request's context"})
+                    return 0
         if n <= 0:
             if first_chunk:
                 self._release_kv(req, insert=False)
@@ -230,6 +232,20 @@ class Engine:
         self.cache.dec_lock_ref(req.last_node)
         self.req_to_token.free(req.row)
         req.row, req.kv_len, req.alloc_len, req.prefix_len, req.last_node = -1, 0, 0, 0, None
+
+    def _cache_computed_prefix(self, req: Request) -> None:
+        """Hand a running request's computed tokens to the radix cache now (not at finish), so requests
+        arriving meanwhile share them; the request keeps them locked."""
+        if self.cache.disable or req.kv_len == req.prefix_len:
+            return
+        slots = self.req_to_token.slots(req.row, 0, req.kv_len).clone()
+        result = self.cache.insert(req.fill_ids[: req.kv_len], slots)
+        self.pool.free(slots[req.prefix_len : result.prefix_len])  # duplicates of what others cached meanwhile
+        match = self.cache.match_prefix(req.fill_ids[: req.kv_len], record=False)
+        self.cache.inc_lock_ref(match.last_node)
+        self.cache.dec_lock_ref(req.last_node)
+        self.req_to_token.write(req.row, 0, match.slots)
+        req.prefix_len, req.last_node = req.kv_len, match.last_node
 
     def _retract(self, req: Request) -> None:
         """Send a running request back to the queue; its K/V stays in the cache to resume from."""
@@ -271,6 +287,10 @@ class Engine:
         """Give every decoding request one slot, evicting cache and then retracting requests as needed."""
         reqs = self.scheduler.decoding()
         while reqs and not self._ensure_free(len(reqs)):
+            prefilling = [r for r in self.scheduler.running if self.scheduler.is_prefilling(r)]
+            if prefilling:  # part-prefilled requests give way to those already decoding
+                self._retract(prefilling[-1])
+                continue
             if len(reqs) == 1:
                 self._finish(reqs[0], {"type": "length", "message": "the KV pool cannot hold a longer context"})
                 return []
@@ -303,7 +323,7 @@ class Engine:
                     rows.append((len(logits_rows), p + 1))
                     logits_rows.append(offset + p - start)
                 prompt_rows[i] = rows
-            if end == len(req.fill_ids):
+            if end == req.prefill_len and not req.output_ids:  # a resumed request already has its next token
                 sample_row[i] = len(logits_rows)
                 logits_rows.append(offset + n - 1)
             offset += n
@@ -314,6 +334,7 @@ class Engine:
         to_sample = []
         for i, (req, n) in enumerate(plan):
             req.kv_len += n
+            self._cache_computed_prefix(req)
             if i in prompt_rows:
                 self._record_prompt_logprobs(req, logits, prompt_rows[i])
             if i in sample_row:

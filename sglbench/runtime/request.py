@@ -65,6 +65,12 @@ class Request:
         return self.input_ids + self.output_ids
 
     @property
+    def prefill_len(self) -> int:
+        """Tokens to compute before decoding: the prompt, or for a resumed request everything but its
+        last sampled token (whose K/V the next decode step computes)."""
+        return len(self.input_ids) + max(len(self.output_ids) - 1, 0)
+
+    @property
     def wants_prompt_logprobs(self) -> bool:
         return self.params.return_logprob and self.params.logprob_start_len >= 0
 

@@ -26,6 +26,9 @@ class SchedulerConfig:
     max_prefill_tokens: int = 8192  # new tokens in one prefill batch
     chunked_prefill_size: int = 2048  # most new tokens of one request per step; <= 0 disables chunking
     max_consecutive_prefills: int = 4  # then one decode step, so decoding requests never starve
+    # A waiting request sharing this many uncached tokens with one admitted in the same batch waits a
+    # step, so the shared part is computed once and then read from the radix cache (lpm/dfs-weight).
+    in_batch_prefix_threshold: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,7 +74,7 @@ class Scheduler:
 
     @staticmethod
     def is_prefilling(req: Request) -> bool:
-        return req.kv_len < len(req.fill_ids)
+        return req.kv_len < req.prefill_len
 
     def decoding(self) -> list[Request]:
         return [r for r in self.running if not self.is_prefilling(r)]
@@ -79,18 +82,32 @@ class Scheduler:
     def chunk_limit(self) -> int:
         return self.config.chunked_prefill_size if self.config.chunked_prefill_size > 0 else 1 << 62
 
-    def order_waiting(self, match: Callable[[Request], PrefixMatch]) -> None:
-        """Sort the waiting queue by the configured policy."""
+    def order_waiting(self, match: Callable[[Request], PrefixMatch]) -> dict[int, PrefixMatch] | None:
+        """Sort the waiting queue by the configured policy; return the prefix matches it computed."""
         policy = self.config.policy
         if policy == "fcfs" or (policy in ("lpm", "dfs-weight") and len(self.waiting) > PREFIX_POLICY_QUEUE_LIMIT):
             self.waiting.sort(key=lambda r: r.timings.arrived)
-        elif policy == "random":
+            return None
+        if policy == "random":
             self._rng.shuffle(self.waiting)
-        elif policy == "lpm":
-            lengths = {id(r): match(r).length for r in self.waiting}
-            self.waiting.sort(key=lambda r: (-lengths[id(r)], r.timings.arrived))
+            return None
+        matches = {id(r): match(r) for r in self.waiting}
+        if policy == "lpm":
+            self.waiting.sort(key=lambda r: (-matches[id(r)].length, r.timings.arrived))
         else:
-            self.waiting = dfs_weight_order(self.waiting, {id(r): match(r).node for r in self.waiting})
+            self.waiting = dfs_weight_order(self.waiting, {k: m.node for k, m in matches.items()})
+        return matches
+
+    def _shares_uncached_prefix(self, req: Request, cached: int, admitted: list[Request]) -> bool:
+        threshold = self.config.in_batch_prefix_threshold
+        if threshold <= 0:
+            return False
+        fill = req.fill_ids
+        for other in admitted:
+            n = common_prefix_len(fill, other.fill_ids)
+            if n - cached >= threshold:
+                return True
+        return False
 
     def plan_prefill(self, admit: AdmitFn, match: Callable[[Request], PrefixMatch]) -> list[tuple[Request, int]]:
         """Continue chunked requests first, then admit waiting ones in policy order under the budget.
@@ -111,15 +128,19 @@ class Scheduler:
             if budget <= 0:
                 break
         if self.waiting and budget > 0:
-            self.order_waiting(match)
+            matches = self.order_waiting(match)
+            admitted: list[Request] = []
             for req in list(self.waiting):
                 if budget <= 0 or len(self.running) >= self.config.max_running_requests:
                     break
+                if matches is not None and self._shares_uncached_prefix(req, matches[id(req)].length, admitted):
+                    continue
                 n = admit(req, min(budget, self.chunk_limit()))
                 if not n:
                     break  # no memory now: keep policy order, do not let later requests jump ahead
                 self.waiting.remove(req)
                 self.running.append(req)
+                admitted.append(req)
                 plan.append((req, n))
                 budget -= n
         self._consecutive_prefills = self._consecutive_prefills + 1 if plan else 0
@@ -139,12 +160,24 @@ def dfs_weight_order(reqs: list[Request], nodes: dict[int, Any]) -> list[Request
             weight[id(node)] += 1
             root = node
             node = node.parent
+    # Post-order: a node's subtree (heaviest child first) runs before the requests ending at the node.
     order: list[Request] = []
-    stack = [root] if root is not None else []
+    stack: list[tuple[Any, bool]] = [(root, False)] if root is not None else []
     while stack:
-        node = stack.pop()
-        order.extend(at_node.get(id(node), ()))
+        node, expanded = stack.pop()
+        if expanded:
+            order.extend(at_node.get(id(node), ()))
+            continue
+        stack.append((node, True))
         children = [c for c in node.children.values() if weight.get(id(c))]
         children.sort(key=lambda c: weight[id(c)])  # heaviest popped first
-        stack.extend(children)
+        stack.extend((c, False) for c in children)
     return order
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
