@@ -7,6 +7,7 @@ import sys
 
 WORKLOADS = {
     "decode": "sglbench.bench.decode",
+    "fewshot": "sglbench.bench.fewshot",
     "kernels": "sglbench.bench.kernels",
 }
 

@@ -91,7 +91,8 @@ class Engine:
             backend = "triton" if self.device.startswith("cuda") else "torch"
         self.attention = make_attention_backend(backend, self.pool, mc.head_dim**-0.5)
         self.events = EventLog()
-        self.cache = RadixCache(free_slots=self.pool.free, disable=config.disable_radix_cache, on_event=self._on_cache_event)
+        self.cache = RadixCache(free_slots=self.pool.free, disable=config.disable_radix_cache,
+                                on_event=self._on_cache_event, device=self.device)
         self.scheduler = Scheduler(SchedulerConfig(
             policy=config.schedule_policy, max_running_requests=config.max_running_requests,
             max_prefill_tokens=config.max_prefill_tokens, chunked_prefill_size=config.chunked_prefill_size,
@@ -478,14 +479,8 @@ class Engine:
 
     def check_integrity(self) -> None:
         """free + cached + owned by running requests == total slots, and the cache's own invariants."""
-        self.cache.check_integrity()
         owned = sum(r.alloc_len - r.prefix_len for r in self.scheduler.running)
-        total = self.pool.free_count + self.cache.total_size() + owned
-        if total != self.pool.num_slots:
-            raise AssertionError(
-                f"KV accounting broken: free {self.pool.free_count} + cached {self.cache.total_size()}"
-                f" + running {owned} = {total} != {self.pool.num_slots} slots"
-            )
+        self.cache.check_integrity(free=self.pool.free_count, running=owned, total=self.pool.num_slots)
         if self.pool.allocator.allocated_count() != self.cache.total_size() + owned:
             raise AssertionError("allocated slots differ from cached + running")
 
