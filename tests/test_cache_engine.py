@@ -102,7 +102,7 @@ def test_cache_events_and_metrics(model_path):
     with Runtime(str(model_path), device="cpu", max_total_tokens=1024) as rt:
         prompt = [1, *range(20, 60)]
         rt.generate(prompt, max_new_tokens=2, **GREEDY)
-        second = rt.generate(prompt + [7, 8], max_new_tokens=2, **GREEDY)
+        second = rt.generate([*prompt, 7, 8], max_new_tokens=2, **GREEDY)
         assert second["meta_info"]["cached_tokens"] == len(prompt)
         kinds = {e.kind for e in rt.events.since(0)}
         assert {"request.arrived", "request.finished", "batch.step", "cache.insert"} <= kinds

@@ -7,6 +7,8 @@ requests and the radix cache; when it runs short the cache evicts, then requests
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from dataclasses import dataclass
 
@@ -19,12 +21,13 @@ from sglbench.runtime.kv_pool import KVPool, KVPoolConfig, ReqToTokenTable
 from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.models.loader import load_model, resolve_dtype
 from sglbench.runtime.radix_cache import CacheCounters, CacheEvent, RadixCache
-from sglbench.runtime.request import Request, ReqState
+from sglbench.runtime.request import ReqState, Request
 from sglbench.runtime.sampling import SamplerRow, sample
 from sglbench.runtime.scheduler import PrefixMatch, Scheduler, SchedulerConfig
 from sglbench.runtime.tokenizer import Tokenizer, find_stop, streamable_length
 
 CPU_DEFAULT_MAX_TOKENS = 65536
+CPU_MEMORY_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class Engine:
             seed=config.random_seed,
         ))
         self.eos_token_ids = frozenset(mc.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
-        self._generator = torch.Generator(device="cpu").manual_seed(config.random_seed)
+        self._generator = torch.Generator(device=self.device).manual_seed(config.random_seed)
         self._by_rid: dict[str, Request] = {}
         self._stats = {"prefill_tokens": 0, "decode_tokens": 0, "num_steps": 0, "num_finished": 0, "num_retractions": 0}
         self.metrics = self._build_metrics()
@@ -113,7 +116,9 @@ class Engine:
         if self.device.startswith("cuda"):
             free, _ = torch.cuda.mem_get_info(torch.device(self.device))
             return max(int(free * cfg.mem_fraction_static) // bytes_per_token, 2)
-        return CPU_DEFAULT_MAX_TOKENS
+        # CPU: a slice of the memory available now, capped so a notebook kernel stays light.
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return max(min(int(available * CPU_MEMORY_FRACTION) // bytes_per_token, CPU_DEFAULT_MAX_TOKENS), 2)
 
     def _on_cache_event(self, event: CacheEvent) -> None:
         self.events.emit(f"cache.{event.kind}", node_id=event.node_id, num_tokens=event.num_tokens)
@@ -137,7 +142,7 @@ class Engine:
 
     def add_request(self, req: Request) -> None:
         if req.params.seed is not None:
-            req.generator = torch.Generator(device="cpu").manual_seed(req.params.seed)
+            req.generator = torch.Generator(device=self.device).manual_seed(req.params.seed)
         else:
             req.generator = self._generator
         self._by_rid[req.rid] = req
@@ -367,6 +372,7 @@ class Engine:
     def _make_batch(self, mode, ids, positions, out_loc, qo, kv, kv_indices, logits_rows) -> ForwardBatch:
         dev = self.device
         return ForwardBatch(
+            max_q_len=max(b - a for a, b in itertools.pairwise(qo)),
             mode=mode,
             input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
             positions=torch.tensor(positions, dtype=torch.int64, device=dev),

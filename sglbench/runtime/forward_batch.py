@@ -31,6 +31,7 @@ class ForwardBatch:
     kv_indptr: torch.Tensor
     kv_indices: torch.Tensor
     logits_rows: torch.Tensor
+    max_q_len: int = 0  # longest new-token run of one request (0: unknown); spares kernels a device sync
 
     @property
     def batch_size(self) -> int:

@@ -4,11 +4,11 @@ cells, widget callbacks) only enqueues commands and reads immutable snapshots.""
 from __future__ import annotations
 
 import asyncio
-import time
 import concurrent.futures
 import itertools
 import queue
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator

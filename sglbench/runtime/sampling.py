@@ -46,7 +46,7 @@ class SamplingParams:
 
         need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
              f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}")
-        need(isinstance(self.min_new_tokens, int) and 0 <= self.min_new_tokens,
+        need(isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0,
              f"min_new_tokens must be a non-negative integer, got {self.min_new_tokens!r}")
         need(self.min_new_tokens <= self.max_new_tokens,
              f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
