@@ -24,6 +24,7 @@ import torch
 from sglbench.bench.common import print_table
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICE = "cuda"
 
 
 def _bench(fn) -> float:
@@ -35,7 +36,7 @@ def _bench(fn) -> float:
 def bench_extend(seq: int, batch: int, heads: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
     from sglbench.kernel.extend_attention import extend_attention
 
-    dev = "cuda"
+    dev = DEVICE
     scale = 1 / math.sqrt(head_dim)
     q = torch.randn(batch, heads, seq, head_dim, device=dev, dtype=dtype)  # [batch, heads, seq, dim]
     k = torch.randn_like(q)
@@ -60,16 +61,23 @@ def bench_extend(seq: int, batch: int, heads: int, head_dim: int, dtype: torch.d
     for name, fn in (("sdpa", sdpa), ("triton extend (paged)", triton_extend)):
         ms = _bench(fn)
         rows.append({"impl": name, "head_dim": head_dim, "batch": batch, "heads": heads, "seq": seq,
-                     "ms": ms, "TFLOP/s": flops / ms / 1e9, "max_abs_err": err if name != "sdpa" else 0.0})  # fmt: skip
+                     "ms": ms, "TFLOP/s": flops / ms / 1e9, "max_abs_err": err if name != "sdpa" else "-"})  # fmt: skip
     return rows
 
 
 def bench_decode(
-    ctx: int, batch: int, heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, shuffled: bool
+    ctx: int,
+    batch: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    shuffled: bool,
+    num_kv_splits: int | None = None,
 ) -> list[dict]:
     from sglbench.kernel.decode_attention import decode_attention
 
-    dev = "cuda"
+    dev = DEVICE
     group = heads // kv_heads
     scale = 1 / math.sqrt(head_dim)
     q = torch.randn(batch, heads, head_dim, device=dev, dtype=dtype)  # [batch, heads, dim]
@@ -81,7 +89,7 @@ def bench_decode(
     bytes_read = 2 * batch * ctx * kv_heads * head_dim * k_buf.element_size()  # K and V, once each
 
     def triton_decode():
-        return decode_attention(q, k_buf, v_buf, indptr, kv_indices, scale)
+        return decode_attention(q, k_buf, v_buf, indptr, kv_indices, scale, num_kv_splits)
 
     rows = []
     if not shuffled:  # SDPA on the same values in a dense [batch, kv_heads, ctx, dim] layout
@@ -95,11 +103,11 @@ def bench_decode(
 
         ms = _bench(sdpa)
         rows.append({"impl": "sdpa", "ctx": ctx, "batch": batch, "ms": ms, "TB/s": bytes_read / ms / 1e9,
-                     "max_abs_err": 0.0})  # fmt: skip
+                     "max_abs_err": "-"})  # fmt: skip
         err = (triton_decode().float() - sdpa().reshape(batch, heads, head_dim).float()).abs().max().item()
         del k, v
     else:
-        err = float("nan")
+        err = "-"  # other slots, other values: no SDPA twin
     ms = _bench(triton_decode)
     layout = "shuffled" if shuffled else "paged"
     rows.append({"impl": f"triton decode ({layout})", "ctx": ctx, "batch": batch, "ms": ms,
@@ -120,6 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--decode-heads", type=int, default=32)
     parser.add_argument("--decode-kv-heads", type=int, default=8)
     parser.add_argument("--decode-head-dim", type=int, default=128)
+    parser.add_argument("--num-kv-splits", type=int, default=None, help="decode: default is the launcher's")
     parser.add_argument("--skip-extend", action="store_true")
     parser.add_argument("--skip-decode", action="store_true")
     args = parser.parse_args(argv)
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for ctx in (int(x) for x in args.contexts.split(",")):
             for shuffled in (False, True):
                 dec += bench_decode(ctx, args.decode_batch, args.decode_heads, args.decode_kv_heads,
-                                    args.decode_head_dim, dtype, shuffled)  # fmt: skip
+                                    args.decode_head_dim, dtype, shuffled, args.num_kv_splits)  # fmt: skip
                 torch.cuda.empty_cache()
         print_table(dec, f"decode attention, heads {args.decode_heads}/{args.decode_kv_heads} kv, head_dim "
                          f"{args.decode_head_dim}: {device_name}, {args.dtype}")  # fmt: skip
