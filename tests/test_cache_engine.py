@@ -120,3 +120,18 @@ def test_disabled_cache_reports_no_hits(model_path):
         assert again["meta_info"]["cached_tokens"] == 0
         assert rt.metrics().cache.hit_tokens == 0
         assert_pool_full(rt)
+
+
+def test_cache_snapshot_shows_shared_prefix_tree(model_path):
+    with Runtime(str(model_path), device="cpu", max_total_tokens=1024) as rt:
+        base = [1, *range(20, 60)]
+        rt.generate([[*base, 7, 8], [*base, 9, 10]], max_new_tokens=2, **GREEDY)
+        snap = rt.cache_snapshot()
+        assert snap.total_size == rt.metrics().pool_slots - rt.metrics().pool_free
+        by_parent = {}
+        for node in snap.nodes:
+            by_parent.setdefault(node.parent_id, []).append(node)
+        # The shared prompt is one node with two branches below it.
+        assert any(len(children) == 2 for pid, children in by_parent.items() if pid is not None)
+        assert all(isinstance(n.text_preview, str) for n in snap.nodes if n.num_tokens)
+        assert_pool_full(rt)

@@ -11,6 +11,7 @@ import argparse
 import random
 import time
 
+from sglbench.bench.baselines import hf_generate_naive, load_hf
 from sglbench.bench.common import add_model_args, print_table, resolve_model
 
 
@@ -54,12 +55,28 @@ def run_system(rt, prompts: list[str], new_tokens: int) -> dict:
     }
 
 
+def run_hf(path: str, device: str, dtype, prompts: list[str], new_tokens: int) -> dict:
+    model, tokenizer = load_hf(path, device, dtype)
+    hf_generate_naive(model, tokenizer, prompts[:1], 1)  # warm-up
+    result = hf_generate_naive(model, tokenizer, prompts, new_tokens)
+    latencies = sorted(result.latencies)
+    return {
+        "programs_s": len(prompts) / result.wall,
+        "latency_p50_s": latencies[len(latencies) // 2],
+        "hit_rate": 0.0,
+        "prefill_tokens": result.prefill_tokens,
+        "decode_tokens": result.decode_tokens,
+        "wall_s": result.wall,
+    }
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m sglbench.bench fewshot", description=__doc__)
     add_model_args(parser)
     parser.add_argument("--prefix-tokens", type=int, default=1800)
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=4)
+    parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     args = parser.parse_args(argv)
     from sglbench.runtime.runtime import Runtime
 
@@ -70,10 +87,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
             _, prompts = build_prompts(rt.tokenizer, args.prefix_tokens, args.questions)
             prompt_tokens = len(rt.tokenizer.encode(prompts[0]))
             rows.append({"system": system, **run_system(rt, prompts, args.new_tokens)})
+    if not args.no_hf:
+        rows.append({"system": "transformers generate (naive)", **run_hf(path, rt.config.device, rt.engine.dtype,
+                                                                          prompts, args.new_tokens)})
     speedup = rows[0]["programs_s"] / rows[1]["programs_s"]
     print_table(rows, f"few-shot workload: {label}, {args.questions} questions, prompt {prompt_tokens} tokens "
                       f"(shared prefix ~{args.prefix_tokens}), {args.new_tokens} new tokens, device={rt.config.device}")
     print(f"cache on / cache off: {speedup:.1f}x programs/s")
+    if not args.no_hf:
+        print(f"cache on / transformers: {rows[0]['programs_s'] / rows[2]['programs_s']:.1f}x programs/s")
     return rows
 
 

@@ -238,7 +238,12 @@ class Runtime:
             time.sleep(0.005)
 
     def flush_cache(self) -> bool:
+        """Drop every cached prefix; False (nothing done) while requests are running."""
         return self.call(lambda engine: engine.flush_cache())
+
+    def cache_snapshot(self, with_text: bool = True):
+        """An immutable copy of the radix tree (taken on the engine thread) for widgets and reports."""
+        return self.call(lambda engine: engine.cache.snapshot(decode=engine.tokenizer.decode if with_text else None))
 
     @property
     def events(self):
