@@ -1,6 +1,7 @@
 """Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) over the paged KV pool.
 
-Parameter names equal the Hugging Face ones, so safetensors load straight into the module.
+Parameter names equal the Hugging Face ones except the fused projections (qkv_proj, gate_up_proj),
+which the loader stacks from the checkpoint's separate tensors.
 The model sees a flattened ragged batch (ForwardBatch); attention goes through the backend seam.
 """
 
@@ -56,9 +57,9 @@ class Attention(nn.Module):
         self.layer_id = layer_id
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         h = config.hidden_size
-        self.q_proj = nn.Linear(h, self.num_heads * self.head_dim, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        # q, k and v projections fused into one matmul (the loader stacks the checkpoint's three).
+        self.qkv_proj = nn.Linear(h, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=config.o_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -68,9 +69,10 @@ class Attention(nn.Module):
 
     def forward(self, x, positions, rotary: RotaryEmbedding, backend: AttentionBackend, batch: ForwardBatch):
         tokens = x.shape[0]
-        q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)  # [tokens, heads, dim]
-        k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)  # [tokens, kv_heads, dim]
-        v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)  # [tokens, kv_heads, dim]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(tokens, self.num_heads, self.head_dim)  # [tokens, heads, dim]
+        k = k.reshape(tokens, self.num_kv_heads, self.head_dim)  # [tokens, kv_heads, dim]
+        v = v.reshape(tokens, self.num_kv_heads, self.head_dim)  # [tokens, kv_heads, dim]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotary(positions, q, k)
@@ -82,12 +84,12 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         h, i, b = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = nn.Linear(h, i, bias=b)
-        self.up_proj = nn.Linear(h, i, bias=b)
+        self.gate_up_proj = nn.Linear(h, 2 * i, bias=b)  # gate and up fused (stacked by the loader)
         self.down_proj = nn.Linear(i, h, bias=b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):

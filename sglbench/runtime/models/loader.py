@@ -26,6 +26,20 @@ def resolve_dtype(dtype: str | torch.dtype, device: str, config: ModelConfig) ->
     return _DTYPES[dtype]
 
 
+_QKV = ("q_proj", "k_proj", "v_proj")
+_GATE_UP = ("gate_proj", "up_proj")
+
+
+def _fused_name(name: str) -> tuple[str, str] | None:
+    """'...self_attn.k_proj.bias' -> ('...self_attn.qkv_proj.bias', 'k_proj'); None if not fused."""
+    for group, fused in ((_QKV, "qkv_proj"), (_GATE_UP, "gate_up_proj")):
+        for piece in group:
+            marker = f".{piece}."
+            if marker in name:
+                return name.replace(marker, f".{fused}."), piece
+    return None
+
+
 def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: ModelConfig | None = None) -> LlamaForCausalLM:
     """Instantiate the decoder on the meta device, then fill every parameter from the safetensors shards."""
     path = Path(model_path)
@@ -37,11 +51,19 @@ def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: 
         model = LlamaForCausalLM(config)
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}  # fused parameter -> its checkpoint pieces
     for file in files:
-        with safe_open(str(file), framework="pt", device=str(device) if device != "cpu" else "cpu") as f:
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if name in params:
+                fused = _fused_name(name)
+                if fused is not None:
+                    parts.setdefault(fused[0], {})[fused[1]] = f.get_tensor(name).to(dtype)
+                elif name in params:
                     loaded[name] = f.get_tensor(name).to(dtype)
+    for name, pieces in parts.items():
+        order = _QKV if "qkv_proj" in name else _GATE_UP
+        if all(p in pieces for p in order):
+            loaded[name] = torch.cat([pieces[p] for p in order], dim=0)
     if config.tie_word_embeddings and "model.embed_tokens.weight" in loaded:
         loaded["lm_head.weight"] = loaded["model.embed_tokens.weight"]
     missing = [n for n in params if n not in loaded]
