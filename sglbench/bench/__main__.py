@@ -8,6 +8,7 @@ import sys
 WORKLOADS = {
     "decode": "sglbench.bench.decode",
     "fewshot": "sglbench.bench.fewshot",
+    "json": "sglbench.bench.json_decode",
     "kernels": "sglbench.bench.kernels",
 }
 

@@ -17,13 +17,14 @@ import torch
 from sglbench.runtime.attention import make_attention_backend
 from sglbench.runtime.events import EventLog
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
+from sglbench.runtime.grammar import GrammarCompiler, GrammarMatcher, plan_jump
 from sglbench.runtime.kv_pool import KVPool, KVPoolConfig, ReqToTokenTable
 from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.models.loader import load_model, resolve_dtype
 from sglbench.runtime.radix_cache import CacheCounters, CacheEvent, RadixCache
 from sglbench.runtime.request import ReqState, Request
 from sglbench.runtime.sampling import SamplerRow, sample
-from sglbench.runtime.scheduler import PrefixMatch, Scheduler, SchedulerConfig
+from sglbench.runtime.scheduler import PrefixMatch, Scheduler, SchedulerConfig, common_prefix_len
 from sglbench.runtime.tokenizer import Tokenizer, find_stop, streamable_length
 
 CPU_DEFAULT_MAX_TOKENS = 65536
@@ -45,6 +46,7 @@ class EngineConfig:
     max_prefill_tokens: int = 8192
     chunked_prefill_size: int = 2048
     random_seed: int = 0
+    jump_forward: bool = True  # append a grammar's forced text without decoding it token by token
 
     def __post_init__(self) -> None:
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
@@ -70,10 +72,19 @@ class EngineMetrics:
     num_steps: int
     num_finished: int
     num_retractions: int
+    jump_forward_tokens: int = 0  # output tokens appended by jump-forward: decode steps saved
 
     @property
     def hit_rate(self) -> float:
         return self.cache.hit_tokens / self.cache.query_tokens if self.cache.query_tokens else 0.0
+
+
+@dataclass
+class Constraint:
+    """A constrained request's grammar position and the output tokens jump-forward appended to it."""
+
+    matcher: GrammarMatcher
+    jump_forward_tokens: int = 0
 
 
 class Engine:
@@ -102,9 +113,12 @@ class Engine:
             seed=config.random_seed,
         ))
         self.eos_token_ids = frozenset(mc.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
+        self.grammars = GrammarCompiler(self.tokenizer.hf, mc.vocab_size, self.eos_token_ids)
         self._generator = torch.Generator(device=self.device).manual_seed(config.random_seed)
         self._by_rid: dict[str, Request] = {}
-        self._stats = {"prefill_tokens": 0, "decode_tokens": 0, "num_steps": 0, "num_finished": 0, "num_retractions": 0}
+        self._constraints: dict[str, Constraint] = {}  # rid -> grammar state of constrained requests
+        self._stats = {"prefill_tokens": 0, "decode_tokens": 0, "num_steps": 0, "num_finished": 0,
+                       "num_retractions": 0, "jump_forward_tokens": 0}
         self.metrics = self._build_metrics()
 
     # ------------------------------------------------------------------ set-up
@@ -140,7 +154,12 @@ class Engine:
         if len(input_ids) + 1 > self.pool.num_slots:
             raise ValueError(f"prompt has {len(input_ids)} tokens; the KV pool holds only {self.pool.num_slots} (max_total_tokens)")
 
-    def add_request(self, req: Request) -> None:
+    def add_request(self, req: Request, matcher: GrammarMatcher | None = None) -> None:
+        """Queue req. A constrained request brings its grammar matcher (compiled on the caller's
+        thread, see `Runtime.submit`) or gets one here; text its grammar forces at once is appended now."""
+        spec = req.params.grammar
+        if spec is not None:
+            self._constraints[req.rid] = Constraint(matcher or self.grammars.matcher(spec))
         if req.params.seed is not None:
             req.generator = torch.Generator(device=self.device).manual_seed(req.params.seed)
         else:
@@ -148,6 +167,10 @@ class Engine:
         self._by_rid[req.rid] = req
         self.scheduler.add(req)
         self.events.emit("request.arrived", rid=req.rid, prompt_tokens=len(req.input_ids), program_id=req.program_id)
+        if spec is not None:
+            self._advance_forced(req, self._constraints[req.rid])
+            if req.finished:  # its grammar forced the whole output: no step will refresh the metrics
+                self.metrics = self._build_metrics()
 
     def abort(self, rid: str, message: str = "aborted by the caller") -> None:
         req = self._by_rid.get(rid)
@@ -255,13 +278,17 @@ class Engine:
 
     def _retract(self, req: Request) -> None:
         """Send a running request back to the queue; its K/V stays in the cache to resume from."""
+        self._requeue(req)
+        req.num_retractions += 1
+        self._stats["num_retractions"] += 1
+        self.events.emit("request.retracted", rid=req.rid, output_tokens=len(req.output_ids))
+
+    def _requeue(self, req: Request) -> None:
+        """Put a running request first in the queue, its computed tokens in the radix cache."""
         self._release_kv(req, insert=True)
         self.scheduler.running.remove(req)
         req.state = ReqState.WAITING
-        req.num_retractions += 1
-        self._stats["num_retractions"] += 1
         self.scheduler.waiting.insert(0, req)
-        self.events.emit("request.retracted", rid=req.rid, output_tokens=len(req.output_ids))
 
     # ------------------------------------------------------------------ stepping
     def step(self) -> None:
@@ -389,7 +416,13 @@ class Engine:
         block = ()
         if len(req.output_ids) < p.min_new_tokens:
             block = tuple(sorted((set() if p.ignore_eos else set(self.eos_token_ids)) | set(p.stop_token_ids)))
-        return SamplerRow(p, req.generator, req.output_counts, block)
+        constraint = self._constraint(req)
+        allowed = constraint.matcher.allowed_tokens() if constraint is not None else None
+        return SamplerRow(p, req.generator, req.output_counts, block, allowed)
+
+    def _constraint(self, req: Request) -> Constraint | None:
+        """req's grammar state; no lookup at all while no constrained request is in flight."""
+        return self._constraints.get(req.rid) if self._constraints else None
 
     def _sample_and_append(self, reqs: list[Request], logits: torch.Tensor) -> None:
         next_ids = sample(logits, [self._sampler_row(r) for r in reqs]).tolist()
@@ -411,7 +444,44 @@ class Engine:
                 if req.params.top_logprobs_num:
                     top = row.topk(req.params.top_logprobs_num)
                     req.output_top_logprobs.append(list(zip(top.values.tolist(), top.indices.tolist())))
+            constraint = self._constraint(req)
+            if constraint is not None:
+                constraint.matcher.accept(token)
             self._check_finished(req, token)
+            if constraint is not None and not req.finished:
+                self._advance_forced(req, constraint)
+
+    def _advance_forced(self, req: Request, constraint: Constraint) -> None:
+        """Jump forward over the text the grammar forces next (when enabled), then check for the end."""
+        if self.config.jump_forward and self._jump_forward(req, constraint):
+            self._check_finished(req, None)
+
+    def _jump_forward(self, req: Request, constraint: Constraint) -> bool:
+        """Append the grammar's forced text to req's output without decoding it; True when it did.
+
+        The last output tokens are retokenized with the forced text (`plan_jump`). If that changes a
+        token whose K/V is computed, req goes back to the queue and resumes over its cached prefix
+        (the old tokens stay in the radix cache as another branch); otherwise it stays running and
+        is prefilling again: the next extend step computes the new tokens' K/V.
+        """
+        forced = constraint.matcher.forced_string()
+        if not forced:
+            return False
+        limit = min(req.params.max_new_tokens, self.context_length - 1 - len(req.input_ids))
+        jump = plan_jump(self.tokenizer, req.output_ids, forced, limit)
+        if jump is None or not constraint.matcher.replace_tail(req.output_ids[jump.keep :], list(jump.tokens)):
+            return False
+        new_ids = req.output_ids[: jump.keep] + list(jump.tokens)
+        computed = req.kv_len - len(req.input_ids)  # output tokens whose K/V is in the pool
+        resumed = req.row >= 0 and common_prefix_len(req.output_ids, new_ids) < computed
+        if resumed:
+            self._requeue(req)
+        saved = max(len(new_ids) - len(req.output_ids), 0)
+        req.output_ids = new_ids
+        constraint.jump_forward_tokens += saved
+        self._stats["jump_forward_tokens"] += saved
+        self.events.emit("request.jump_forward", rid=req.rid, tokens=saved, resumed=resumed, program_id=req.program_id)
+        return True
 
     def _record_prompt_logprobs(self, req: Request, logits: torch.Tensor, rows: list[tuple[int, int]]) -> None:
         if not req.input_token_logprobs and req.params.logprob_start_len == 0:
@@ -424,7 +494,8 @@ class Engine:
         chosen = lp[torch.arange(len(rows)), torch.tensor(tokens, device=lp.device)].tolist()
         req.input_token_logprobs.extend(zip(chosen, tokens))
 
-    def _check_finished(self, req: Request, token: int) -> None:
+    def _check_finished(self, req: Request, token: int | None) -> None:
+        """Finish req if its last token (None: after a jump-forward) or text ends it, else stream."""
         p = req.params
         prev_len = len(req.text)
         req.text = self.tokenizer.decode(req.output_ids, skip_special_tokens=p.skip_special_tokens)
@@ -437,6 +508,8 @@ class Engine:
                 if hit is not None:
                     req.text = hit.text
                     reason = {"type": "stop", "matched": hit.matched}
+        if reason is None:
+            reason = self._grammar_end(req, token)
         if reason is None and len(req.output_ids) >= p.max_new_tokens:
             reason = {"type": "length", "matched": None}
         if reason is None and req.kv_len + 1 >= self.context_length:
@@ -445,6 +518,17 @@ class Engine:
             self._stream(req, streamable_length(req.text, p.stop))
         else:
             self._finish(req, reason)
+
+    def _grammar_end(self, req: Request, token: int | None) -> dict | None:
+        """A stop reason once req's grammar took a stop token or allows nothing but one; else None."""
+        constraint = self._constraint(req)
+        if constraint is None:
+            return None
+        if constraint.matcher.is_terminated():
+            return {"type": "stop", "matched": token}
+        if constraint.matcher.must_stop():
+            return {"type": "stop", "matched": None}
+        return None
 
     def _stream(self, req: Request, upto: int) -> None:
         if req.handle is not None and upto > req.emitted_len:
@@ -461,13 +545,17 @@ class Engine:
         req.timings.finished = time.time()
         self._stream(req, len(req.text))
         self._by_rid.pop(req.rid, None)
+        constraint = self._constraints.pop(req.rid, None)
         self._stats["num_finished"] += 1
         self.events.emit(
             "request.finished", rid=req.rid, program_id=req.program_id, finish_reason=reason.get("type"),
             prompt_tokens=len(req.input_ids), completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens,
         )
         if req.handle is not None:
-            req.handle.finish(req.result())
+            result = req.result()
+            if constraint is not None:
+                result["meta_info"]["jump_forward_tokens"] = constraint.jump_forward_tokens
+            req.handle.finish(result)
 
     # ------------------------------------------------------------------ inspection
     def _build_metrics(self) -> EngineMetrics:

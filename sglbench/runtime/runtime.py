@@ -79,6 +79,7 @@ class Runtime:
         max_prefill_tokens: int = 8192,
         chunked_prefill_size: int = 2048,
         random_seed: int = 0,
+        disable_jump_forward: bool = False,
     ):
         if model_path is None:
             from sglbench.default_model import default_model_path
@@ -90,6 +91,7 @@ class Runtime:
             attention_backend=attention_backend, disable_radix_cache=disable_radix_cache,
             schedule_policy=schedule_policy, max_running_requests=max_running_requests,
             max_prefill_tokens=max_prefill_tokens, chunked_prefill_size=chunked_prefill_size, random_seed=random_seed,
+            jump_forward=not disable_jump_forward,
         )
         self.engine = Engine(self.config)
         self.tokenizer = self.engine.tokenizer
@@ -148,15 +150,18 @@ class Runtime:
     def submit(
         self, prompt: str | list[int], sampling: SamplingParams, rid: str | None = None, program_id: str | None = None
     ) -> RequestHandle:
-        """Validate and enqueue one request (n is handled by `generate`); returns its handle at once."""
+        """Validate and enqueue one request (n is handled by `generate`); returns its handle at once.
+        A regex or JSON schema is compiled here, on the caller's thread: a bad one raises ValueError."""
         if not self.is_running:
             raise RuntimeError("the runtime has been shut down")
         input_ids = self._to_ids(prompt)
         self.engine.validate_prompt(input_ids, sampling.max_new_tokens)
+        spec = sampling.grammar
+        matcher = self.engine.grammars.matcher(spec) if spec is not None else None
         rid = rid or uuid.uuid4().hex
         handle = RequestHandle(rid)
         req = Request(rid=rid, input_ids=input_ids, params=sampling, handle=handle, program_id=program_id)
-        self._commands.put(lambda engine: engine.add_request(req))
+        self._commands.put(lambda engine: engine.add_request(req, matcher))
         return handle
 
     def _to_ids(self, prompt: str | list[int]) -> list[int]:

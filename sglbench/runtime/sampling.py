@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sglbench.runtime.grammar import GrammarSpec, normalize_json_schema
+
 _EPS = 1e-6
 
 
@@ -31,12 +33,16 @@ class SamplingParams:
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
+    regex: str | None = None  # the output must match it (compiled at submission)
+    json_schema: str | None = None  # a JSON schema as a JSON string (a dict is serialized)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(s for s in (self.stop or ()) if s))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in (self.stop_token_ids or ())))
+        if self.json_schema is not None:
+            object.__setattr__(self, "json_schema", normalize_json_schema(self.json_schema))
         self._validate()
 
     def _validate(self) -> None:
@@ -59,6 +65,10 @@ class SamplingParams:
         need(isinstance(self.n, int) and self.n >= 1, f"n must be a positive integer, got {self.n!r}")
         need(self.top_logprobs_num >= 0, f"top_logprobs_num must be >= 0, got {self.top_logprobs_num!r}")
         need(self.logprob_start_len >= -1, f"logprob_start_len must be -1 (none) or >= 0, got {self.logprob_start_len!r}")
+        need(self.regex is None or isinstance(self.regex, str), f"regex must be a string, got {self.regex!r}")
+        need(self.regex is None or self.json_schema is None, "give regex or json_schema, not both")
+        need(self.grammar is None or self.min_new_tokens == 0,
+             "min_new_tokens cannot be combined with regex/json_schema (the grammar decides where the output ends)")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> SamplingParams:
@@ -72,6 +82,15 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < _EPS or self.top_k == 1
+
+    @property
+    def grammar(self) -> GrammarSpec | None:
+        """The constraint on the output, if any."""
+        if self.regex is not None:
+            return GrammarSpec("regex", self.regex)
+        if self.json_schema is not None:
+            return GrammarSpec("json_schema", self.json_schema)
+        return None
 
     @property
     def uses_penalties(self) -> bool:
@@ -89,6 +108,19 @@ class SamplerRow:
     generator: torch.Generator | None
     output_counts: torch.Tensor | None  # [vocab] int, only when penalties are on
     block_eos: tuple[int, ...] = field(default_factory=tuple)  # eos ids masked until min_new_tokens
+    allowed: torch.Tensor | None = None  # [vocab] bool on the CPU: the grammar's next-token mask
+
+
+def apply_grammar_masks(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
+    """-inf for the tokens each constrained row's grammar forbids, on a copy; unconstrained rows untouched."""
+    masked = [i for i, r in enumerate(rows) if r.allowed is not None]
+    if not masked:
+        return logits
+    allowed = torch.stack([rows[i].allowed for i in masked]).to(logits.device, non_blocking=True)  # [m, vocab]
+    idx = torch.tensor(masked, device=logits.device)
+    logits = logits.clone()
+    logits[idx] = logits[idx].masked_fill(~allowed, float("-inf"))
+    return logits
 
 
 def apply_penalties(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
@@ -107,7 +139,7 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tenso
 
 def sample(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
     """Pick one token per row: argmax for greedy rows, filtered multinomial for the others. [rows] int64."""
-    logits = apply_penalties(logits, rows)
+    logits = apply_grammar_masks(apply_penalties(logits, rows), rows)
     next_ids = logits.argmax(dim=-1)
     stochastic = [i for i, r in enumerate(rows) if not r.params.greedy]
     if not stochastic:
