@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import queue
 import threading
@@ -148,6 +149,32 @@ class RequestHandle:
                 self._callbacks.append(fn)
                 return
         fn(self._result)  # type: ignore[arg-type]
+
+    async def async_result(self) -> dict:
+        """Await the result without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def resolve(result: dict) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        self.add_done_callback(lambda result: loop.call_soon_threadsafe(resolve, result))
+        return await future
+
+    async def aiter_text(self):
+        """Async iterator of text deltas (a helper thread reads the blocking stream)."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+
+        def pump() -> None:
+            for piece in self.iter_text():
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            loop.call_soon_threadsafe(pieces.put_nowait, self._END)
+
+        threading.Thread(target=pump, name=f"sglbench-stream-{self.rid[:8]}", daemon=True).start()
+        while (piece := await pieces.get()) is not self._END:
+            yield piece
 
     def iter_text(self, timeout: float | None = None):
         """Yield text deltas as they are produced, until the request finishes."""

@@ -3,7 +3,6 @@ cells, widget callbacks) only enqueues commands and reads immutable snapshots.""
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import itertools
 import queue
@@ -203,23 +202,13 @@ class Runtime:
         """Awaitable generation; the event loop stays free while the engine works."""
         sampling = SamplingParams.from_kwargs(**sampling_kwargs)
         handles = self._submit_all(prompt, sampling)
-        results = [await _await_handle(h) for h in handles]
+        results = [await h.async_result() for h in handles]
         return results[0] if sampling.n == 1 else results
 
     async def async_generate_stream(self, prompt: str | list[int], **sampling_kwargs) -> AsyncIterator[str]:
-        sampling = SamplingParams.from_kwargs(**sampling_kwargs)
-        handle = self.submit(prompt, sampling)
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue = asyncio.Queue()
-        done = object()
-
-        def pump() -> None:
-            for piece in handle.iter_text():
-                loop.call_soon_threadsafe(pieces.put_nowait, piece)
-            loop.call_soon_threadsafe(pieces.put_nowait, done)
-
-        threading.Thread(target=pump, daemon=True).start()
-        while (piece := await pieces.get()) is not done:
+        """Async iterator of text pieces; the event loop stays free while the engine works."""
+        handle = self.submit(prompt, SamplingParams.from_kwargs(**sampling_kwargs))
+        async for piece in handle.aiter_text():
             yield piece
 
     def abort(self, rid: str) -> None:
@@ -262,18 +251,6 @@ def _is_batch(prompt) -> bool:
 def _collect(handles: list[RequestHandle], n: int) -> dict | list:
     results = [h.result() for h in handles]
     return results[0] if n == 1 else results
-
-
-async def _await_handle(handle: RequestHandle) -> dict:
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-    handle.add_done_callback(lambda result: loop.call_soon_threadsafe(_set_once, future, result))
-    return await future
-
-
-def _set_once(future: asyncio.Future, result: dict) -> None:
-    if not future.done():
-        future.set_result(result)
 
 
 def _stop_thread(commands: queue.Queue, thread: threading.Thread) -> None:
