@@ -59,11 +59,23 @@ def main(argv: list[str] | None = None) -> None:
     qs.add_argument("--report", default=None, help="path of the HTML report to write")
     qs.add_argument("--device", default="auto")
     sub.add_parser("bench", help="benchmarks: python -m sglbench bench WORKLOAD ...", add_help=False)
+    sv = sub.add_parser("serve", help="serve a Runtime over HTTP (SGLang-native and OpenAI-compatible API)")
+    sv.add_argument("--model", default=None, help="local Hugging Face folder (default: the embedded model)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=30000)
+    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every endpoint but /health")
+    sv.add_argument("--device", default="auto")
+    sv.add_argument("--max-total-tokens", type=int, default=None)
     args, rest = parser.parse_known_args(argv)
+    if args.command in ("quickstart", "serve") and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "quickstart":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         quickstart(args.report, args.device)
+    elif args.command == "serve":
+        from sglbench.server.app import serve
+
+        serve(args.model, host=args.host, port=args.port, api_key=args.api_key, device=args.device,
+              max_total_tokens=args.max_total_tokens)
     else:
         from sglbench.bench.__main__ import main as bench_main
 

@@ -169,8 +169,6 @@ class Engine:
         self.events.emit("request.arrived", rid=req.rid, prompt_tokens=len(req.input_ids), program_id=req.program_id)
         if spec is not None:
             self._advance_forced(req, self._constraints[req.rid])
-            if req.finished:  # its grammar forced the whole output: no step will refresh the metrics
-                self.metrics = self._build_metrics()
 
     def abort(self, rid: str, message: str = "aborted by the caller") -> None:
         req = self._by_rid.get(rid)
@@ -305,7 +303,7 @@ class Engine:
                 # Only part-prefilled requests, all short of memory: free one so the others can go on.
                 self._retract(self.scheduler.running[-1])
         self._stats["num_steps"] += 1
-        self.metrics = self._build_metrics()
+        self.refresh_metrics()
 
     def _guarded(self, reqs: list[Request], run) -> None:
         try:
@@ -558,6 +556,10 @@ class Engine:
             req.handle.finish(result)
 
     # ------------------------------------------------------------------ inspection
+    def refresh_metrics(self) -> None:
+        """Publish a new immutable metrics record (readers on other threads just read the attribute)."""
+        self.metrics = self._build_metrics()
+
     def _build_metrics(self) -> EngineMetrics:
         return EngineMetrics(
             time=time.time(),
@@ -583,5 +585,5 @@ class Engine:
         if self.scheduler.has_work():
             return False
         self.cache.flush()
-        self.metrics = self._build_metrics()
+        self.refresh_metrics()
         return True

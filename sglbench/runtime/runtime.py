@@ -40,6 +40,7 @@ def _engine_loop(engine: Engine, commands: queue.Queue, stopped: threading.Event
             cmd = commands.get(block=not engine.has_work())
         except queue.Empty:
             cmd = None
+        handled = cmd is not None
         while cmd is not None:
             if cmd is _STOP:
                 stopped.set()
@@ -51,6 +52,8 @@ def _engine_loop(engine: Engine, commands: queue.Queue, stopped: threading.Event
                 cmd = None
         if not stopped.is_set() and engine.has_work():
             engine.step()
+        elif handled:
+            engine.refresh_metrics()  # commands (abort, add) changed counts with no step to follow
     for req in list(engine.scheduler.waiting) + list(engine.scheduler.running):
         engine.abort(req.rid, "the runtime was shut down")
 

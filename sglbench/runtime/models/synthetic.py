@@ -19,6 +19,12 @@ _TOKENIZER_TEXT = [
     "0 1 2 3 4 5 6 7 8 9 10 11 12 {\"name\": \"Alice\", \"age\": 31}",
 ] * 20
 
+# Same layout as the embedded default model's template: <|role|>\n content <|end|>\n per message.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
 # Real model shapes for timing runs (random weights, labelled timing-only wherever reported).
 PRESETS: dict[str, dict] = {
     "llama-1b": dict(family="llama3", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -43,6 +49,7 @@ def write_tokenizer(out_dir: str | Path, vocab_size: int = 400) -> None:
     tok.train_from_iterator(_TOKENIZER_TEXT, trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out_dir))
 
 

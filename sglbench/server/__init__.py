@@ -1,0 +1,1 @@
+"""HTTP serving of an in-process Runtime (`sglbench serve`)."""
