@@ -12,6 +12,28 @@ __version__ = "0.1.0"
 _LAZY = {
     "Runtime": "sglbench.runtime.runtime",
     "SamplingParams": "sglbench.runtime.sampling",
+    "function": "sglbench.lang.api",
+    "gen": "sglbench.lang.api",
+    "gen_int": "sglbench.lang.api",
+    "gen_string": "sglbench.lang.api",
+    "select": "sglbench.lang.api",
+    "image": "sglbench.lang.api",
+    "system": "sglbench.lang.api",
+    "user": "sglbench.lang.api",
+    "assistant": "sglbench.lang.api",
+    "system_begin": "sglbench.lang.api",
+    "system_end": "sglbench.lang.api",
+    "user_begin": "sglbench.lang.api",
+    "user_end": "sglbench.lang.api",
+    "assistant_begin": "sglbench.lang.api",
+    "assistant_end": "sglbench.lang.api",
+    "set_default_backend": "sglbench.lang.api",
+    "flush_cache": "sglbench.lang.api",
+    "get_server_info": "sglbench.lang.api",
+    "global_config": "sglbench.lang.api",
+    "token_length_normalized": "sglbench.lang.api",
+    "greedy_token_selection": "sglbench.lang.api",
+    "unconditional_likelihood_normalized": "sglbench.lang.api",
 }
 
 

@@ -1,0 +1,212 @@
+"""The in-kernel `Runtime` as a language backend: requests go straight to its engine thread.
+
+Prompts are tokenized here (bos added) and submitted as token ids tagged with the program id, so the
+engine's events and each call's meta_info tie back to the program. Prefix hints become prefill-only
+requests (max_new_tokens=0) whose KV the radix cache keeps for the requests that follow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+from sglbench.lang.backend.base import BaseBackend, CallContext
+from sglbench.lang.chat_template import ChatTemplate, chat_template_from_tokenizer
+from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
+from sglbench.lang.global_config import global_config
+from sglbench.lang.ir import SglSamplingParams, dtype_to_regex
+from sglbench.runtime.request import RequestHandle
+from sglbench.runtime.runtime import Runtime
+from sglbench.runtime.sampling import SamplingParams
+
+_RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
+_PREFILL_ONLY = SamplingParams(max_new_tokens=0)
+
+
+def choice_start(prompt_ids: list[int], full_ids: list[int]) -> int:
+    """First position of full_ids (tokens of prompt + choice) that belongs to the choice: where it stops
+    matching prompt_ids, as the tokenizer may merge the prompt's last token with the choice's first.
+    At least 1 (the first token has no logprob) and at most len(full_ids) - 1 (a choice has a token)."""
+    common = 0
+    for a, b in zip(prompt_ids, full_ids):
+        if a != b:
+            break
+        common += 1
+    return max(1, min(common, len(full_ids) - 1))
+
+
+class RuntimeBackend(BaseBackend):
+    """Runs programs on a `sglbench.Runtime` in this process."""
+
+    def __init__(self, runtime: Runtime, chat_template: ChatTemplate | None = None):
+        self.runtime = runtime
+        self.tokenizer = runtime.tokenizer
+        self.chat_template = chat_template or chat_template_from_tokenizer(runtime.tokenizer.hf)
+        self._bos = self.tokenizer.encode("")  # what encode() prepends: [bos] or []
+
+    def __repr__(self) -> str:
+        return f"RuntimeBackend({self.runtime!r})"
+
+    # ------------------------------------------------------------------ requests
+    def _submit(self, ids: list[int], params: SamplingParams, program_id: str | None) -> RequestHandle:
+        return self.runtime.submit(ids, params, program_id=program_id)
+
+    @staticmethod
+    def _wait(handle: RequestHandle) -> dict:
+        result = handle.result()
+        reason = result["meta_info"]["finish_reason"] or {}
+        if reason.get("type") == "abort":
+            raise RuntimeError(f"request {handle.rid} was aborted: {reason.get('message', 'no reason given')}")
+        return result
+
+    def _commit(self, ids: list[int], program_id: str | None) -> dict | None:
+        """Prefill ids once so the requests that follow share them through the radix cache."""
+        if self.runtime.config.disable_radix_cache:
+            return None
+        return self._wait(self._submit(ids, _PREFILL_ONLY, program_id))["meta_info"]
+
+    def _sampling(self, p: SglSamplingParams) -> SamplingParams:
+        constrained: dict[str, Any] = {}
+        asked: list[str] = []
+        if p.dtype is not None:
+            constrained["regex"] = dtype_to_regex(p.dtype)
+            asked.append(f"dtype={getattr(p.dtype, '__name__', p.dtype)}")
+        for name in ("regex", "json_schema", "stop_regex"):
+            if getattr(p, name) is not None:
+                constrained[name] = getattr(p, name)
+                asked.append(f"{name}=...")
+        if set(constrained) - _RUNTIME_FIELDS:
+            raise NotImplementedError(
+                f"gen({', '.join(asked)}) needs constrained decoding, which is not available in this runtime yet"
+            )
+        return SamplingParams.from_kwargs(
+            max_new_tokens=p.max_new_tokens, min_new_tokens=p.min_new_tokens, temperature=p.temperature,
+            top_p=p.top_p, top_k=p.top_k, min_p=p.min_p, frequency_penalty=p.frequency_penalty,
+            presence_penalty=p.presence_penalty, stop=p.stop, stop_token_ids=p.stop_token_ids,
+            ignore_eos=p.ignore_eos, n=p.n, skip_special_tokens=global_config.skip_special_tokens_in_output,
+            return_logprob=p.return_logprob, logprob_start_len=p.logprob_start_len,
+            top_logprobs_num=p.top_logprobs_num, **constrained,
+        )
+
+    def _with_text(self, logprobs: list) -> list:
+        """(logprob, id) -> (logprob, id, text), also inside top-logprob lists."""
+        out = []
+        for item in logprobs:
+            if isinstance(item, list):
+                out.append(self._with_text(item))
+            else:
+                out.append((*item[:2], self.tokenizer.decode([item[1]], skip_special_tokens=False)))
+        return out
+
+    def _meta(self, result: dict, params: SglSamplingParams) -> dict:
+        meta = dict(result["meta_info"])
+        if params.return_text_in_logprobs:
+            for key in ("input_token_logprobs", "output_token_logprobs", "output_top_logprobs"):
+                if key in meta:
+                    meta[key] = self._with_text(meta[key])
+        return meta
+
+    # ------------------------------------------------------------------ BaseBackend
+    def generate(self, ctx: CallContext, params: SglSamplingParams) -> tuple[str | list[str], dict | list[dict]]:
+        sampling = self._sampling(params)
+        ids = self.tokenizer.encode(ctx.text)
+        if sampling.n == 1:
+            result = self._wait(self._submit(ids, sampling, ctx.program_id))
+            return result["text"], self._meta(result, params)
+        self._commit(ids, ctx.program_id)
+        seeds = [None if sampling.seed is None else sampling.seed + i for i in range(sampling.n)]
+        handles = [self._submit(ids, sampling.replace(n=1, seed=s), ctx.program_id) for s in seeds]
+        results = [self._wait(h) for h in handles]
+        return [r["text"] for r in results], [self._meta(r, params) for r in results]
+
+    def generate_stream(self, ctx: CallContext, params: SglSamplingParams) -> Iterator[tuple[str, dict | None]]:
+        sampling = self._sampling(params)
+        if sampling.n != 1:
+            raise ValueError("streaming supports n=1 only")
+        handle = self._submit(self.tokenizer.encode(ctx.text), sampling, ctx.program_id)
+        for delta in handle.iter_text():
+            yield delta, None
+        yield "", self._meta(self._wait(handle), params)
+
+    def select(self, ctx: CallContext, choices: list[str], temperature: float,
+               choices_method: ChoicesSamplingMethod) -> ChoicesDecision:
+        if temperature > 1e-5:
+            raise ValueError(f"select scores choices greedily: temperature must be 0, got {temperature}")
+        prompt = self.tokenizer.encode(ctx.text)
+        full = [self.tokenizer.encode(ctx.text + c) for c in choices]
+        starts = [choice_start(prompt, ids) for ids in full]
+        requests = []
+        if len(choices) > 1 and (commit := self._commit(prompt, ctx.program_id)) is not None:
+            requests.append(commit)
+        # One prefill-only request per choice; the prompt's KV comes from the cache, only the choice's
+        # tokens (from where it departs from the prompt) are computed and scored.
+        handles = [
+            self._submit(ids, SamplingParams(max_new_tokens=0, return_logprob=True, logprob_start_len=start),
+                         ctx.program_id)
+            for ids, start in zip(full, starts)
+        ]
+        scored = [self._wait(h)["meta_info"] for h in handles]
+        requests += scored
+        input_lps = [self._with_text(m["input_token_logprobs"]) for m in scored]
+        unconditional = None
+        if choices_method.requires_unconditional_logprobs:
+            bos = len(self._bos)
+            handles = [
+                self._submit(self._bos + ids[start:],
+                             SamplingParams(max_new_tokens=0, return_logprob=True, logprob_start_len=bos),
+                             ctx.program_id)
+                for ids, start in zip(full, starts)
+            ]
+            alone = [self._wait(h)["meta_info"] for h in handles]
+            requests += alone
+            unconditional = [self._with_text(m["input_token_logprobs"]) for m in alone]
+        normalized = [_mean_logprob(lps) for lps in input_lps]
+        decision = choices_method(
+            choices=list(choices), normalized_prompt_logprobs=normalized, input_token_logprobs=input_lps,
+            output_token_logprobs=[[] for _ in choices], unconditional_token_logprobs=unconditional,
+        )
+        meta = {
+            **decision.meta_info,
+            "prompt_tokens": sum(r["prompt_tokens"] for r in scored),
+            "cached_tokens": sum(r["cached_tokens"] for r in scored),
+            "completion_tokens": 0,
+            "requests": [{k: v for k, v in r.items() if "logprobs" not in k} for r in requests],
+        }
+        return ChoicesDecision(decision.decision, meta)
+
+    def get_chat_template(self) -> ChatTemplate:
+        return self.chat_template
+
+    def flush_cache(self) -> bool:
+        return self.runtime.flush_cache()
+
+    def get_server_info(self) -> dict[str, Any]:
+        rt, engine = self.runtime, self.runtime.engine
+        return {
+            "backend": "runtime", "model_path": rt.config.model_path,
+            "architecture": engine.model_config.architecture, "device": rt.config.device, "dtype": str(engine.dtype),
+            "max_total_tokens": engine.pool.num_slots, "context_length": engine.context_length,
+            "disable_radix_cache": rt.config.disable_radix_cache, "schedule_policy": rt.config.schedule_policy,
+            "max_running_requests": rt.config.max_running_requests, "chat_template": self.chat_template.name,
+        }
+
+    # ------------------------------------------------------------------ hints
+    def begin_program(self, program_id: str, name: str) -> None:
+        self.runtime.events.emit("program.begin", program_id=program_id, name=name)
+
+    def fork_program(self, ctx: CallContext, num_forks: int) -> None:
+        self.runtime.events.emit("program.fork", program_id=ctx.program_id, state_id=ctx.state_id, num_forks=num_forks)
+        if num_forks > 1 and ctx.text:
+            self._commit(self.tokenizer.encode(ctx.text), ctx.program_id)
+
+    def end_program(self, program_id: str) -> None:
+        self.runtime.events.emit("program.end", program_id=program_id)
+
+    def cache_prefix(self, prefix: str) -> None:
+        self._commit(self.tokenizer.encode(prefix), None)
+
+
+def _mean_logprob(token_logprobs: list) -> float:
+    values = [t[0] for t in token_logprobs if t[0] is not None]
+    return sum(values) / len(values) if values else float("-inf")

@@ -1,0 +1,147 @@
+"""`SglFunction`: a decorated program and the ways to execute it (run, run_batch, trace, compile)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sglbench.lang.backend import BaseBackend, resolve_backend
+from sglbench.lang.global_config import global_config
+from sglbench.lang.interpreter import Body, ProgramState, run_program, run_program_batch
+from sglbench.lang.ir import SglSamplingParams, TracingError
+from sglbench.lang.tracer import ProgramGraph, is_tracing, trace_program
+
+# run() sampling options and their defaults; a gen() argument left as None inherits these.
+RUN_OPTIONS: dict[str, Any] = {
+    "max_new_tokens": 128, "stop": None, "stop_token_ids": None, "stop_regex": None, "temperature": 1.0,
+    "top_p": 1.0, "top_k": -1, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+    "ignore_eos": False, "return_logprob": None, "logprob_start_len": None, "top_logprobs_num": None,
+    "return_text_in_logprobs": None,
+}
+
+
+class SglFunction:
+    """A program: a Python function whose first parameter is the state `s`."""
+
+    def __init__(self, func: Callable, num_api_spec_tokens: int | None = None,
+                 bind_arguments: dict[str, Any] | None = None):
+        self.func = func
+        self.num_api_spec_tokens = num_api_spec_tokens  # used by API backends that speculate; kept for parity
+        self._signature = inspect.signature(func)
+        params = list(self._signature.parameters.values())
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if not params or params[0].name != "s" or params[0].kind not in positional:
+            raise TypeError(
+                f"the first parameter of an sgl.function must be the program state `s`; "
+                f"{getattr(func, '__name__', func)}{self._signature} does not start with it"
+            )
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        self.arg_names = [p.name for p in params[1:] if p.kind not in variadic]
+        self.bind_arguments = dict(bind_arguments or {})
+        if self.bind_arguments:
+            self._bind((), self.bind_arguments, partial=True)
+        functools.update_wrapper(self, func)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.func, "__name__", "program")
+
+    def __repr__(self) -> str:
+        return f"SglFunction({self.name}{self._signature})"
+
+    # ------------------------------------------------------------------ arguments
+    def _bind(self, args: tuple, kwargs: dict[str, Any], partial: bool = False) -> inspect.BoundArguments:
+        merged = {**self.bind_arguments, **kwargs}
+        try:
+            bound = (self._signature.bind_partial if partial else self._signature.bind)(None, *args, **merged)
+        except TypeError as exc:
+            raise TypeError(
+                f"{self.name}: {exc}. The program takes {self.arg_names}; run() also takes the options "
+                f"{sorted(RUN_OPTIONS)}, stream and backend"
+            ) from None
+        bound.apply_defaults()
+        return bound
+
+    def resolve_arguments(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Every named argument of a call with these keywords (defaults and bound values filled in)."""
+        arguments = dict(self._bind((), kwargs).arguments)
+        arguments.pop("s")
+        return arguments
+
+    @staticmethod
+    def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(run() sampling options, program arguments) from one keyword dict."""
+        options = {k: v for k, v in kwargs.items() if k in RUN_OPTIONS}
+        return options, {k: v for k, v in kwargs.items() if k not in RUN_OPTIONS}
+
+    @staticmethod
+    def sampling_defaults(options: dict[str, Any]) -> SglSamplingParams:
+        unknown = sorted(set(options) - set(RUN_OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown run option(s) {unknown}; known: {sorted(RUN_OPTIONS)}")
+        return SglSamplingParams(**{**RUN_OPTIONS, **options})
+
+    @staticmethod
+    def check_batch(batch_kwargs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not isinstance(batch_kwargs, (list, tuple)):
+            raise TypeError(f"run_batch takes a list of keyword-argument dicts, got {type(batch_kwargs).__name__}")
+        for i, kw in enumerate(batch_kwargs):
+            if not isinstance(kw, dict):
+                raise TypeError(f"run_batch item {i} must be a dict of program arguments, got {type(kw).__name__}")
+        return list(batch_kwargs)
+
+    def _body(self, args: tuple, kwargs: dict[str, Any]) -> Body:
+        bound = self._bind(args, kwargs)
+        return lambda s: self.func(s, *bound.args[1:], **bound.kwargs)
+
+    def precache(self, graph: ProgramGraph | None, backend: BaseBackend, batch_size: int) -> None:
+        """Before a batch, cache the constant prefix every run starts with (found by tracing)."""
+        if batch_size < 2 or not global_config.enable_precache_with_tracing:
+            return
+        prefix = (graph or trace_program(self, {})).constant_prefix(backend.get_chat_template())
+        if len(prefix) >= global_config.precache_min_chars:
+            backend.cache_prefix(prefix)
+
+    # ------------------------------------------------------------------ execution
+    def run(self, *args: Any, stream: bool = False, backend: Any = None, **kwargs: Any) -> ProgramState:
+        """Run once. Keywords are program arguments or sampling options (the defaults of every gen):
+        max_new_tokens=128, stop, stop_token_ids, stop_regex, temperature=1.0, top_p=1.0, top_k=-1,
+        min_p=0.0, frequency_penalty=0.0, presence_penalty=0.0, ignore_eos=False, return_logprob,
+        logprob_start_len, top_logprobs_num, return_text_in_logprobs. stream=True returns at once."""
+        options, program_kwargs = self.split_options(kwargs)
+        defaults = self.sampling_defaults(options)
+        body = self._body(args, program_kwargs)
+        return run_program(self.name, body, resolve_backend(backend), defaults, stream)
+
+    def run_batch(self, batch_kwargs: list[dict[str, Any]], *, backend: Any = None, num_threads: int | str = "auto",
+                  progress_bar: bool = False, generator_style: bool = False,
+                  **options: Any) -> list[ProgramState] | Iterator[ProgramState]:
+        """Run once per argument dict on a thread pool (after caching the shared prefix); a failing
+        program's state carries its error. generator_style yields states in order as they finish."""
+        defaults = self.sampling_defaults(options)
+        bodies = [self._body((), kw) for kw in self.check_batch(batch_kwargs)]
+        resolved = resolve_backend(backend)
+        self.precache(None, resolved, len(bodies))
+        return run_program_batch(self.name, bodies, resolved, defaults, num_threads, progress_bar, generator_style)
+
+    def bind(self, **kwargs: Any) -> SglFunction:
+        """A copy with some arguments fixed."""
+        return SglFunction(self.func, self.num_api_spec_tokens, {**self.bind_arguments, **kwargs})
+
+    def trace(self, **kwargs: Any) -> ProgramGraph:
+        """The program's graph; arguments not given stay open."""
+        self._bind((), kwargs, partial=True)
+        return trace_program(self, kwargs)
+
+    def compile(self, *, backend: Any = None):
+        """A `CompiledFunction`: the traced graph, run with independent branches in parallel."""
+        from sglbench.lang.compiler import CompiledFunction
+
+        return CompiledFunction(self, backend)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ProgramState:
+        if is_tracing():
+            raise TracingError(f"the program calls program {self.name}, which tracing does not follow")
+        return self.run(*args, **kwargs)
