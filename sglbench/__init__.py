@@ -48,3 +48,10 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_LAZY))
+
+
+def load_ipython_extension(ipython) -> None:
+    """`%load_ext sglbench`: registers %%sgl, %sgl_runtime and %sgl_report."""
+    from sglbench.magics import load_ipython_extension as register
+
+    register(ipython)

@@ -105,10 +105,13 @@ class Runtime:
         )
         self._thread.start()
         self._finalizer = weakref.finalize(self, _stop_thread, self._commands, self._thread)
+        self._dashboard = None
 
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
         """Stop the engine thread (aborting unfinished requests) and free the model and KV pool."""
+        if self._dashboard is not None:
+            self._dashboard.stop()
         if self._finalizer.alive:
             self._finalizer()
         self.engine.pool.k_buffers.clear()
@@ -245,6 +248,26 @@ class Runtime:
     @property
     def events(self):
         return self.engine.events
+
+    # ------------------------------------------------------------------ workbench
+    def dashboard(self, graphs=None):
+        """Live widgets: radix tree, cache stats, per-call latency and program graphs (the latest
+        program runs unless graphs is given). One dashboard per runtime; shown again if it exists."""
+        from sglbench.viz.adapters import recent_program_graphs
+        from sglbench.viz.widgets import Dashboard
+
+        if self._dashboard is None:
+            self._dashboard = Dashboard(self, graphs=graphs if graphs is not None else recent_program_graphs)
+        return self._dashboard
+
+    def report(self, path: str, graphs=None):
+        """Write one self-contained HTML report of this runtime's cache behaviour, calls and programs."""
+        from sglbench.viz.adapters import recent_program_graphs
+        from sglbench.viz.report import write_report
+
+        history = self._dashboard.recorder if self._dashboard is not None else None
+        return write_report(self, path, graphs=graphs if graphs is not None else recent_program_graphs(),
+                            metrics_history=history)
 
 
 def _is_batch(prompt) -> bool:

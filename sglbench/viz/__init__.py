@@ -1,0 +1,58 @@
+"""Widgets and reports over a Runtime: they read snapshots and events, never mutate the engine.
+
+Modules load on first use (ipywidgets, pandas), so `import sglbench.viz` stays light and needs no torch.
+
+    from sglbench.viz import Dashboard, write_report
+    dash = Dashboard(rt)                 # live radix tree, cache stats, latency, program graphs
+    write_report(rt, "run.html", metrics_history=dash.recorder)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "render_tree": "sglbench.viz.tree",
+    "recently_evicted": "sglbench.viz.tree",
+    "render_stats": "sglbench.viz.stats",
+    "hit_rate_series": "sglbench.viz.stats",
+    "CallLatency": "sglbench.viz.latency",
+    "RequestTimeline": "sglbench.viz.latency",
+    "call_latencies": "sglbench.viz.latency",
+    "calls_frame": "sglbench.viz.latency",
+    "latency_table": "sglbench.viz.latency",
+    "latency_histogram": "sglbench.viz.latency",
+    "render_latency": "sglbench.viz.latency",
+    "GraphNode": "sglbench.viz.graph",
+    "ProgramGraph": "sglbench.viz.graph",
+    "render_graph": "sglbench.viz.graph",
+    "MetricsRecorder": "sglbench.viz.recorder",
+    "Poller": "sglbench.viz.poller",
+    "set_static": "sglbench.viz.widgets",
+    "is_static": "sglbench.viz.widgets",
+    "RadixTreeView": "sglbench.viz.widgets",
+    "CacheStatsView": "sglbench.viz.widgets",
+    "LatencyView": "sglbench.viz.widgets",
+    "ProgramGraphView": "sglbench.viz.widgets",
+    "Dashboard": "sglbench.viz.widgets",
+    "write_report": "sglbench.viz.report",
+    "graph_from_trace": "sglbench.viz.adapters",
+    "graph_from_telemetry": "sglbench.viz.adapters",
+    "recent_program_graphs": "sglbench.viz.adapters",
+    "render_report": "sglbench.viz.report",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sglbench.viz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
