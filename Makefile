@@ -37,11 +37,13 @@ system-packages:
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
 run: setup
-	@if [ "$(HEADLESS)" = 1 ]; then $(PY) -m sglbench quickstart --report reports/quickstart.html; \
+	@if [ "$(HEADLESS)" = 1 ]; then SGLBENCH_STATIC=1 $(PY) -m sglbench quickstart --report reports/quickstart.html; \
 	else $(VENV)/bin/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(PORT) --no-browser; fi
 
+# Unit tests and the example notebooks (nbval re-runs them against their stored outputs, widgets in
+# static mode, timings and ids masked by notebooks/sanitize.cfg).
 test: setup
-	$(PY) -m pytest -q tests
+	SGLBENCH_STATIC=1 $(PY) -m pytest -q tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

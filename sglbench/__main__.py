@@ -1,55 +1,51 @@
-"""Command line: `python -m sglbench quickstart` (headless main job) and `python -m sglbench bench ...`."""
+"""Command line: `python -m sglbench quickstart` (the headless main job), `serve` and `bench`."""
 
 from __future__ import annotations
 
 import argparse
-import html
+import os
 import sys
 import time
 from pathlib import Path
 
-QUICKSTART_PROMPTS = [
-    "Q: What is 12 + 7?\nA:",
-    "Q: What is 9 - 4?\nA:",
-]
+QUICKSTART_NOTEBOOK = "01_quickstart.ipynb"
 
 
-def quickstart(report: str | None, device: str) -> None:
-    """Run a few generations on the embedded default model, print them, and optionally write an HTML summary."""
-    from sglbench.runtime.runtime import Runtime
+def find_notebook(name: str) -> Path | None:
+    """notebooks/NAME in the current folder or beside the package (a source checkout)."""
+    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        candidate = root / "notebooks" / name
+        if candidate.is_file():
+            return candidate
+    return None
 
-    print("sglbench quick-start: generating with the embedded default model (notebooks arrive with the workbench)")
+
+def quickstart(report: str | None, timeout: int = 600) -> Path:
+    """Execute the quick-start notebook headless (nbclient) and let it write its HTML report."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = find_notebook(QUICKSTART_NOTEBOOK)
+    if notebook is None:
+        raise SystemExit(f"notebooks/{QUICKSTART_NOTEBOOK} not found: run from the sglbench checkout")
+    report_path = Path(report or "reports/quickstart.html").resolve()
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["SGLBENCH_REPORT"] = str(report_path)
+    os.environ.setdefault("SGLBENCH_STATIC", "1")
+    print(f"sglbench quick-start: executing {notebook} headless")
     start = time.perf_counter()
-    with Runtime(device=device) as rt:
-        print(rt)
-        results = rt.generate(QUICKSTART_PROMPTS, max_new_tokens=16, temperature=0, stop=["\n"])
-        rows = []
-        for prompt, result in zip(QUICKSTART_PROMPTS, results):
-            meta = result["meta_info"]
-            print(f"--- prompt: {prompt!r}\n    output: {result['text']!r}  "
-                  f"({meta['completion_tokens']} tokens, {meta['e2e_latency'] * 1000:.0f} ms)")
-            rows.append((prompt, result["text"], meta["completion_tokens"], meta["e2e_latency"]))
-        metrics = rt.metrics()
-    print(f"done in {time.perf_counter() - start:.1f} s; cache hit rate {metrics.hit_rate:.1%}")
-    if report:
-        _write_summary(Path(report), rows, repr(metrics))
-        print(f"report written to {report}")
-
-
-def _write_summary(path: Path, rows: list[tuple], metrics: str) -> None:
-    """One self-contained HTML file: inline CSS, every string escaped, no external URL."""
-    body = "".join(
-        f"<tr><td><pre>{html.escape(p)}</pre></td><td><pre>{html.escape(t)}</pre></td><td>{n}</td><td>{lat * 1000:.0f}</td></tr>"
-        for p, t, n, lat in rows
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>sglbench quick-start</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}"
-        "table{border-collapse:collapse}pre{margin:0}</style></head><body><h1>sglbench quick-start</h1>"
-        "<table><tr><th>prompt</th><th>output</th><th>tokens</th><th>latency (ms)</th></tr>"
-        f"{body}</table><h2>engine metrics</h2><pre>{html.escape(metrics)}</pre></body></html>"
-    )
+    book = nbformat.read(notebook, as_version=4)
+    NotebookClient(book, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    executed = report_path.with_suffix(".ipynb")
+    nbformat.write(book, executed)
+    for cell in book.cells:
+        for output in cell.get("outputs", []):
+            text = output.get("text") or output.get("data", {}).get("text/plain")
+            if text:
+                print(text.rstrip())
+    print(f"done in {time.perf_counter() - start:.1f} s; report: {report_path}; executed notebook: {executed}")
+    return report_path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     qs = sub.add_parser("quickstart", help="run the quick-start headless and write its HTML report")
     qs.add_argument("--report", default=None, help="path of the HTML report to write")
-    qs.add_argument("--device", default="auto")
     sub.add_parser("bench", help="benchmarks: python -m sglbench bench WORKLOAD ...", add_help=False)
     sv = sub.add_parser("serve", help="serve a Runtime over HTTP (SGLang-native and OpenAI-compatible API)")
     sv.add_argument("--model", default=None, help="local Hugging Face folder (default: the embedded model)")
@@ -70,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in ("quickstart", "serve") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "quickstart":
-        quickstart(args.report, args.device)
+        quickstart(args.report)
     elif args.command == "serve":
         from sglbench.server.app import serve
 

@@ -11,6 +11,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -131,7 +132,7 @@ class Runtime:
 
     def __repr__(self) -> str:
         mc = self.engine.model_config
-        return (f"Runtime(model={self.config.model_path!r}, arch={mc.architecture}, device={self.config.device!r}, "
+        return (f"Runtime(model={Path(self.config.model_path).name!r}, arch={mc.architecture}, device={self.config.device!r}, "
                 f"dtype={self.engine.dtype}, slots={self.engine.pool.num_slots}, "
                 f"radix_cache={'off' if self.config.disable_radix_cache else 'on'})")
 
