@@ -26,13 +26,11 @@ class GenerateRequest(BaseModel):
     rid: str | None = None
 
 
-class CompletionRequest(BaseModel):
-    """OpenAI /v1/completions."""
+class _OpenAISampling(BaseModel):
+    """Sampling fields shared by the OpenAI completion and chat bodies."""
 
     model_config = _STRICT
     model: str
-    prompt: str | list[int]
-    max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     n: int = 1
@@ -41,9 +39,16 @@ class CompletionRequest(BaseModel):
     seed: int | None = None
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    user: str | None = None
+
+
+class CompletionRequest(_OpenAISampling):
+    """OpenAI /v1/completions."""
+
+    prompt: str | list[int]
+    max_tokens: int = 16
     logprobs: int | None = None
     echo: bool = False
-    user: str | None = None
 
 
 class ChatMessage(BaseModel):
@@ -52,20 +57,9 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(_OpenAISampling):
     """OpenAI /v1/chat/completions."""
 
-    model_config = _STRICT
-    model: str
     messages: list[ChatMessage]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = 1
-    stream: bool = False
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    user: str | None = None
