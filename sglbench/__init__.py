@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Runtime": "sglbench.runtime.runtime",
     "SamplingParams": "sglbench.runtime.sampling",
+    "RuntimeEndpoint": "sglbench.lang.backend.endpoint",
+    "OpenAI": "sglbench.lang.backend.openai_backend",
     "function": "sglbench.lang.api",
     "gen": "sglbench.lang.api",
     "gen_int": "sglbench.lang.api",

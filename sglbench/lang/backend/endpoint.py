@@ -1,0 +1,529 @@
+"""`RuntimeEndpoint`: programs run on an SGLang server (or `sglbench serve`) through its native HTTP API.
+
+The server tokenizes. `select` therefore learns where a choice's tokens begin from the token ids the
+server returns: it caches the prompt (a prefill-only request that also reports the prompt's length),
+then asks for logprobs from a few tokens before the end of the prompt, for the prompt alone and for
+prompt + choice, and takes the first position where their ids differ.
+
+    prompt ids        ... 17 42 | 8          (window starts _WINDOW tokens before the prompt's end)
+    prompt+choice ids ... 17 42 | 93 5       choice_start = first differing position (93)
+
+Every text prompt sent is recorded in a `PromptTree`, a client-side radix tree over characters that
+`sglbench.viz.render_tree` draws like the engine's own cache (`backend.prompt_tree.snapshot()`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import heapq
+import itertools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from sglbench.lang.backend.base import BaseBackend, CallContext
+from sglbench.lang.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, chat_template_from_tokenizer
+from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
+from sglbench.lang.global_config import global_config
+from sglbench.lang.ir import SglSamplingParams, dtype_to_regex
+
+if TYPE_CHECKING:  # the engine's record types; imported at run time only by PromptTree.snapshot (loads torch)
+    from sglbench.runtime.radix_cache import CacheSnapshot
+
+logger = logging.getLogger(__name__)
+
+_WINDOW = 3  # prompt tokens scored along with each choice, to find where the choice's tokens begin
+_TIMINGS = ("arrived", "scheduled", "first_token", "finished")
+
+
+# ---------------------------------------------------------------------------- shared by remote backends
+def client_timings(meta: dict, sent: float, first: float | None, received: float) -> dict:
+    """meta with its timings on this machine's clock: a server's own timings (sglbench serve reports
+    them) are shifted so that it received the request when it was sent; without them, the client's
+    send / first chunk / receive times stand in."""
+    out = dict(meta)
+    if out.get("arrived") is None:
+        out.update(arrived=sent, first_token=first, finished=received)
+    else:
+        shift = sent - out["arrived"]
+        for key in _TIMINGS:
+            if out.get(key) is not None:
+                out[key] += shift
+    out.setdefault("e2e_latency", received - sent)
+    return out
+
+
+class _Node:
+    __slots__ = ("children", "hit_count", "id", "key", "last_access", "lock_ref", "parent")
+
+    def __init__(self, node_id: int, key: str, parent: _Node | None):
+        self.id = node_id
+        self.key = key  # characters of this run
+        self.parent = parent
+        self.children: dict[str, _Node] = {}
+        self.lock_ref = 0  # requests in flight whose prompt passes through this node
+        self.last_access = 0
+        self.hit_count = 0  # prompts that shared this whole node with an earlier one
+
+
+class PromptTree:
+    """Radix tree over the characters of the prompts a remote backend sent: what a server's prefix cache
+    could share. Nodes on an in-flight request's path are locked (drawn as in use); past `max_chars`,
+    least recently used unlocked leaves are dropped. Thread-safe."""
+
+    def __init__(self, max_chars: int = 1 << 20):
+        self.max_chars = max_chars
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._root = _Node(0, "", None)
+        self._clock = self._version = self._size = 0
+        self._inserted = self._evicted = 0
+        self._server_prompt_tokens = self._server_cached_tokens = 0
+
+    @property
+    def version(self) -> int:
+        """Grows with every change (a cheap probe for views)."""
+        return self._version
+
+    def send(self, prompt: str) -> _Node:
+        """Insert prompt and lock its path until `done`; returns the ticket for `done`."""
+        with self._lock:
+            self._clock += 1
+            self._version += 1
+            node, pos = self._root, 0
+            while pos < len(prompt):
+                child = node.children.get(prompt[pos])
+                if child is None:
+                    child = _Node(next(self._ids), prompt[pos:], node)
+                    node.children[prompt[pos]] = child
+                    self._size += len(child.key)
+                    self._inserted += len(child.key)
+                else:
+                    shared = _common_prefix_len(child.key, prompt[pos:pos + len(child.key)])
+                    if shared < len(child.key):
+                        child = self._split(child, shared)
+                    child.hit_count += 1
+                child.last_access = self._clock
+                node, pos = child, pos + len(child.key)
+            self._walk_up(node, +1)
+            self._evict()
+            return node
+
+    def done(self, ticket: _Node, meta: dict | None) -> None:
+        """The request behind ticket finished; meta (when it succeeded) adds the server's token counts,
+        where the server reports cached tokens."""
+        with self._lock:
+            self._version += 1
+            self._walk_up(ticket, -1)
+            if meta is not None and meta.get("cached_tokens") is not None:
+                self._server_prompt_tokens += int(meta.get("prompt_tokens") or 0)
+                self._server_cached_tokens += int(meta["cached_tokens"])
+            self._evict()
+
+    def clear(self) -> None:
+        """Forget every prompt (after the server's cache was flushed)."""
+        with self._lock:
+            self._version += 1
+            self._evicted += self._size
+            self._size = 0
+            self._root.children = {}
+
+    def snapshot(self) -> CacheSnapshot:
+        """The tree as the engine's `CacheSnapshot` (sizes in characters; the hit counters are the server's
+        prompt and cached token counts)."""
+        from sglbench.runtime.radix_cache import PREVIEW_TOKENS, CacheCounters, CacheSnapshot, NodeSnapshot
+
+        with self._lock:
+            nodes, stack = [], [self._root]
+            while stack:  # depth-first, siblings in character order
+                n = stack.pop()
+                nodes.append(NodeSnapshot(
+                    id=n.id, parent_id=None if n.parent is None else n.parent.id, num_tokens=len(n.key),
+                    token_ids_preview=tuple(ord(c) for c in n.key[:PREVIEW_TOKENS]), lock_ref=n.lock_ref,
+                    last_access=n.last_access, hit_count=n.hit_count, text_preview=n.key[:PREVIEW_TOKENS],
+                ))
+                stack.extend(n.children[c] for c in sorted(n.children, reverse=True))
+            protected = sum(n.num_tokens for n in nodes if n.lock_ref > 0)
+            return CacheSnapshot(
+                version=self._version, disabled=False, nodes=tuple(nodes), evictable_size=self._size - protected,
+                protected_size=protected, total_size=self._size,
+                counters=CacheCounters(self._server_prompt_tokens, self._server_cached_tokens, self._inserted,
+                                       self._evicted),
+            )
+
+    # ------------------------------------------------------------------ internals (caller holds _lock)
+    def _split(self, node: _Node, at: int) -> _Node:
+        """Cut node after `at` characters; the new upper node takes its place and inherits its counts."""
+        upper = _Node(next(self._ids), node.key[:at], node.parent)
+        upper.lock_ref, upper.hit_count, upper.last_access = node.lock_ref, node.hit_count, node.last_access
+        node.parent.children[upper.key[0]] = upper
+        node.key, node.parent = node.key[at:], upper
+        upper.children[node.key[0]] = node
+        return upper
+
+    def _walk_up(self, node: _Node, delta: int) -> None:
+        while node is not self._root and node is not None:
+            node.lock_ref += delta
+            node = node.parent
+
+    def _evict(self) -> None:
+        if self._size <= self.max_chars:
+            return
+        target = self.max_chars * 9 // 10
+        stack, leaves = [self._root], []
+        while stack:
+            n = stack.pop()
+            stack.extend(n.children.values())
+            if n is not self._root and not n.children and n.lock_ref == 0:
+                leaves.append((n.last_access, n.id, n))
+        heapq.heapify(leaves)
+        while self._size > target and leaves:
+            _, _, leaf = heapq.heappop(leaves)
+            parent = leaf.parent
+            del parent.children[leaf.key[0]]
+            self._size -= len(leaf.key)
+            self._evicted += len(leaf.key)
+            if parent is not self._root and not parent.children and parent.lock_ref == 0:
+                heapq.heappush(leaves, (parent.last_access, parent.id, parent))
+
+
+def _common_prefix_len(a: Any, b: Any) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def load_tokenizer(path: str):
+    """A Hugging Face tokenizer from a local folder (or a hub id), for chat templates and logprob text."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def resolve_chat_template(chat_template: ChatTemplate | str | None, tokenizer) -> ChatTemplate:
+    """A given ChatTemplate; one derived from a tokenizer folder (a str; "default" is SGLang's plain
+    template); else the tokenizer's own, else the plain default."""
+    if isinstance(chat_template, ChatTemplate):
+        return chat_template
+    if chat_template == "default":
+        return DEFAULT_CHAT_TEMPLATE
+    if isinstance(chat_template, str):
+        return chat_template_from_tokenizer(load_tokenizer(chat_template))
+    if chat_template is not None:
+        raise TypeError(f"chat_template must be a ChatTemplate or a tokenizer folder, "
+                        f"got {type(chat_template).__name__}")
+    return chat_template_from_tokenizer(tokenizer) if tokenizer is not None else DEFAULT_CHAT_TEMPLATE
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The server's own words from an error response (SGLang, OpenAI and FastAPI shapes)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or response.reason_phrase
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            return str(error.get("message") or error.get("detail") or error)
+        return str(error)
+    return str(body)
+
+
+def _mean_logprob(token_logprobs: list) -> float:
+    values = [t[0] for t in token_logprobs if t[0] is not None]
+    return sum(values) / len(values) if values else float("-inf")
+
+
+# ---------------------------------------------------------------------------- the backend
+class RuntimeEndpoint(BaseBackend):
+    """Runs programs on an SGLang-compatible server: `sglbench serve` or SGLang's `launch_server`.
+
+    >>> backend = RuntimeEndpoint("http://127.0.0.1:30000", api_key="secret")
+    >>> sgl.set_default_backend(backend)
+
+    tokenizer_path: a local tokenizer folder of the served model (default: the server's model path when it
+    exists on this machine), used for the chat template and for logprob text. chat_template: a
+    ChatTemplate or a tokenizer folder; default: the tokenizer's, else SGLang's plain template.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, chat_template: ChatTemplate | str | None = None,
+                 tokenizer_path: str | None = None, timeout: float = 300.0, max_workers: int = 16):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=self.base_url, headers=headers,
+                                    timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                                    limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="sgl-endpoint")
+        self._decode_lock = threading.Lock()
+        self._prefix_ids: list[int] | None = None
+        self.prompt_tree = PromptTree()
+        try:  # reach the server now, so a wrong URL or key fails here
+            self.model_info: dict[str, Any] = self._json("GET", "/get_model_info")
+            self.tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else self._local_tokenizer()
+            self.chat_template = resolve_chat_template(chat_template, self.tokenizer)
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"RuntimeEndpoint({self.base_url!r}, model={self.model_info.get('model_path')!r})"
+
+    def close(self) -> None:
+        """Close the HTTP connections and worker threads."""
+        self._client.close()
+        self._pool.shutdown(wait=False)
+
+    def _local_tokenizer(self):
+        """The served model's tokenizer when its folder (as the server reports it) exists on this machine."""
+        for key in ("tokenizer_path", "model_path"):
+            value = self.model_info.get(key)
+            path = Path(str(value)) if value else None
+            if path is not None and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+                try:
+                    return load_tokenizer(str(path))
+                except Exception as exc:  # a folder we cannot read: fall back to the plain template
+                    logger.warning("cannot load the tokenizer at %s (%s); using no local tokenizer", path, exc)
+        return None
+
+    # ------------------------------------------------------------------ HTTP
+    @contextlib.contextmanager
+    def _transport(self, path: str) -> Iterator[None]:
+        """httpx's connection failures as errors that name the server."""
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise TimeoutError(f"{self.base_url}{path} did not answer within {self.timeout} s") from None
+        except httpx.TransportError as exc:  # refused, reset, bad URL
+            raise ConnectionError(f"cannot connect to the server at {self.base_url} ({exc}); is it running? "
+                                  "(e.g. `sglbench serve --model PATH --port 30000`)") from None
+
+    def _check(self, response: httpx.Response, path: str) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        message = _error_message(response)
+        if status in (401, 403):
+            given = "no API key was given" if not self.api_key else "the API key given was refused"
+            raise PermissionError(f"{self.base_url} refused {path} (HTTP {status}: {message}): {given}; pass "
+                                  "api_key= matching the server's --api-key")
+        if status in (400, 422):
+            raise ValueError(f"{self.base_url} rejected the request: {message}")
+        raise RuntimeError(f"{self.base_url}{path} failed (HTTP {status}): {message}")
+
+    def _json(self, method: str, path: str, body: dict | None = None) -> Any:
+        with self._transport(path):
+            response = self._client.request(method, path, json=body)
+        self._check(response, path)
+        return response.json()
+
+    def _map(self, fn: Callable[[Any], Any], items: list) -> list:
+        return list(self._pool.map(fn, items))
+
+    # ------------------------------------------------------------------ /generate
+    def _sampling(self, p: SglSamplingParams) -> dict[str, Any]:
+        regex = p.regex if p.regex is not None else (None if p.dtype is None else dtype_to_regex(p.dtype))
+        sampling = {
+            "max_new_tokens": p.max_new_tokens, "min_new_tokens": p.min_new_tokens, "temperature": p.temperature,
+            "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p, "frequency_penalty": p.frequency_penalty,
+            "presence_penalty": p.presence_penalty, "stop": list(p.stop) if p.stop else None,
+            "stop_token_ids": list(p.stop_token_ids) if p.stop_token_ids else None, "ignore_eos": p.ignore_eos,
+            "skip_special_tokens": global_config.skip_special_tokens_in_output, "regex": regex,
+            "json_schema": p.json_schema, "stop_regex": p.stop_regex,
+        }
+        return {k: v for k, v in sampling.items() if v is not None}
+
+    def _body(self, text: str, p: SglSamplingParams) -> dict[str, Any]:
+        body: dict[str, Any] = {"text": text, "sampling_params": self._sampling(p)}
+        for key in ("return_logprob", "logprob_start_len", "top_logprobs_num"):
+            if getattr(p, key) is not None:
+                body[key] = getattr(p, key)
+        if p.return_text_in_logprobs and self.tokenizer is None:
+            body["return_text_in_logprobs"] = True  # SGLang adds the text itself; with a tokenizer we do
+        return body
+
+    def _generate(self, body: dict) -> dict:
+        """One blocking /generate call; the result's meta_info on this machine's clock."""
+        body = {**body, "rid": uuid.uuid4().hex}
+        ticket = self.prompt_tree.send(body["text"]) if "text" in body else None
+        meta = None
+        try:
+            sent = time.time()
+            result = self._json("POST", "/generate", body)
+            meta = client_timings(result["meta_info"], sent, None, time.time())
+            return {**result, "meta_info": meta}
+        finally:
+            if ticket is not None:
+                self.prompt_tree.done(ticket, meta)
+
+    def _prefill(self, text: str | None = None, input_ids: list[int] | None = None,
+                 logprob_start_len: int | None = None) -> dict:
+        """A prefill-only request (its KV stays in the server's cache); with logprob_start_len, the
+        prompt's token logprobs from there. Returns meta_info."""
+        body: dict[str, Any] = {"sampling_params": {"max_new_tokens": 0}}
+        body.update({"text": text} if input_ids is None else {"input_ids": input_ids})
+        if logprob_start_len is not None:
+            body.update(return_logprob=True, logprob_start_len=logprob_start_len)
+        return self._generate(body)["meta_info"]
+
+    def _with_text(self, logprobs: list) -> list:
+        """(logprob, id) -> (logprob, id, text), also inside top-logprob lists; unchanged without a tokenizer."""
+        if self.tokenizer is None:
+            return logprobs
+        out: list = []
+        for item in logprobs:
+            if not item or isinstance(item[0], (list, tuple)):  # a position's top-logprob list
+                out.append(self._with_text(item))
+                continue
+            with self._decode_lock:
+                token = self.tokenizer.decode([item[1]], skip_special_tokens=False)
+            out.append((item[0], item[1], token))
+        return out
+
+    def _meta(self, meta: dict, params: SglSamplingParams) -> dict:
+        if params.return_text_in_logprobs and self.tokenizer is not None:
+            meta = dict(meta)
+            for key in ("input_token_logprobs", "output_token_logprobs", "output_top_logprobs"):
+                if meta.get(key):
+                    meta[key] = self._with_text(meta[key])
+        return meta
+
+    # ------------------------------------------------------------------ BaseBackend
+    def generate(self, ctx: CallContext, params: SglSamplingParams) -> tuple[str | list[str], dict | list[dict]]:
+        body = self._body(ctx.text, params)
+        n = params.n or 1
+        if n == 1:
+            result = self._generate(body)
+            return result["text"], self._meta(result["meta_info"], params)
+        self._prefill(ctx.text)  # the samples share the prompt through the server's cache
+        results = self._map(self._generate, [body] * n)
+        return [r["text"] for r in results], [self._meta(r["meta_info"], params) for r in results]
+
+    def generate_stream(self, ctx: CallContext, params: SglSamplingParams) -> Iterator[tuple[str, dict | None]]:
+        if (params.n or 1) != 1:
+            raise ValueError("streaming supports n=1 only")
+        body = {**self._body(ctx.text, params), "stream": True, "rid": uuid.uuid4().hex}
+        ticket = self.prompt_tree.send(ctx.text)
+        meta = None
+        try:
+            sent, first, so_far, last = time.time(), None, "", None
+            with self._transport("/generate"), self._client.stream("POST", "/generate", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._check(response, "/generate")
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    last = json.loads(data)
+                    if "error" in last:
+                        raise RuntimeError(f"{self.base_url} failed mid-stream: {last['error']}")
+                    text = last.get("text", "")
+                    if len(text) > len(so_far):  # SGLang streams the text so far
+                        first = first or time.time()
+                        yield text[len(so_far):], None
+                        so_far = text
+            if last is None:
+                raise RuntimeError(f"{self.base_url}/generate closed the stream without a result")
+            meta = client_timings(last.get("meta_info", {}), sent, first, time.time())
+        finally:
+            self.prompt_tree.done(ticket, meta)
+        yield "", self._meta(meta, params)
+
+    def select(self, ctx: CallContext, choices: list[str], temperature: float,
+               choices_method: ChoicesSamplingMethod) -> ChoicesDecision:
+        if temperature > 1e-5:
+            raise ValueError(f"select scores choices greedily: temperature must be 0, got {temperature}")
+        commit = self._prefill(ctx.text)  # caches the prompt and tells its length in tokens
+        texts = [ctx.text + c for c in choices]
+        lo = max(commit["prompt_tokens"] - _WINDOW, 0)
+        scored, ids, common = self._score_window(ctx.text, texts, lo)
+        if lo > 0 and any(c == lo for c in common):  # a choice re-tokenized the prompt before the window
+            lo = 0
+            scored, ids, common = self._score_window(ctx.text, texts, lo)
+        prompt_meta, scored = scored[0], scored[1:]
+        # Like the in-process choice_start: at least 1, and at most the last token (a choice has one).
+        starts = [max(1, min(c, m["prompt_tokens"] - 1)) for c, m in zip(common, scored)]
+        input_lps = [self._with_text(m["input_token_logprobs"][s - lo:]) for m, s in zip(scored, starts)]
+        requests = [commit, prompt_meta, *scored]
+        unconditional = None
+        if choices_method.requires_unconditional_logprobs:
+            prefix = self._server_prefix_ids()
+            alone = self._map(lambda x: self._prefill(input_ids=prefix + x, logprob_start_len=len(prefix)),
+                              [full[s - lo:] for full, s in zip(ids[1:], starts)])
+            requests += alone
+            unconditional = [self._with_text(m["input_token_logprobs"]) for m in alone]
+        decision = choices_method(
+            choices=list(choices), normalized_prompt_logprobs=[_mean_logprob(lps) for lps in input_lps],
+            input_token_logprobs=input_lps, output_token_logprobs=[[] for _ in choices],
+            unconditional_token_logprobs=unconditional,
+        )
+        meta = {
+            **decision.meta_info,
+            "prompt_tokens": sum(m["prompt_tokens"] for m in scored),
+            "cached_tokens": sum(m.get("cached_tokens") or 0 for m in scored),
+            "completion_tokens": 0,
+            "requests": [{k: v for k, v in r.items() if "logprobs" not in k} for r in requests],
+        }
+        return ChoicesDecision(decision.decision, meta)
+
+    def _score_window(self, prompt: str, texts: list[str], lo: int) -> tuple[list[dict], list[list[int]], list[int]]:
+        """Token logprobs from position lo of the prompt and of each text (prompt + choice): their meta_info,
+        their token ids from lo, and for each text the length of the prefix it shares with the prompt."""
+        scored = self._map(functools.partial(self._prefill, logprob_start_len=lo), [prompt, *texts])
+        ids = [[t[1] for t in m["input_token_logprobs"]] for m in scored]
+        return scored, ids, [lo + _common_prefix_len(ids[0], full) for full in ids[1:]]
+
+    def _server_prefix_ids(self) -> list[int]:
+        """The token ids the server puts before any text (e.g. [bos]): the common start of two
+        one-letter prompts' ids. Asked once."""
+        if self._prefix_ids is None:
+            a, b = (self._prefill(t, logprob_start_len=0)["input_token_logprobs"] for t in ("a", "b"))
+            self._prefix_ids = [t[1] for t in a[:_common_prefix_len([t[1] for t in a], [t[1] for t in b])]]
+        return self._prefix_ids
+
+    def get_chat_template(self) -> ChatTemplate:
+        return self.chat_template
+
+    def flush_cache(self) -> bool:
+        with self._transport("/flush_cache"):
+            response = self._client.post("/flush_cache")
+        if response.status_code in (401, 403):
+            self._check(response, "/flush_cache")
+        ok = response.status_code < 400
+        try:
+            body = response.json()
+        except ValueError:  # SGLang answers in plain text
+            body = None
+        if isinstance(body, dict):
+            ok = ok and bool(body.get("success", True))
+        if ok:
+            self.prompt_tree.clear()
+        return ok
+
+    def get_server_info(self) -> dict[str, Any]:
+        return {**self._json("GET", "/get_server_info"), "backend": "runtime_endpoint", "base_url": self.base_url,
+                "model_info": dict(self.model_info), "chat_template": self.chat_template.name}
+
+    # ------------------------------------------------------------------ hints
+    def fork_program(self, ctx: CallContext, num_forks: int) -> None:
+        if num_forks > 1 and ctx.text:
+            self._prefill(ctx.text)
+
+    def cache_prefix(self, prefix: str) -> None:
+        self._prefill(prefix)
