@@ -363,3 +363,25 @@ def test_views_read_only_snapshots_metrics_and_events():
     assert dash.poll()  # the fake changes on every read
     assert "sgl-radix-tree" in dash.html and "sgl-pool" in dash.html
     parse(dash.html)
+
+
+def test_join_node_follows_calls_made_just_after_it_in_time_order():
+    """A join rounded to the next millisecond must still precede a call made 0.1 ms after it."""
+    from types import SimpleNamespace
+
+    from sglbench.viz.adapters import graph_from_telemetry
+    from sglbench.viz.graph import topological_order
+
+    call = lambda state, t, name: SimpleNamespace(state_id=state, kind="gen", name=name, queued=t, finished=t + 0.01,  # noqa: E731
+                                                  completion_tokens=1, cached_tokens=0)
+    run = SimpleNamespace(
+        name="p", started=0.0, finished=2.0, states=("root", "a", "b"),
+        calls=(call("a", 0.5, "x"), call("b", 0.5, "y"), call("root", 1.0008, "grade")),
+        forks=(SimpleNamespace(parent="root", child="a", time=0.1), SimpleNamespace(parent="root", child="b", time=0.1)),
+        joins=(SimpleNamespace(parent="root", child="a", time=1.0006), SimpleNamespace(parent="root", child="b", time=1.0006)),
+    )
+    graph = graph_from_telemetry(run)
+    order = topological_order(graph)
+    grade = next(n.id for n in graph.nodes if "grade" in n.label)
+    assert order.index("join:0") < order.index(grade)
+    assert ("join:0", grade) in graph.edges

@@ -32,13 +32,15 @@ def graph_from_telemetry(run: Any) -> ProgramGraph:
         label = f"{call.kind} {call.name or ''}".strip() + f" ({call.completion_tokens} tok, {call.cached_tokens} cached)"
         nodes[node_id] = GraphNode(node_id, label, call.kind, "done", call.finished - call.queued)
         timeline[call.state_id].append((call.queued, node_id))
-    joins: dict[tuple[str, float], list[str]] = defaultdict(list)
+    # One join node per (parent, join call); its children join within a millisecond of each other.
+    joins: dict[tuple[str, float], list[tuple[float, str]]] = defaultdict(list)
     for join in run.joins:
-        joins[(join.parent, round(join.time, 3))].append(join.child)
-    for k, ((parent, when), _) in enumerate(sorted(joins.items(), key=lambda kv: kv[0][1])):
+        joins[(join.parent, round(join.time, 3))].append((join.time, join.child))
+    ordered = sorted(joins.items(), key=lambda kv: max(t for t, _ in kv[1]))
+    for k, ((parent, _), members) in enumerate(ordered):
         node_id = f"join:{k}"
         nodes[node_id] = GraphNode(node_id, "join", "join", "done")
-        timeline[parent].append((when, node_id))
+        timeline[parent].append((max(t for t, _ in members), node_id))  # the real time, never rounded up
     edges: list[tuple[str, str]] = []
     for steps in timeline.values():
         steps.sort()
@@ -47,8 +49,8 @@ def graph_from_telemetry(run: Any) -> ProgramGraph:
         parent_steps = [n for t, n in timeline.get(fork.parent, []) if t <= fork.time]
         if parent_steps and f"state:{fork.child}" in nodes:
             edges.append((parent_steps[-1], f"state:{fork.child}"))
-    for k, (_, children) in enumerate(sorted(joins.items(), key=lambda kv: kv[0][1])):
-        for child in children:
+    for k, (_, members) in enumerate(ordered):
+        for _, child in members:
             child_steps = [n for t, n in timeline.get(child, []) if n in nodes]
             if child_steps:
                 edges.append((child_steps[-1], f"join:{k}"))

@@ -137,4 +137,4 @@ def render_latency(calls: Sequence[CallLatency], max_rows: int = 50, width: int 
     rows = [astuple(c) for c in shown]
     return (f'<div class="sgl-latency"><style>{TABLE_CSS}</style><p class="sgl-summary">{esc(summary)}</p>'
             f"<div>{latency_histogram(calls, width=width)}</div>"
-            f'<p class="sgl-caption">Per call{esc(note)}</p>{table(COLUMNS, rows, cls="sgl-table sgl-calls")}</div>')
+            f'<p class="sgl-caption">Per call{esc(note)}</p><div style="overflow-x:auto">{table(COLUMNS, rows, cls="sgl-table sgl-calls")}</div></div>')
