@@ -1,0 +1,500 @@
+"""Synthetic training corpus for the embedded default model.
+
+A fixed "world" of facts (people, cities, countries, jobs, pets, colours, ages) is built from WORLD_SEED and never
+changes; documents about it (few-shot Q/A, reading comprehension, arithmetic, true/false/unknown judgements, chats,
+JSON, lists, tool calls, essays) are sampled from a separate document seed, so held-out prompts can use another one.
+Every document is plain text that starts with the bos token; chats are rendered in the model's own chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Iterator
+
+WORLD_SEED = 20240611
+TRAIN_SEED = 0
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+ROLES = ("system", "user", "assistant")
+END = "<|end|>"
+
+QA = tuple[str, str]  # (question or statement, answer)
+
+FEMALE_NAMES = (
+    "Alice", "Clara", "Elena", "Greta", "Iris", "Karla", "Mira", "Nadia", "Paula", "Rosa",
+    "Tessa", "Wanda", "Yara", "Bella", "Dora", "Fiona", "Hilda", "Julia", "Lena", "Petra",
+)
+MALE_NAMES = (
+    "Bruno", "Daniel", "Felix", "Hugo", "Jonas", "Leon", "Oscar", "Quinn", "Simon", "Victor",
+    "Zeno", "Amos", "Cyrus", "Emil", "Gideon", "Ivan", "Kenji", "Marco", "Otto", "Ralph",
+)
+JOBS = ("baker", "doctor", "pilot", "farmer", "teacher", "painter", "sailor", "nurse", "chef", "tailor",
+        "lawyer", "engineer")
+PETS = ("cat", "dog", "parrot", "rabbit", "turtle", "goat", "hamster", "owl")
+COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "grey")
+ATTRIBUTES = ("city", "country", "job", "pet", "colour", "age")
+N_PEOPLE, N_CITIES, N_COUNTRIES = 24, 10, 5
+AGE_RANGE = (18, 80)
+ADD_MAX = 20  # operands of + and - lie in [0, ADD_MAX]
+MUL_MAX = 9  # operands of x lie in [1, MUL_MAX]
+
+ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "pl",
+          "st", "tr", "sh", "th")
+VOWELS = ("a", "e", "i", "o", "u", "ai", "ea", "ou")
+CODAS = ("", "", "", "n", "r", "l", "s", "k", "m", "sk", "th")
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    pronoun: str  # "she" or "he"
+    age: int
+    city: str
+    job: str
+    pet: str
+    colour: str
+
+
+@dataclass(frozen=True)
+class World:
+    people: tuple[Person, ...]
+    country_of: tuple[tuple[str, str], ...]  # (city, country) pairs
+    outsiders: tuple[str, ...]  # names the world knows nothing about
+
+    @property
+    def cities(self) -> tuple[str, ...]:
+        return tuple(city for city, _ in self.country_of)
+
+    @property
+    def countries(self) -> tuple[str, ...]:
+        return tuple(sorted({country for _, country in self.country_of}))
+
+    def country(self, city: str) -> str:
+        return dict(self.country_of)[city]
+
+    def value(self, person: Person, attribute: str) -> str:
+        """The world's answer for one attribute of a person, as text."""
+        if attribute == "country":
+            return self.country(person.city)
+        return str(getattr(person, attribute))
+
+    def choices(self, attribute: str) -> tuple[str, ...]:
+        """Every value an attribute can take (ages as strings)."""
+        return {
+            "city": self.cities, "country": self.countries, "job": JOBS, "pet": PETS, "colour": COLOURS,
+            "age": tuple(str(a) for a in range(AGE_RANGE[0], AGE_RANGE[1] + 1)),
+        }[attribute]
+
+
+def invented_word(rng: random.Random, syllables: int) -> str:
+    """A pronounceable made-up word such as 'Plimsk'."""
+    return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables)).capitalize()
+
+
+def invented_words(rng: random.Random, n: int, syllables: int, taken: set[str]) -> list[str]:
+    """n distinct invented words that are not in taken (taken is updated)."""
+    words: list[str] = []
+    while len(words) < n:
+        word = invented_word(rng, syllables)
+        if word not in taken and 4 <= len(word) <= 9:
+            taken.add(word)
+            words.append(word)
+    return words
+
+
+@lru_cache(maxsize=1)
+def build_world(seed: int = WORLD_SEED) -> World:
+    """The fixed world of facts; the same for every document seed."""
+    rng = random.Random(seed)
+    taken = set(FEMALE_NAMES + MALE_NAMES)
+    countries = invented_words(rng, N_COUNTRIES, 2, taken)
+    cities = invented_words(rng, N_CITIES, 2, taken)
+    country_of = tuple((city, countries[i % N_COUNTRIES]) for i, city in enumerate(cities))
+    names = [(n, "she") for n in FEMALE_NAMES] + [(n, "he") for n in MALE_NAMES]
+    rng.shuffle(names)
+    people = tuple(
+        Person(name, pronoun, rng.randint(*AGE_RANGE), rng.choice(cities), rng.choice(JOBS), rng.choice(PETS),
+               rng.choice(COLOURS))
+        for name, pronoun in names[:N_PEOPLE]
+    )
+    return World(people, country_of, tuple(n for n, _ in names[N_PEOPLE:]))
+
+
+# ----------------------------------------------------------------------------- sentences and questions
+QUESTIONS = {
+    "city": ("Where does {n} live?", "In which city does {n} live?", "What city does {n} live in?"),
+    "country": ("Which country does {n} live in?", "In which country does {n} live?"),
+    "job": ("What is {n}'s job?", "What does {n} do for a living?", "What is the job of {n}?"),
+    "pet": ("What pet does {n} have?", "Which animal does {n} keep as a pet?"),
+    "colour": ("What is {n}'s favourite colour?", "Which colour does {n} like best?"),
+    "age": ("How old is {n}?", "What is the age of {n}?"),
+}
+CITY_QUESTIONS = ("Which country is {c} in?", "In which country is {c}?")
+UNKNOWABLE = (
+    ("{n} likes {v}.", ("tea", "soup", "apples", "cheese", "rice", "bread", "honey", "plums")),
+    ("{n} plays the {v}.", ("piano", "violin", "drum", "flute", "guitar", "harp")),
+    ("{n} was born on a {v}.", ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")),
+    ("{n} speaks {v}.", ("Greek", "Latin", "Dutch", "Polish", "Finnish", "Welsh")),
+)
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def statement(name: str, attribute: str, value: str) -> str:
+    """A declarative sentence giving one attribute of a person."""
+    return {
+        "city": f"{name} lives in {value}.",
+        "country": f"{name} lives in {value}.",
+        "job": f"{name} works as {article(value)} {value}.",
+        "pet": f"{name} has {article(value)} {value}.",
+        "colour": f"{name}'s favourite colour is {value}.",
+        "age": f"{name} is {value} years old.",
+    }[attribute]
+
+
+def question(rng: random.Random, name: str, attribute: str) -> str:
+    return rng.choice(QUESTIONS[attribute]).format(n=name)
+
+
+def fact_question(rng: random.Random, world: World) -> QA:
+    """A question about the world with a one-word answer."""
+    if rng.random() < 0.1:
+        city, country = rng.choice(world.country_of)
+        return rng.choice(CITY_QUESTIONS).format(c=city), country
+    person = rng.choice(world.people)
+    attribute = rng.choice(ATTRIBUTES)
+    return question(rng, person.name, attribute), world.value(person, attribute)
+
+
+def arithmetic_problem(rng: random.Random) -> tuple[str, int]:
+    """A small sum, difference or product as (expression, value); results are never negative."""
+    op = rng.choices(("+", "-", "x"), weights=(5, 4, 2))[0]
+    if op == "x":
+        a, b = rng.randint(1, MUL_MAX), rng.randint(1, MUL_MAX)
+        return f"{a} x {b}", a * b
+    a, b = rng.randint(0, ADD_MAX), rng.randint(0, ADD_MAX)
+    if op == "-":
+        a, b = max(a, b), min(a, b)
+        return f"{a} - {b}", a - b
+    return f"{a} + {b}", a + b
+
+
+def arithmetic_question(rng: random.Random) -> QA:
+    expression, value = arithmetic_problem(rng)
+    return f"What is {expression}?", str(value)
+
+
+def judgement(rng: random.Random, world: World) -> QA:
+    """A statement about the world and its verdict: True, False or Unknown."""
+    verdict = rng.choice(("True", "False", "Unknown"))
+    if verdict == "Unknown":
+        if rng.random() < 0.5:
+            template, values = rng.choice(UNKNOWABLE)
+            return template.format(n=rng.choice(world.people).name, v=rng.choice(values)), verdict
+        attribute = rng.choice(ATTRIBUTES)
+        return statement(rng.choice(world.outsiders), attribute, rng.choice(world.choices(attribute))), verdict
+    if rng.random() < 0.1:
+        city, country = rng.choice(world.country_of)
+        if verdict == "False":
+            country = rng.choice([c for c in world.countries if c != country])
+        return f"{city} is in {country}.", verdict
+    person, attribute = rng.choice(world.people), rng.choice(ATTRIBUTES)
+    value = world.value(person, attribute)
+    if verdict == "False":
+        value = rng.choice([v for v in world.choices(attribute) if v != value])
+    return statement(person.name, attribute, value), verdict
+
+
+def passage(rng: random.Random, world: World, n_people: tuple[int, int] = (2, 4)) -> tuple[str, list[QA]]:
+    """A short text about made-up people and questions answerable only by reading it."""
+    taken = {p.name for p in world.people} | set(world.outsiders) | set(world.cities) | set(world.countries)
+    names = invented_words(rng, rng.randint(*n_people), rng.choice((1, 2)), set(taken))
+    places = invented_words(rng, 3, 2, taken | set(names))
+    sentences: list[str] = []
+    pairs: list[QA] = []
+    for name in names:
+        facts = {"city": rng.choice(places), "job": rng.choice(JOBS), "pet": rng.choice(PETS),
+                 "colour": rng.choice(COLOURS), "age": str(rng.randint(*AGE_RANGE))}
+        for attribute in rng.sample(sorted(facts), rng.randint(2, 4)):
+            sentences.append(statement(name, attribute, facts[attribute]))
+            pairs.append((question(rng, name, attribute), facts[attribute]))
+    rng.shuffle(sentences)
+    rng.shuffle(pairs)
+    return " ".join(sentences), pairs
+
+
+def render_qa(pairs: list[QA]) -> str:
+    return "".join(f"Q: {q}\nA: {a}\n\n" for q, a in pairs)
+
+
+def render_judgements(pairs: list[QA]) -> str:
+    return "".join(f"Statement: {s}\nJudgement: {v}\n\n" for s, v in pairs)
+
+
+def render_chat(messages: list[dict[str, str]]) -> str:
+    """The chat template in Python: bos, then `<|role|>\\n` + content + `<|end|>\\n` per message."""
+    return BOS + "".join(f"<|{m['role']}|>\n{m['content']}{END}\n" for m in messages)
+
+
+# ----------------------------------------------------------------------------- documents
+def doc_fact_qa(rng: random.Random, world: World) -> str:
+    n = rng.randint(2, 12) if rng.random() < 0.9 else rng.randint(30, 80)
+    return render_qa([fact_question(rng, world) for _ in range(n)])
+
+
+def doc_arithmetic(rng: random.Random, world: World) -> str:
+    if rng.random() < 0.3:
+        return "".join(f"{e} = {v}\n" for e, v in (arithmetic_problem(rng) for _ in range(rng.randint(5, 20))))
+    return render_qa([arithmetic_question(rng) for _ in range(rng.randint(2, 12))])
+
+
+def doc_mixed_qa(rng: random.Random, world: World) -> str:
+    makers = (lambda: fact_question(rng, world), lambda: arithmetic_question(rng))
+    return render_qa([rng.choice(makers)() for _ in range(rng.randint(3, 12))])
+
+
+def doc_judgements(rng: random.Random, world: World) -> str:
+    header = "Decide whether each statement is True, False or Unknown.\n\n" if rng.random() < 0.3 else ""
+    return header + render_judgements([judgement(rng, world) for _ in range(rng.randint(2, 10))])
+
+
+def doc_reading(rng: random.Random, world: World) -> str:
+    text, pairs = passage(rng, world, (1, 4) if rng.random() < 0.9 else (10, 20))
+    return f"Text: {text}\n\n" + render_qa(pairs[: rng.randint(1, 5)])
+
+
+def doc_copy(rng: random.Random, world: World) -> str:
+    """A list of made-up words and numbers, then the same list again (teaches copying from context)."""
+    words = [invented_word(rng, rng.randint(1, 2)) if rng.random() < 0.7 else str(rng.randint(0, 99))
+             for _ in range(rng.randint(3, 25))]
+    text = " ".join(words)
+    return rng.choice(("Repeat after me: ", "Copy this: ", "Say it again: ")) + f"{text}\n{text}\n"
+
+
+def doc_lookup(rng: random.Random, world: World) -> str:
+    """Made-up codes in a table, then questions that look them up."""
+    keys = invented_words(rng, rng.randint(2, 8), rng.randint(1, 2), set())
+    codes = {k: str(rng.randint(0, 99)) for k in keys}
+    table = ", ".join(f"{k} {v}" for k, v in codes.items())
+    queries = [rng.choice(keys) for _ in range(rng.randint(1, 4))]
+    return f"Codes: {table}.\n\n" + render_qa([(f"What is the code of {k}?", codes[k]) for k in queries])
+
+
+def biography(rng: random.Random, world: World, person: Person) -> str:
+    """A few sentences stating every fact about one person."""
+    p, poss = person.pronoun.capitalize(), "her" if person.pronoun == "she" else "his"
+    country = world.country(person.city)
+    return rng.choice((
+        f"{person.name} is {person.age} years old and lives in {person.city}, a city in {country}. "
+        f"{p} works as {article(person.job)} {person.job} and has {article(person.pet)} {person.pet}. "
+        f"{poss.capitalize()} favourite colour is {person.colour}.",
+        f"{person.name} lives in {person.city}. {p} is {article(person.job)} {person.job}. "
+        f"{p} is {person.age} years old. {p} keeps {article(person.pet)} {person.pet} as a pet and likes "
+        f"the colour {person.colour} best. {person.city} is in {country}.",
+        f"Meet {person.name}, {article(person.job)} {person.job} from {person.city} in {country}. "
+        f"{person.name} is {person.age}, has {article(person.pet)} {person.pet}, and loves the colour "
+        f"{person.colour}.",
+    ))
+
+
+def doc_biographies(rng: random.Random, world: World) -> str:
+    people = rng.sample(world.people, rng.randint(1, 4) if rng.random() < 0.9 else len(world.people))
+    return "\n\n".join(biography(rng, world, p) for p in people) + "\n"
+
+
+def doc_directory(rng: random.Random, world: World) -> str:
+    """A long listing of everyone followed by questions about it (retrieval over a long context)."""
+    people = rng.sample(world.people, len(world.people))
+    lines = [f"{p.name}: {p.age}, {p.job}, lives in {p.city} ({world.country(p.city)}), has {article(p.pet)} "
+             f"{p.pet}, likes {p.colour}." for p in people]
+    return "Directory of the valley:\n" + "\n".join(lines) + "\n\n" + render_qa(
+        [fact_question(rng, world) for _ in range(rng.randint(3, 8))])
+
+
+def person_record(rng: random.Random, world: World, person: Person) -> dict[str, object]:
+    """A JSON-ready record with the name and a random subset of fields, in a fixed field order."""
+    fields = {"name": person.name, "age": person.age, "city": person.city, "country": world.country(person.city),
+              "job": person.job, "pet": person.pet, "colour": person.colour}
+    keep = set(rng.sample([k for k in fields if k != "name"], rng.randint(2, 6))) | {"name"}
+    return {k: v for k, v in fields.items() if k in keep}
+
+
+def doc_json(rng: random.Random, world: World) -> str:
+    kind = rng.random()
+    if kind < 0.5:
+        person = rng.choice(world.people)
+        intro = rng.choice((f"Record for {person.name}:\n", f"Describe {person.name} as JSON.\n", ""))
+        return intro + json.dumps(person_record(rng, world, person)) + "\n"
+    if kind < 0.8:
+        people = rng.sample(world.people, rng.randint(2, 4))
+        return "People as JSON:\n" + json.dumps([person_record(rng, world, p) for p in people]) + "\n"
+    city = rng.choice(world.cities)
+    residents = [p.name for p in world.people if p.city == city]
+    return json.dumps({"city": city, "country": world.country(city), "residents": residents}) + "\n"
+
+
+TIPS = {
+    "sleeping well": ("Go to bed at the same time every night.", "Keep your room dark and quiet.",
+                      "Avoid coffee in the evening.", "Put your phone away before bed."),
+    "learning a language": ("Practice a little every day.", "Read simple books.", "Talk with native speakers.",
+                            "Write down new words."),
+    "staying healthy": ("Eat fresh fruit and vegetables.", "Walk for thirty minutes a day.",
+                        "Drink enough water.", "Sleep at least seven hours."),
+    "saving money": ("Make a budget.", "Cook at home.", "Buy only what you need.",
+                     "Put some money aside each month."),
+    "writing an essay": ("Start with a clear plan.", "Give one idea per paragraph.", "Use simple words.",
+                         "Read it again before you finish."),
+    "keeping a pet": ("Feed it at regular times.", "Give it clean water.", "Play with it every day.",
+                      "Take it to a doctor when it is sick."),
+}
+
+
+def doc_lists(rng: random.Random, world: World) -> str:
+    if rng.random() < 0.5:
+        goal = rng.choice(sorted(TIPS))
+        tips = rng.sample(TIPS[goal], 3)
+        return f"Here are three tips for {goal}:\n" + "".join(f"{i}. {t}\n" for i, t in enumerate(tips, 1))
+    attribute = rng.choice(("city", "job", "pet", "colour"))
+    value = world.value(rng.choice(world.people), attribute)
+    title = {"city": f"People who live in {value}", "job": f"People who work as {value}s",
+             "pet": f"People who have {article(value)} {value}", "colour": f"People whose favourite colour is {value}"}
+    names = [p.name for p in world.people if world.value(p, attribute) == value]
+    return f"{title[attribute]}:\n" + "".join(f"- {n}\n" for n in names)
+
+
+def doc_steps(rng: random.Random, world: World) -> str:
+    """Short step-by-step answers ending in 'The answer is X.'"""
+    if rng.random() < 0.5:
+        person, years = rng.choice(world.people), rng.randint(1, 9)
+        return (f"Q: {person.name} is {person.age} years old. How old will {person.pronoun} be in {years} years?\n"
+                f"A: Let's think step by step. {person.name} is {person.age} years old. {person.age} + {years} = "
+                f"{person.age + years}. The answer is {person.age + years}.\n")
+    a, b, c = rng.randint(1, 20), rng.randint(1, 20), rng.randint(0, 10)
+    first = a + b
+    return (f"Q: What is {a} + {b} - {c}?\nA: Let's think step by step. First, {a} + {b} = {first}. "
+            f"Then, {first} - {c} = {first - c}. The answer is {first - c}.\n")
+
+
+def doc_tools(rng: random.Random, world: World) -> str:
+    """ReAct-style traces with a calculator and a lookup tool."""
+    if rng.random() < 0.5:
+        expression, value = arithmetic_problem(rng)
+        return (f"Question: What is {expression}?\nThought: I should use the calculator.\n"
+                f"Action: calculator[{expression}]\nObservation: {value}\nThought: I know the answer.\n"
+                f"Answer: {value}\n")
+    person, attribute = rng.choice(world.people), rng.choice(ATTRIBUTES)
+    answer = world.value(person, attribute)
+    return (f"Question: {question(rng, person.name, attribute)}\nThought: I should look up {person.name}.\n"
+            f"Action: lookup[{person.name}]\nObservation: {biography(rng, world, person)}\n"
+            f"Thought: {statement(person.name, attribute, answer)}\nAnswer: {answer}\n")
+
+
+ESSAY_TOPICS = {
+    "reading books": ("it teaches us about other lives", "it makes us calm", "it builds a rich vocabulary"),
+    "walking in the park": ("fresh air is good for the body", "it clears the mind", "it is free for everyone"),
+    "learning to cook": ("home food is healthy", "it saves money", "it is a joy to share a meal"),
+    "living in a big city": ("there is always something to do", "there are many jobs", "it is full of people"),
+    "keeping a pet": ("a pet is a loyal friend", "it teaches care and patience", "it makes a home warm"),
+    "playing music": ("it brings people together", "it trains the memory", "it expresses feelings"),
+    "travelling by train": ("it is kind to the planet", "you can read on the way", "the views are beautiful"),
+    "growing a garden": ("it gives fresh vegetables", "it is quiet work", "it teaches patience"),
+}
+ADJECTIVES = ("important", "valuable", "wonderful", "worthwhile", "useful")
+
+
+def essay(rng: random.Random) -> str:
+    """A short opinion paragraph in plain English."""
+    topic = rng.choice(sorted(ESSAY_TOPICS))
+    adjective = rng.choice(ADJECTIVES)
+    reasons = rng.sample(ESSAY_TOPICS[topic], 3)
+    opener = rng.choice((f"I think {topic} is {adjective}.", f"In my opinion, {topic} is {adjective}.",
+                         f"Many people believe that {topic} is {adjective}."))
+    body = f" First, {reasons[0]}. Also, {reasons[1]}. Finally, {reasons[2]}."
+    closer = rng.choice((f" That is why {topic} matters to me.", f" For these reasons, {topic} is {adjective}.",
+                         " Not everyone agrees, but the reasons are strong."))
+    return opener + body + closer
+
+
+def doc_essay(rng: random.Random, world: World) -> str:
+    return rng.choice(("", "Essay: ", "Opinion: ")) + essay(rng) + "\n"
+
+
+SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a helpful assistant who knows everyone in the valley.",
+                  "Answer briefly.")
+SMALL_TALK = (("Hello!", "Hello! How can I help you today?"), ("Hi there.", "Hi! What would you like to know?"),
+              ("Thank you!", "You are welcome!"), ("Who are you?", "I am a small assistant for the sglbench workbench."))
+
+
+def chat_turn(rng: random.Random, world: World, last: tuple[Person, str] | None
+              ) -> tuple[str, str, tuple[Person, str] | None]:
+    """One (user, assistant) exchange; the state lets a follow-up ask the same thing about someone else."""
+    kind = rng.random()
+    if last is not None and kind < 0.25:
+        person, attribute = rng.choice(world.people), last[1]
+        reply = statement(person.name, attribute, world.value(person, attribute))
+        return f"What about {person.name}?", reply, (person, attribute)
+    if kind < 0.55:
+        person, attribute = rng.choice(world.people), rng.choice(ATTRIBUTES)
+        reply = statement(person.name, attribute, world.value(person, attribute))
+        return question(rng, person.name, attribute), reply, (person, attribute)
+    if kind < 0.7:
+        expression, value = arithmetic_problem(rng)
+        return f"What is {expression}?", f"{expression} = {value}.", None
+    if kind < 0.82:
+        text, verdict = judgement(rng, world)
+        reply = {"True": "Yes, that is true.", "False": "No, that is false.", "Unknown": "I do not know that."}
+        return f"Is it true that {text[:-1]}?", reply[verdict], None
+    if kind < 0.9:
+        person = rng.choice(world.people)
+        return f"Give me {person.name}'s record as JSON.", json.dumps(person_record(rng, world, person)), None
+    user, reply = rng.choice(SMALL_TALK)
+    return user, reply, None
+
+
+def doc_chat(rng: random.Random, world: World) -> str:
+    if rng.random() < 0.15:
+        dimension = rng.choice(("clarity", "originality", "evidence"))
+        score = rng.randint(3, 9)
+        verdict = "strong" if score >= 6 else "weak"
+        return render_chat([
+            {"role": "system", "content": "You are a strict grader."},
+            {"role": "user", "content": f"Judge the {dimension} of: {essay(rng)}"},
+            {"role": "assistant", "content": f"The {dimension} is {verdict}. Score: {score}/10."},
+        ])
+    messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.7 else []
+    state = None
+    for _ in range(rng.randint(1, 3)):
+        user, reply, state = chat_turn(rng, world, state)
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    return render_chat(messages)
+
+
+DOCUMENT_KINDS: tuple[tuple[Callable[[random.Random, World], str], float], ...] = (
+    (doc_fact_qa, 8), (doc_arithmetic, 24), (doc_mixed_qa, 4), (doc_judgements, 18), (doc_reading, 18),
+    (doc_copy, 10), (doc_lookup, 6), (doc_biographies, 4), (doc_directory, 1), (doc_json, 5), (doc_lists, 3),
+    (doc_steps, 3), (doc_tools, 4), (doc_essay, 3), (doc_chat, 10),
+)
+
+
+def sample_document(rng: random.Random, world: World) -> str:
+    """One document, starting with the bos token (chats already carry it through the template)."""
+    makers, weights = zip(*DOCUMENT_KINDS)
+    text = rng.choices(makers, weights=weights)[0](rng, world)
+    return text if text.startswith(BOS) else BOS + text
+
+
+def iter_documents(seed: int = TRAIN_SEED) -> Iterator[str]:
+    """An endless, deterministic stream of documents for one seed."""
+    rng, world = random.Random(seed), build_world()
+    while True:
+        yield sample_document(rng, world)
+
+
+def generate_documents(seed: int, n: int) -> list[str]:
+    stream = iter_documents(seed)
+    return [next(stream) for _ in range(n)]
