@@ -23,13 +23,18 @@ def graph_from_telemetry(run: Any) -> ProgramGraph:
     nodes: dict[str, GraphNode] = {}
     timeline: dict[str, list[tuple[float, str]]] = defaultdict(list)  # state -> [(time, node id)]
     started = {fork.child: fork.time for fork in run.forks}
-    for state in run.states:
-        node_id = f"state:{state}"
-        nodes[node_id] = GraphNode(node_id, f"state {state[:6]}", "state", "done" if done else "running")
+    rank = {state: i for i, state in enumerate(run.states)}  # creation order: stable across runs
+    for index, state in enumerate(run.states):
+        node_id = f"state:{index}"
+        label = "program" if index == 0 else f"branch {index}"
+        nodes[node_id] = GraphNode(node_id, label, "state", "done" if done else "running")
         timeline[state].append((started.get(state, run.started), node_id))
-    for i, call in enumerate(run.calls):
-        node_id = f"call:{i}"
-        label = f"{call.kind} {call.name or ''}".strip() + f" ({call.completion_tokens} tok, {call.cached_tokens} cached)"
+    # Ids and order from (state, position in state), not finish order, so parallel runs draw the same.
+    per_state: dict[str, int] = defaultdict(int)
+    for call in sorted(run.calls, key=lambda c: (rank.get(c.state_id, len(rank)), c.queued)):
+        node_id = f"call:{rank.get(call.state_id, '?')}.{per_state[call.state_id]}"
+        per_state[call.state_id] += 1
+        label = f"{call.kind} {call.name or ''}".strip() + f" ({call.completion_tokens} tok)"
         nodes[node_id] = GraphNode(node_id, label, call.kind, "done", call.finished - call.queued)
         timeline[call.state_id].append((call.queued, node_id))
     # One join node per (parent, join call); its children join within a millisecond of each other.
@@ -47,8 +52,9 @@ def graph_from_telemetry(run: Any) -> ProgramGraph:
         edges += [(a, b) for (_, a), (_, b) in itertools.pairwise(steps)]
     for fork in run.forks:
         parent_steps = [n for t, n in timeline.get(fork.parent, []) if t <= fork.time]
-        if parent_steps and f"state:{fork.child}" in nodes:
-            edges.append((parent_steps[-1], f"state:{fork.child}"))
+        child = f"state:{rank.get(fork.child)}"
+        if parent_steps and child in nodes:
+            edges.append((parent_steps[-1], child))
     for k, (_, members) in enumerate(ordered):
         for _, child in members:
             child_steps = [n for t, n in timeline.get(child, []) if n in nodes]
