@@ -10,6 +10,15 @@ WORKLOADS = {
     "fewshot": "sglbench.bench.fewshot",
     "json": "sglbench.bench.json_decode",
     "kernels": "sglbench.bench.kernels",
+    "mmlu": "sglbench.bench.paper.mmlu",
+    "hellaswag": "sglbench.bench.paper.hellaswag",
+    "tree-of-thought": "sglbench.bench.paper.tree_of_thought",
+    "skeleton-of-thought": "sglbench.bench.paper.skeleton_of_thought",
+    "llm-judge": "sglbench.bench.paper.llm_judge",
+    "json-regex": "sglbench.bench.paper.json_regex",
+    "chat": "sglbench.bench.paper.chat",
+    "react": "sglbench.bench.paper.react",
+    "all": "sglbench.bench.paper.suite",
 }
 
 

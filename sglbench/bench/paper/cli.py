@@ -1,0 +1,45 @@
+"""Command line of the paper workloads, shared by every workload module and `all`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from sglbench.bench.common import add_model_args, print_table, resolve_model
+from sglbench.bench.paper.base import SIZES, Workload
+from sglbench.bench.paper.report import save
+from sglbench.bench.paper.runner import SYSTEMS, SuiteConfig, SuiteResult, run_suite, summary
+
+
+def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> SuiteResult:
+    """Parse options, run the workloads on every system, print the tables and save the results."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m sglbench.bench {prog}",
+        description=f"SGLang paper workloads ({', '.join(w.name for w in workloads)}) on sglbench and its "
+                    "baselines: one table of programs/s, latency, cache hit rate and its optimum.")
+    add_model_args(parser)
+    parser.add_argument("--size", choices=SIZES, default="small", help="tiny (tests), small (CPU), full (GPU)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {list(SYSTEMS)}")
+    parser.add_argument("--out", default="bench_results", help="folder for the CSV, JSON, SVG and HTML files")
+    parser.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size of the engine")
+    parser.add_argument("--hf-batch-size", type=int, default=16, help="rows per transformers call")
+    parser.add_argument("--endpoint", default=None, help="OpenAI-compatible base URL, run through sgl.OpenAI")
+    parser.add_argument("--endpoint-model", default="default", help="model name sent to --endpoint")
+    args = parser.parse_args(argv)
+    path, label = resolve_model(args)
+    config = SuiteConfig(
+        model_path=path, model_label=label, size=args.size, device=args.device, dtype=args.dtype,
+        systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()), timing_only=args.preset is not None,
+        max_total_tokens=args.max_total_tokens, hf_batch_size=args.hf_batch_size, endpoint=args.endpoint,
+        endpoint_model=args.endpoint_model,
+    )
+    print(f"{prog} ({args.size}): {label}, device={args.device}")
+    result = run_suite(workloads, config)
+    meta = result.meta
+    print_table(result.frame.to_dict(orient="records"),
+                f"SGLang paper workloads, {label}, size {args.size}, device {meta['device']}, "
+                f"{meta['torch_threads']} torch threads")
+    print_table(summary(result.frame).to_dict(orient="records"), "sglbench (lpm): speedup over each system (x)")
+    paths = save(result, args.out, f"paper-{prog}-{args.size}")
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return result

@@ -1,0 +1,173 @@
+"""Run paper workloads on every system and collect one table: one engine (or model) loaded at a time.
+
+Systems that share an engine configuration share one Runtime (lpm with and without frontend hints);
+each system runs every workload before the next system loads, so no two ever compete for the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from sglbench.bench.paper.base import SIZES, Workload
+from sglbench.bench.paper.measure import COLUMNS, System, measure
+from sglbench.bench.paper.systems import EndpointSystem, RuntimeSystem, TransformersSystem
+from sglbench.runtime.model_config import ModelConfig
+from sglbench.runtime.models.loader import resolve_dtype
+from sglbench.runtime.runtime import Runtime, resolve_device
+
+SYSTEMS = {
+    "lpm": "sglbench (lpm)",
+    "fcfs": "sglbench (fcfs)",
+    "no-hints": "sglbench (no frontend hints)",
+    "no-cache": "sglbench (radix cache off)",
+    "transformers": "transformers (stage-batched)",
+}
+# (schedule policy, radix cache disabled, systems sharing that engine)
+_ENGINES = (("lpm", False, ("lpm", "no-hints")), ("fcfs", False, ("fcfs",)), ("lpm", True, ("no-cache",)))
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """What to run: the model, the size, the systems (keys of SYSTEMS) and their settings."""
+
+    model_path: str
+    model_label: str
+    size: str = "small"
+    device: str = "auto"
+    dtype: str = "auto"
+    systems: tuple[str, ...] = tuple(SYSTEMS)
+    timing_only: bool = False  # random-weight preset: fixed output lengths
+    max_total_tokens: int | None = None  # KV pool size (None: the engine's default)
+    hf_batch_size: int = 16
+    endpoint: str | None = None
+    endpoint_model: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {SIZES}, got {self.size!r}")
+        unknown = sorted(set(self.systems) - set(SYSTEMS))
+        if unknown:
+            raise ValueError(f"unknown systems {unknown}; known: {list(SYSTEMS)}")
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """The table (one row per workload and system, COLUMNS) and how it was measured."""
+
+    frame: pd.DataFrame
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def _repr_html_(self) -> str:
+        from sglbench.bench.paper.report import results_html
+
+        return results_html(self)
+
+
+def _engine(config: SuiteConfig, policy: str, disable_cache: bool, names: Sequence[str]):
+    @contextlib.contextmanager
+    def open_systems() -> Iterator[list[System]]:
+        rt = Runtime(config.model_path, device=config.device, dtype=config.dtype, schedule_policy=policy,
+                     disable_radix_cache=disable_cache, max_total_tokens=config.max_total_tokens)
+        try:
+            yield [RuntimeSystem(SYSTEMS[n], rt, hints=n != "no-hints") for n in names]
+        finally:
+            rt.shutdown()
+
+    return open_systems
+
+
+def _transformers(config: SuiteConfig):
+    @contextlib.contextmanager
+    def open_systems() -> Iterator[list[System]]:
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device, ModelConfig.from_path(config.model_path))
+        system = TransformersSystem(config.model_path, device, dtype, config.hf_batch_size)
+        try:
+            yield [system]
+        finally:
+            system.close()
+
+    return open_systems
+
+
+def _endpoint(config: SuiteConfig, log: Callable[[str], None]):
+    @contextlib.contextmanager
+    def open_systems() -> Iterator[list[System]]:
+        import sglbench
+
+        if "OpenAI" not in dir(sglbench):
+            log(f"--endpoint {config.endpoint}: skipped, this sglbench has no sgl.OpenAI backend")
+            yield []
+            return
+        yield [EndpointSystem(sglbench.OpenAI(config.endpoint_model, base_url=config.endpoint), config.endpoint)]
+
+    return open_systems
+
+
+def system_groups(config: SuiteConfig, log: Callable[[str], None] = print) -> list[Callable]:
+    """Context-manager factories, each opening the systems that share one loaded model."""
+    groups = [_engine(config, policy, disable, [n for n in names if n in config.systems])
+              for policy, disable, names in _ENGINES if any(n in config.systems for n in names)]
+    if "transformers" in config.systems:
+        groups.append(_transformers(config))
+    if config.endpoint:
+        groups.append(_endpoint(config, log))
+    return groups
+
+
+def run_suite(workloads: Sequence[Workload], config: SuiteConfig, log: Callable[[str], None] = print) -> SuiteResult:
+    """Every workload on every configured system; rows ordered by workload, then system."""
+    runs = [w.run_for(config.size, config.timing_only) for w in workloads]
+    rows = []
+    for open_systems in system_groups(config, log):
+        with open_systems() as systems:
+            for system in systems:
+                for run in runs:
+                    try:
+                        row = measure(run, system).row()
+                    except Exception as exc:
+                        if not isinstance(system, EndpointSystem):
+                            raise
+                        log(f"  {run.workload}: the endpoint failed ({exc!r}); no row")
+                        continue
+                    rows.append(row)
+                    log(f"  {row['workload']:<20} {row['system']:<30} {row['programs_s']:9.2f} programs/s  "
+                        f"hit {row['hit_rate']:.1%} (optimal {row['optimal_hit_rate']:.1%})")
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    order = {**{w.name: i for i, w in enumerate(workloads)}, **{s: i for i, s in enumerate(SYSTEMS.values())}}
+    frame = frame.sort_values(["workload", "system"], key=lambda col: col.map(order).fillna(len(order)),
+                              kind="stable").reset_index(drop=True)
+    return SuiteResult(frame, _meta(config))
+
+
+def _meta(config: SuiteConfig) -> dict[str, Any]:
+    return {
+        "model": config.model_label, "model_path": config.model_path, "size": config.size,
+        "device": resolve_device(config.device), "dtype": config.dtype, "timing_only": config.timing_only,
+        "systems": [SYSTEMS[s] for s in config.systems], "max_total_tokens": config.max_total_tokens,
+        "hf_batch_size": config.hf_batch_size, "torch_threads": torch.get_num_threads(),
+    }
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per workload: sglbench (lpm) programs/s, its speedup over every other system, its hit rate and optimum."""
+    out = []
+    for workload, rows in frame.groupby("workload", sort=False):
+        by_system = rows.set_index("system")
+        if SYSTEMS["lpm"] not in by_system.index:
+            continue
+        ours = by_system.loc[SYSTEMS["lpm"]]
+        row = {"workload": workload, "programs_s": ours["programs_s"]}
+        for key in ("transformers", "no-cache", "fcfs", "no-hints"):
+            row[f"x_vs_{key}"] = ours["programs_s"] / by_system["programs_s"].get(SYSTEMS[key], math.nan)
+        row["hit_rate"] = ours["hit_rate"]
+        row["optimal_hit_rate"] = ours["optimal_hit_rate"]
+        out.append(row)
+    return pd.DataFrame(out)
