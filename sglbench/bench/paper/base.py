@@ -50,4 +50,5 @@ def greedy(fixed_lengths: bool) -> dict[str, Any]:
 
 
 def stop_unless_fixed(stop: str, fixed_lengths: bool) -> str | None:
+    """A gen's stop string, or none when every generation must run to its max_tokens."""
     return None if fixed_lengths else stop

@@ -14,9 +14,9 @@ from sglbench.bench.paper.runner import SYSTEMS, SuiteConfig, SuiteResult, run_s
 def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> SuiteResult:
     """Parse options, run the workloads on every system, print the tables and save the results."""
     parser = argparse.ArgumentParser(
-        prog=f"python -m sglbench.bench {prog}",
-        description=f"SGLang paper workloads ({', '.join(w.name for w in workloads)}) on sglbench and its "
-                    "baselines: one table of programs/s, latency, cache hit rate and its optimum.")
+        prog=f"python -m sglbench.bench {prog}", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="SGLang paper workloads on sglbench and its baselines: one table of programs/s, latency, "
+                    "cache hit rate and its optimum.\n\n" + "\n".join(f"  {w.name}: {w.summary}" for w in workloads))
     add_model_args(parser)
     parser.add_argument("--size", choices=SIZES, default="small", help="tiny (tests), small (CPU), full (GPU)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {list(SYSTEMS)}")
