@@ -1,7 +1,10 @@
-"""Run paper workloads on every system and collect one table: one engine (or model) loaded at a time.
+"""Run paper workloads on every system and collect one table.
 
-Systems that share an engine configuration share one Runtime (lpm with and without frontend hints);
-each system runs every workload before the next system loads, so no two ever compete for the device.
+Systems that share an engine configuration share one Runtime (lpm with and without frontend hints).
+On a GPU one model is loaded at a time (each would claim most of the memory): a system runs every
+workload before the next loads. On the CPU all are loaded at once and each workload runs on every
+system back to back, so a change in machine load between measurements hits all systems alike.
+Measurements never overlap.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sglbench.bench.paper.base import SIZES, Workload
+from sglbench.bench.paper.base import SIZES, Workload, WorkloadRun
 from sglbench.bench.paper.measure import COLUMNS, System, measure
 from sglbench.bench.paper.systems import EndpointSystem, RuntimeSystem, TransformersSystem
 from sglbench.runtime.model_config import ModelConfig
@@ -122,29 +125,40 @@ def system_groups(config: SuiteConfig, log: Callable[[str], None] = print) -> li
     return groups
 
 
+def _pairs(groups: list[Callable], runs: list[WorkloadRun], together: bool) -> Iterator[tuple[WorkloadRun, System]]:
+    """(workload, system) in measuring order: all systems open together, or one group at a time."""
+    if together:
+        with contextlib.ExitStack() as stack:
+            systems = [system for group in groups for system in stack.enter_context(group())]
+            yield from ((run, system) for run in runs for system in systems)
+        return
+    for group in groups:
+        with group() as systems:
+            yield from ((run, system) for system in systems for run in runs)
+
+
 def run_suite(workloads: Sequence[Workload], config: SuiteConfig, log: Callable[[str], None] = print) -> SuiteResult:
     """Every workload on every configured system; rows ordered by workload, then system."""
     runs = [w.run_for(config.size, config.timing_only) for w in workloads]
+    together = resolve_device(config.device) == "cpu"
     rows = []
-    for open_systems in system_groups(config, log):
-        with open_systems() as systems:
-            for system in systems:
-                for run in runs:
-                    try:
-                        row = measure(run, system).row()
-                    except Exception as exc:
-                        if not isinstance(system, EndpointSystem):
-                            raise
-                        log(f"  {run.workload}: the endpoint failed ({exc!r}); no row")
-                        continue
-                    rows.append(row)
-                    log(f"  {row['workload']:<20} {row['system']:<30} {row['programs_s']:9.2f} programs/s  "
-                        f"hit {row['hit_rate']:.1%} (optimal {row['optimal_hit_rate']:.1%})")
+    with contextlib.closing(_pairs(system_groups(config, log), runs, together)) as pairs:
+        for run, system in pairs:
+            try:
+                row = measure(run, system).row()
+            except Exception as exc:
+                if not isinstance(system, EndpointSystem):
+                    raise
+                log(f"  {run.workload}: the endpoint failed ({exc!r}); no row")
+                continue
+            rows.append(row)
+            log(f"  {row['workload']:<20} {row['system']:<30} {row['programs_s']:9.2f} programs/s  "
+                f"hit {row['hit_rate']:.1%} (optimal {row['optimal_hit_rate']:.1%})")
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     order = {**{w.name: i for i, w in enumerate(workloads)}, **{s: i for i, s in enumerate(SYSTEMS.values())}}
     frame = frame.sort_values(["workload", "system"], key=lambda col: col.map(order).fillna(len(order)),
                               kind="stable").reset_index(drop=True)
-    return SuiteResult(frame, _meta(config))
+    return SuiteResult(frame, {**_meta(config), "systems_loaded_together": together})
 
 
 def _meta(config: SuiteConfig) -> dict[str, Any]:
