@@ -18,45 +18,14 @@ from sglbench.kernel.decode_attention import decode_attention  # noqa: E402
 from sglbench.kernel.extend_attention import extend_attention  # noqa: E402
 from sglbench.kernel.rms_norm import rms_norm  # noqa: E402
 from sglbench.kernel.store_kv import store_kv  # noqa: E402
+from tests.helpers import DEVICE, EXTEND_CASES, GQA, make_batch  # noqa: E402
 
 CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
 needs_cuda = pytest.mark.skipif(not CUDA, reason="fp16/bf16 and large shapes run only on CUDA")
 LOW_PRECISION_TOL = {
     torch.float16: {"atol": 1e-2, "rtol": 1e-2},
     torch.bfloat16: {"atol": 3e-2, "rtol": 3e-2},
 }
-
-
-def make_batch(q_lens, prefix_lens, heads, kv_heads, head_dim, dtype=torch.float32, seed=0, spare_slots=37):
-    """A paged pool with each request's context scattered over random slots, and its new-token queries.
-
-    Returns q [total_q, heads, dim], k_buffer, v_buffer [num_slots, kv_heads, dim], qo_indptr,
-    kv_indptr, kv_indices (int64).
-    """
-    g = torch.Generator().manual_seed(seed)
-    kv_lens = [p + n for p, n in zip(prefix_lens, q_lens, strict=True)]
-    num_slots = sum(kv_lens) + spare_slots
-    k_buffer = torch.randn(num_slots, kv_heads, head_dim, generator=g).to(
-        DEVICE, dtype
-    )  # [slots, kv_heads, dim]
-    v_buffer = torch.randn(num_slots, kv_heads, head_dim, generator=g).to(
-        DEVICE, dtype
-    )  # [slots, kv_heads, dim]
-    kv_indices = torch.randperm(num_slots, generator=g)[: sum(kv_lens)].to(DEVICE)  # [total_kv]
-    kv_indptr = torch.tensor([0, *kv_lens], device=DEVICE).cumsum(0)  # [batch + 1]
-    qo_indptr = torch.tensor([0, *q_lens], device=DEVICE).cumsum(0)  # [batch + 1]
-    q = torch.randn(sum(q_lens), heads, head_dim, generator=g).to(DEVICE, dtype)  # [total_q, heads, dim]
-    return q, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices
-
-
-# (q_lens, prefix_lens): ragged batches with q_len 0, kv_len 1, no prefix, and a prefix of a few hundred
-EXTEND_CASES = {
-    "ragged": ([5, 0, 40, 1], [0, 3, 70, 0]),
-    "long_prefix": ([33, 2], [300, 1]),
-    "no_prefix_multiblock": ([70], [0]),
-}
-GQA = {1: 2, 4: 2, 8: 1}  # group -> kv_heads (keeps the interpreter's program count small)
 
 
 @pytest.mark.parametrize("case", list(EXTEND_CASES))

@@ -8,7 +8,7 @@ import abc
 
 import torch
 
-from sglbench.kernel import reference
+from sglbench.kernel import cpu_attention, reference
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
 from sglbench.runtime.kv_pool import KVPool
 
@@ -49,7 +49,8 @@ class AttentionBackend(abc.ABC):
 
 
 class TorchAttentionBackend(AttentionBackend):
-    """Plain-torch reference path (CPU, or any device without Triton)."""
+    """Plain-torch path (CPU, or any device without Triton): the reference decode, and an extend that
+    makes fewer passes over the score matrix than the reference (kernel/cpu_attention.py)."""
 
     name = "torch"
 
@@ -57,7 +58,7 @@ class TorchAttentionBackend(AttentionBackend):
         return reference.decode_attention_ref(q, k_buf, v_buf, batch.kv_indptr, batch.kv_indices, self.sm_scale)
 
     def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
-        return reference.extend_attention_ref(
+        return cpu_attention.extend_attention_cpu(
             q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale
         )
 
