@@ -15,6 +15,7 @@ from typing import Any
 from sglbench.runtime.request import Request
 
 POLICIES = ("lpm", "dfs-weight", "fcfs", "random")
+PREFIX_AWARE_POLICIES = ("lpm", "dfs-weight")  # order by cached prefix and defer in-batch sharers
 # Beyond this many waiting requests, prefix-aware ordering costs more than it saves (as in SGLang).
 PREFIX_POLICY_QUEUE_LIMIT = 128
 
@@ -28,7 +29,9 @@ class SchedulerConfig:
     max_consecutive_prefills: int = 4  # then one decode step, so decoding requests never starve
     # A waiting request sharing this many uncached tokens with one admitted in the same batch waits a
     # step, so the shared part is computed once and then read from the radix cache (lpm/dfs-weight).
-    in_batch_prefix_threshold: int = 32
+    # Low, because a CPU step is cheap next to recomputing: forks of one state often share only the
+    # role marker and first words of their next turn (skeleton-of-thought: 11 tokens per fork).
+    in_batch_prefix_threshold: int = 8
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,7 +88,7 @@ class Scheduler:
     def order_waiting(self, match: Callable[[Request], PrefixMatch]) -> dict[int, PrefixMatch] | None:
         """Sort the waiting queue by the configured policy; return the prefix matches it computed."""
         policy = self.config.policy
-        if policy == "fcfs" or (policy in ("lpm", "dfs-weight") and len(self.waiting) > PREFIX_POLICY_QUEUE_LIMIT):
+        if policy == "fcfs" or (policy in PREFIX_AWARE_POLICIES and len(self.waiting) > PREFIX_POLICY_QUEUE_LIMIT):
             self.waiting.sort(key=lambda r: r.timings.arrived)
             return None
         if policy == "random":
