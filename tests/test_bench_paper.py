@@ -145,6 +145,16 @@ def test_suite_table_files_and_html(model_path, tmp_path):
     assert load(paths["json"])._repr_html_() == html
 
 
+def test_runtime_report_includes_benchmark_results(rt, tmp_path):
+    config = SuiteConfig(model_path=rt.config.model_path, model_label="random <model>", size="tiny", device="cpu",
+                         systems=("lpm",))
+    result = run_suite(mmlu.WORKLOADS[:1], config, log=lambda _: None)
+    html = rt.report(str(tmp_path / "report.html"), bench=result).read_text()
+    assert '<section id="bench"><h2>Benchmarks</h2><div class="sgl-bench">' in html
+    assert "mmlu-gen" in html and "random &lt;model&gt;" in html and "random <model>" not in html
+    assert "http://" not in html and "https://" not in html
+
+
 def test_an_unreachable_or_unsupported_endpoint_gives_a_message_not_a_row(model_path):
     logs: list[str] = []
     config = SuiteConfig(model_path=model_path, model_label="random", size="tiny", systems=(),

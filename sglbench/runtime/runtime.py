@@ -261,14 +261,23 @@ class Runtime:
             self._dashboard = Dashboard(self, graphs=graphs if graphs is not None else recent_program_graphs)
         return self._dashboard
 
-    def report(self, path: str, graphs=None):
-        """Write one self-contained HTML report of this runtime's cache behaviour, calls and programs."""
+    def report(self, path: str, graphs=None, bench=None):
+        """Write one self-contained HTML report of this runtime's cache behaviour, calls and programs.
+
+        bench: a benchmark result (`sglbench.bench.paper` SuiteResult) or a list of them, shown in a
+        "Benchmarks" section with their charts and tables."""
         from sglbench.viz.adapters import recent_program_graphs
         from sglbench.viz.report import write_report
 
+        extra = []
+        if bench is not None:
+            from sglbench.bench.paper.report import results_html
+
+            results = bench if isinstance(bench, (list, tuple)) else [bench]
+            extra.append(("bench", "Benchmarks", "".join(results_html(r) for r in results)))
         history = self._dashboard.recorder if self._dashboard is not None else None
         return write_report(self, path, graphs=graphs if graphs is not None else recent_program_graphs(),
-                            metrics_history=history)
+                            metrics_history=history, extra_sections=extra)
 
 
 def _is_batch(prompt) -> bool:

@@ -76,8 +76,10 @@ def render_report(
     decode: Decode | None = None,
     max_rows: int = 500,
     max_nodes: int = 400,
+    extra_sections: Sequence[tuple[str, str, str]] = (),
 ) -> str:
-    """The report document as a string (pure: everything it shows is passed in)."""
+    """The report document as a string (pure: everything it shows is passed in). extra_sections:
+    (anchor, title, trusted HTML) appended after the built-in sections, e.g. benchmark results."""
     largest = (
         f"<h3>At its largest ({fmt(tree_largest.total_size)} tokens)</h3>"
         f'<div class="scroll">{render_tree(tree_largest, max_nodes=max_nodes, decode=decode)}</div>'
@@ -99,6 +101,7 @@ def render_report(
          f"{render_tree(tree_end, max_nodes=max_nodes, decode=decode)}</div>{largest}"),
         ("latency", "Per-call latency", render_latency(calls, max_rows=max_rows)),
         ("programs", "Program graphs", programs),
+        *extra_sections,
     ]
     nav = "".join(f'<a href="#{key}">{esc(name)}</a>' for key, name, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{esc(name)}</h2>{content}</section>' for key, name, content in sections)
@@ -115,6 +118,7 @@ def write_report(
     metrics_history: MetricsRecorder | Sequence[EngineMetrics] | None = None,
     largest: CacheSnapshot | None = None,
     title: str = "sglbench report",
+    extra_sections: Sequence[tuple[str, str, str]] = (),
 ) -> Path:
     """Write the report for runtime `rt` to `path` and return the path.
 
@@ -134,7 +138,7 @@ def write_report(
     doc = render_report(
         title=title, runtime=repr(rt), config=config_rows(rt.config), final=final, samples=samples,
         tree_end=rt.cache_snapshot(with_text=False), tree_largest=largest, calls=call_latencies(rt.events.since(0)),
-        graphs=list(graphs or ()), generated=generated, decode=rt.tokenizer.decode,
+        graphs=list(graphs or ()), generated=generated, decode=rt.tokenizer.decode, extra_sections=extra_sections,
     )
     out = Path(path)
     out.write_text(doc, encoding="utf-8")
