@@ -22,7 +22,7 @@ def test_triton_backend_matches_torch_backend(tmp_path):
         with Runtime(str(path), device="cpu", attention_backend=backend, max_total_tokens=256) as rt:
             first = rt.generate(prompts, max_new_tokens=4, temperature=0, ignore_eos=True)
             # The second round reads the prompts' prefixes from the radix cache (extend over a prefix).
-            second = rt.generate([p + [7, 8, 9] for p in prompts], max_new_tokens=4, temperature=0, ignore_eos=True)
+            second = rt.generate([[*p, 7, 8, 9] for p in prompts], max_new_tokens=4, temperature=0, ignore_eos=True)
             assert all(r["meta_info"]["cached_tokens"] > 0 for r in second)
             outputs[backend] = [r["output_ids"] for r in first + second]
             assert rt.engine.attention.name == backend
