@@ -19,6 +19,7 @@ from sglbench.bench.paper.suite import WORKLOADS
 from sglbench.bench.paper.systems import RuntimeSystem, TransformersSystem
 from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime
+from tests.helpers import serving
 
 TOLERANCE = 0.02
 
@@ -161,6 +162,19 @@ def test_an_unreachable_or_unsupported_endpoint_gives_a_message_not_a_row(model_
                          endpoint="http://localhost:1/v1")
     result = run_suite(mmlu.WORKLOADS[:1], config, log=logs.append)
     assert result.frame.empty and logs and "endpoint" in logs[0]
+
+
+def test_an_openai_compatible_endpoint_is_a_baseline(rt):
+    """sglbench's own server as the endpoint: a row of the same shape as the engine's, with no hit rate."""
+    from sglbench.server.app import build_app
+
+    with serving(build_app(rt, model_name="served")) as url:
+        config = SuiteConfig(model_path=rt.config.model_path, model_label="random", size="tiny", device="cpu",
+                             systems=("lpm",), endpoint=f"{url}/v1", endpoint_model="served")
+        frame = run_suite(mmlu.WORKLOADS[:1], config, log=lambda _: None).frame
+    assert list(frame["system"]) == ["sglbench (lpm)", f"endpoint ({url}/v1)"]
+    served = frame.iloc[1]
+    assert served["programs_s"] > 0 and served["decode_tokens"] != served["decode_tokens"]  # NaN: not measured
 
 
 def test_cli_runs_a_workload(model_path, tmp_path, capsys):

@@ -4,15 +4,9 @@ tiny model; auth, bad URLs, the server's messages, telemetry and the client-side
 
 from __future__ import annotations
 
-import contextlib
 import re
-import socket
-import threading
-import time
-from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 import sglbench as sgl
@@ -26,7 +20,7 @@ from sglbench.server.app import build_app
 from sglbench.viz.adapters import graph_from_telemetry
 from sglbench.viz.client_tree import PromptTreeView, RemoteLatencyView, latencies_from_runs
 from sglbench.viz.tree import render_tree
-from tests.helpers import assert_pool_full
+from tests.helpers import assert_pool_full, free_port, serving
 
 API_KEY = "test-key"
 FEW_SHOT = "Q: What is 1 + 1?\nA: 2\n\nQ: What is 2 + 2?\nA: 4\n\nQ: What is 3 + 3?\nA: 6\n\n"
@@ -35,30 +29,6 @@ QUESTIONS = [f"What is {i} + {i}?" for i in (4, 5, 6)]
 # word the choice completes into one token that starts before select's 3-token window (the fallback).
 PICKS = [("Q: What is 2 + 2? A: ", ["4", "5", "22"]), ("I said Structur", ["ed", "e", "al"])]
 METHODS = (sgl.token_length_normalized, sgl.greedy_token_selection, sgl.unconditional_likelihood_normalized)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """app on a loopback port in a thread; yields its base URL, stops it afterwards."""
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +217,7 @@ def test_endpoint_errors(server, endpoint, rt):
         sgl.RuntimeEndpoint(server)
     with pytest.raises(PermissionError, match="API key given was refused"):
         sgl.RuntimeEndpoint(server, api_key="wrong")
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ConnectionError, match=re.escape(closed)):
         sgl.RuntimeEndpoint(closed)
     with pytest.raises(ValueError, match=r"rejected the request: .*stop_regex"):
@@ -312,7 +282,7 @@ def test_openai_select_through_echo_logprobs(rt, expected):
 def test_openai_errors(server):
     denied = sgl.OpenAI("tiny", base_url=f"{server}/v1", api_key="wrong", is_chat_model=False, max_retries=0)
     fails(few_shot.run(question="x", backend=denied), PermissionError, "refused the API key")
-    closed = f"http://127.0.0.1:{_free_port()}/v1"
+    closed = f"http://127.0.0.1:{free_port()}/v1"
     gone = sgl.OpenAI("tiny", base_url=closed, is_chat_model=False, max_retries=0)
     fails(few_shot.run(question="x", backend=gone), ConnectionError, re.escape(closed))
     unknown = sgl.OpenAI("not-served", base_url=f"{server}/v1", api_key=API_KEY, is_chat_model=False)

@@ -109,7 +109,13 @@ def _endpoint(config: SuiteConfig, log: Callable[[str], None]):
             log(f"--endpoint {config.endpoint}: skipped, this sglbench has no sgl.OpenAI backend")
             yield []
             return
-        yield [EndpointSystem(sglbench.OpenAI(config.endpoint_model, base_url=config.endpoint), config.endpoint)]
+        # As a completion model: the workloads send raw prompts (chat roles rendered by the chat template);
+        # an API key comes from OPENAI_API_KEY.
+        backend = sglbench.OpenAI(config.endpoint_model, base_url=config.endpoint, is_chat_model=False)
+        try:
+            yield [EndpointSystem(backend, config.endpoint)]
+        finally:
+            backend.close()
 
     return open_systems
 
