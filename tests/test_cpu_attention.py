@@ -12,9 +12,9 @@ from tests.helpers import EXTEND_CASES, GQA, make_batch
 
 CASES = {
     **EXTEND_CASES,
-    # a chunk longer than one query block over a prefix, and one ending exactly on a block boundary
-    "multi_block_over_prefix": ([cpu_attention.Q_BLOCK + 37, 3], [90, 0]),
-    "block_boundary": ([cpu_attention.Q_BLOCK], [11]),
+    # a long chunk over a prefix next to a short one, and one new token over a long prefix
+    "long_chunk_over_prefix": ([549, 3], [90, 0]),
+    "one_token_over_prefix": ([1], [700]),
 }
 
 

@@ -49,8 +49,8 @@ class AttentionBackend(abc.ABC):
 
 
 class TorchAttentionBackend(AttentionBackend):
-    """Plain-torch path (CPU, or any device without Triton): the reference decode, and an extend that
-    makes fewer passes over the score matrix than the reference (kernel/cpu_attention.py)."""
+    """Plain-torch path (CPU, or any device without Triton): the reference decode, and extend through
+    torch's fused SDPA (kernel/cpu_attention.py)."""
 
     name = "torch"
 
