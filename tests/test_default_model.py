@@ -65,19 +65,22 @@ def test_chat_template_round_trip(tokenizer):
     assert ids.count(tokenizer.convert_tokens_to_ids("<|user|>")) == 2
 
 
-def test_digits_are_single_tokens(tokenizer):
+def test_numbers_below_100_are_single_tokens(tokenizer):
+    """So a small sum is a lookup of one token; longer numbers come in pieces of two digits, and the space
+    before a number is a token of its own."""
+    for n in range(100):
+        assert len(tokenizer(str(n), add_special_tokens=False)["input_ids"]) == 1, n
     tokens = tokenizer.convert_ids_to_tokens(tokenizer("A: 1234", add_special_tokens=False)["input_ids"])
-    assert tokens[-4:] == ["1", "2", "3", "4"]
+    assert [tokenizer.convert_tokens_to_string([t]) for t in tokens[-3:]] == [" ", "12", "34"]
 
 
 def test_heldout_greedy_accuracy(model, tokenizer):
-    """The shipped checkpoint reaches 90 % on world-fact QA; arithmetic, judgement and reading are below the
-    issue's 90 % bar (measured and printed here, tracked in the issue) and guarded against regressions."""
+    """The issue's bar: 90 % on held-out few-shot Q/A, arithmetic and True/False/Unknown judgements (each task
+    on its own). Reading comprehension of unseen text is reported, not required."""
     accuracy = score(heldout_examples(HELDOUT_SEED, 25), transformers_generator(model, tokenizer, max_new_tokens=8))
     print("held-out accuracy:", accuracy)
     assert set(accuracy) == {"qa", "arithmetic", "judgement", "reading"}
-    assert accuracy["qa"] >= 0.9, accuracy
-    assert accuracy["judgement"] >= 0.6 and accuracy["arithmetic"] >= 0.3, accuracy
+    assert min(accuracy["qa"], accuracy["arithmetic"], accuracy["judgement"]) >= 0.9, accuracy
 
 
 def test_runtime_logits_equal_transformers(model, tokenizer):

@@ -6,6 +6,7 @@ Greedy decoding is deterministic, but the model is small: batches of questions a
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 
 WORLD = build_world()
 PEOPLE = WORLD.people
-SUMS = [(17, 25), (12, 9), (23, 4), (8, 30)]
+SUMS = [(7, 3), (12, 5), (9, 4), (8, 11)]  # operands, sums and sums + 1 within the training range (0..20)
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +129,14 @@ def check_then_branch(s, a, b):
 
 def test_read_variable_and_branch(rt):
     states = check_then_branch.run_batch([{"a": a, "b": b} for a, b in SUMS], temperature=0)
+    branches = []
     for st, (a, b) in zip(states, SUMS):
         branched = st["sum"].strip() == str(a + b)
         # The branch Python took follows the value it read mid-program.
         assert (st["next"] != "skipped") == branched
         assert (f"Q: What is {a + b} + 1?" in st.text()) == branched
+        branches.append(branched and st["next"].strip() == str(a + b + 1))
+    mostly(branches)
 
 
 def calculator(expression: str) -> str:
@@ -163,6 +167,10 @@ def test_tool_use_with_python_between_calls(rt):
     # Python ran between the two calls on what the first produced, and the second saw its result.
     assert all(f"Observation: {calculator(st['expr'])}\nThought: I know the answer.\nAnswer:{st['answer']}" in st.text()
                for st in states)
+    # The model answers with the tool's result, as its training traces do. (It does not copy the question's
+    # numbers into the call: copying from context is beyond it, see the held-out 'reading' task.)
+    assert all(re.fullmatch(r"\d+ [-+x] \d+", st["expr"].strip()) for st in states), [st["expr"] for st in states]
+    mostly([st["answer"].strip() == calculator(st["expr"]) for st in states])
 
 
 TOOLS = {"calculator": calculator, "lookup": lookup}
@@ -185,7 +193,7 @@ def react(s, question, max_steps=3):
 
 def test_react_loop_driven_by_select(rt):
     person = PEOPLE[1]
-    cases = [("What is 17 + 25?", "42", "calculator"), ("What is 12 + 9?", "21", "calculator"),
+    cases = [("What is 17 + 5?", "22", "calculator"), ("What is 12 + 9?", "21", "calculator"),
              (f"What is {person.name}'s job?", person.job, "lookup")]
     states = react.run_batch([{"question": q} for q, _, _ in cases], temperature=0)
     for st in states:
@@ -197,6 +205,9 @@ def test_react_loop_driven_by_select(rt):
             if st[f"next{k}"] == "Action":
                 assert f"Observation: {TOOLS[st[f'tool{k}']](st[f'arg{k}'])}\n" in st.text()
         assert "answer" in st
+    # The model follows its training traces: the right tool, then an answer taken from the observation.
+    mostly(["tool0" in st and st["tool0"] == tool and st["answer"].strip() in TOOLS[tool](st["arg0"])
+            for st, (_, _, tool) in zip(states, cases)])
 
 
 @sgl.function

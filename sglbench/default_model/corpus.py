@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator
 
 WORLD_SEED = 20240611
 TRAIN_SEED = 0
@@ -474,25 +474,35 @@ def doc_chat(rng: random.Random, world: World) -> str:
     return render_chat(messages)
 
 
-DOCUMENT_KINDS: tuple[tuple[Callable[[random.Random, World], str], float], ...] = (
-    (doc_fact_qa, 8), (doc_arithmetic, 24), (doc_mixed_qa, 4), (doc_judgements, 18), (doc_reading, 18),
-    (doc_copy, 10), (doc_lookup, 6), (doc_biographies, 4), (doc_directory, 1), (doc_json, 5), (doc_lists, 3),
+Mixture = tuple[tuple[Callable[[random.Random, World], str], float], ...]
+
+# The main mixture: every kind of text the workbench demonstrates.
+DOCUMENT_KINDS: Mixture = (
+    (doc_fact_qa, 8), (doc_arithmetic, 26), (doc_mixed_qa, 4), (doc_judgements, 22), (doc_reading, 10),
+    (doc_copy, 6), (doc_lookup, 6), (doc_biographies, 4), (doc_directory, 1), (doc_json, 5), (doc_lists, 3),
     (doc_steps, 3), (doc_tools, 4), (doc_essay, 3), (doc_chat, 10),
+)
+# The cool-down mixture: weighted towards the held-out tasks (arithmetic, judgements, Q/A), the rest kept
+# present so that nothing is forgotten while the learning rate decays.
+ANNEAL_KINDS: Mixture = (
+    (doc_fact_qa, 8), (doc_arithmetic, 40), (doc_mixed_qa, 6), (doc_judgements, 34), (doc_reading, 6),
+    (doc_copy, 2), (doc_lookup, 3), (doc_biographies, 3), (doc_directory, 1), (doc_json, 3), (doc_lists, 1),
+    (doc_steps, 2), (doc_tools, 3), (doc_essay, 1), (doc_chat, 7),
 )
 
 
-def sample_document(rng: random.Random, world: World) -> str:
+def sample_document(rng: random.Random, world: World, kinds: Mixture = DOCUMENT_KINDS) -> str:
     """One document, starting with the bos token (chats already carry it through the template)."""
-    makers, weights = zip(*DOCUMENT_KINDS)
+    makers, weights = zip(*kinds)
     text = rng.choices(makers, weights=weights)[0](rng, world)
     return text if text.startswith(BOS) else BOS + text
 
 
-def iter_documents(seed: int = TRAIN_SEED) -> Iterator[str]:
-    """An endless, deterministic stream of documents for one seed."""
+def iter_documents(seed: int = TRAIN_SEED, kinds: Mixture = DOCUMENT_KINDS) -> Iterator[str]:
+    """An endless, deterministic stream of documents for one seed and mixture."""
     rng, world = random.Random(seed), build_world()
     while True:
-        yield sample_document(rng, world)
+        yield sample_document(rng, world, kinds)
 
 
 def generate_documents(seed: int, n: int) -> list[str]:

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from sglbench.default_model.corpus import (
-    QA, World, arithmetic_question, build_world, fact_question, judgement, passage, render_judgements, render_qa,
+    QA,
+    World,
+    arithmetic_question,
+    build_world,
+    fact_question,
+    judgement,
+    passage,
+    render_judgements,
+    render_qa,
 )
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer for the default model, with digits split one by one and chat role markers.
+"""Byte-level BPE tokenizer for the default model, with numbers cut into pieces of at most two digits, and chat
+role markers.
 
 Saved as a standard Hugging Face tokenizer folder (tokenizer.json + tokenizer_config.json with a chat template),
 so `transformers.AutoTokenizer.from_pretrained` loads it and `apply_chat_template` works.
@@ -8,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from sglbench.default_model.corpus import BOS, END, EOS, PAD, ROLES
@@ -28,10 +29,13 @@ _SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 
 
 def build_tokenizer_model() -> Tokenizer:
-    """An untrained byte-level BPE pipeline: one token per digit, GPT-2 style word splitting, bos added."""
+    """An untrained byte-level BPE pipeline: numbers in pieces of up to two digits, never joined to the space
+    before them (as in Llama 3), so every number below 100 can become one token, small sums are a lookup and
+    `"A: " + gen_int()` continues the way the training text does; GPT-2 style word splitting.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Split(Regex(r"\d{1,2}"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tok.decoder = decoders.ByteLevel()

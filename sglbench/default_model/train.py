@@ -4,7 +4,8 @@
 
 Tokenizer, data order and initialisation all follow --seed. Training runs --steps steps; on a slow (shared)
 machine the --minutes budget ends it earlier, with the learning-rate schedule compressed to fit (then the
-weights depend on timing). Writes a standard Hugging Face Llama folder and prints held-out accuracy.
+weights depend on timing). The learning-rate cool-down trains on a mixture weighted towards the held-out tasks
+(corpus.ANNEAL_KINDS). Writes a standard Hugging Face Llama folder and prints held-out accuracy.
 """
 
 from __future__ import annotations
@@ -14,15 +15,21 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sglbench.default_model import DEFAULT_MODEL_PATH
-from sglbench.default_model.corpus import generate_documents, iter_documents
+from sglbench.default_model.corpus import (
+    ANNEAL_KINDS,
+    DOCUMENT_KINDS,
+    Mixture,
+    generate_documents,
+    iter_documents,
+)
 from sglbench.default_model.heldout import heldout_examples, score, transformers_generator
 from sglbench.default_model.tokenizer import STOP_TOKENS, save_tokenizer, train_tokenizer
 
@@ -42,17 +49,17 @@ class ModelShape:
 class TrainConfig:
     out: Path = DEFAULT_MODEL_PATH
     seed: int = 0
-    minutes: float = 25.0  # wall-clock budget of the whole run
-    steps: int = 1800
+    minutes: float = 28.0  # wall-clock budget of the whole run
+    steps: int = 3000
     short_len: int = 512  # most steps: short_rows x short_len tokens
     short_rows: int = 8
     long_len: int = 2048  # every long_every-th step: long_rows x long_len tokens
     long_rows: int = 2
-    long_every: int = 4
+    long_every: int = 6
     lr: float = 3e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 20
-    decay_fraction: float = 0.3  # linear cool-down over this final fraction of training
+    decay_fraction: float = 0.35  # linear cool-down (on the anneal mixture) over this final fraction of training
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     vocab_size: int = 4096
@@ -85,14 +92,15 @@ def step_shape(cfg: TrainConfig, step: int) -> tuple[int, int]:
     return cfg.short_rows, cfg.short_len
 
 
-def token_stream(tokenizer: PreTrainedTokenizerFast, seed: int, n_tokens: int) -> torch.Tensor:
+def token_stream(tokenizer: PreTrainedTokenizerFast, seed: int, n_tokens: int,
+                 kinds: Mixture = DOCUMENT_KINDS) -> torch.Tensor:
     """The corpus for seed, tokenized and packed (each document ends with eos) into n_tokens tokens."""
-    docs: Iterator[str] = iter_documents(seed)
+    docs: Iterator[str] = iter_documents(seed, kinds)
     chunks: list[int] = []
     while len(chunks) < n_tokens:
         batch = [next(docs) for _ in range(2000)]
         for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-            chunks += ids + [tokenizer.eos_token_id]
+            chunks += [*ids, tokenizer.eos_token_id]
     return torch.tensor(chunks[:n_tokens], dtype=torch.long)
 
 
@@ -117,8 +125,11 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
 
 
 def train(cfg: TrainConfig, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, data: torch.Tensor,
-          deadline: float) -> dict[str, float]:
-    """The training loop; stops after cfg.steps steps or at the deadline, whichever comes first."""
+          anneal_data: torch.Tensor, deadline: float) -> dict[str, float]:
+    """The training loop; stops after cfg.steps steps or at the deadline, whichever comes first.
+
+    Batches come from data until the cool-down starts, then from anneal_data (cycled if time compression
+    makes the cool-down longer in steps than planned)."""
     decay, no_decay = [], []
     for param in model.parameters():
         (no_decay if param.ndim < 2 else decay).append(param)
@@ -127,11 +138,16 @@ def train(cfg: TrainConfig, model: LlamaForCausalLM, tokenizer: PreTrainedTokeni
                                   fused=True)
     forward = torch.compile(model, dynamic=False) if cfg.compile else model
     start, cursor, tokens, step, recent = time.time(), 0, 0, 0, []
-    progress = 0.0
+    progress, source = 0.0, data
     model.train()
     while progress < 1.0:
         rows, length = step_shape(cfg, step)
-        batch = data[cursor:cursor + rows * length].view(rows, length)
+        if source is data and progress >= 1.0 - cfg.decay_fraction:
+            print(f"step {step:4d}  cool-down: switching to the anneal mixture", flush=True)
+            source, cursor = anneal_data, 0
+        if cursor + rows * length > len(source):
+            cursor = 0
+        batch = source[cursor:cursor + rows * length].view(rows, length)
         cursor += rows * length
         lr = learning_rate(cfg, step, progress)
         for group in optimizer.param_groups:
@@ -143,7 +159,7 @@ def train(cfg: TrainConfig, model: LlamaForCausalLM, tokenizer: PreTrainedTokeni
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step, tokens = step + 1, tokens + batch.numel()
-        recent = (recent + [loss.item()])[-20:]
+        recent = [*recent, loss.item()][-20:]
         elapsed = time.time() - start
         progress = max(step / cfg.steps, elapsed / max(1.0, deadline - start))
         if step % cfg.log_every == 0 or progress >= 1.0:
@@ -179,12 +195,14 @@ def main() -> None:
     random.seed(cfg.seed)
     tokenizer = train_tokenizer(generate_documents(cfg.seed + 1, cfg.tokenizer_docs), cfg.vocab_size)
     n_tokens = sum(math.prod(step_shape(cfg, s)) for s in range(cfg.steps))
+    n_anneal = int(n_tokens * cfg.decay_fraction) + math.prod(step_shape(cfg, cfg.long_every - 1))
     data = token_stream(tokenizer, cfg.seed, n_tokens)
+    anneal_data = token_stream(tokenizer, cfg.seed + 2, n_anneal, ANNEAL_KINDS)
     model = build_model(ModelShape(), tokenizer, cfg.vocab_size)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer {len(tokenizer)} tokens, data {n_tokens} tokens, model {n_params / 1e6:.2f} M parameters, "
           f"setup {time.time() - t0:.1f}s", flush=True)
-    stats = train(cfg, model, tokenizer, data, deadline=t0 + cfg.minutes * 60 - cfg.reserve_s)
+    stats = train(cfg, model, tokenizer, data, anneal_data, deadline=t0 + cfg.minutes * 60 - cfg.reserve_s)
     save(cfg, model, tokenizer)
     accuracy = evaluate(model, tokenizer)
     size_mb = sum(f.stat().st_size for f in cfg.out.iterdir()) / 1e6
