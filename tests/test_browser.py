@@ -161,8 +161,7 @@ def add_and_run_cell(page: Any, code: str) -> None:
     page.keyboard.press("Shift+Enter")
 
 
-# The lead adds "01_quickstart.ipynb" here once its embedded default model is committed.
-@pytest.mark.parametrize("notebook", [SMOKE])
+@pytest.mark.parametrize("notebook", [SMOKE, "01_quickstart.ipynb"])
 def test_dashboard_is_live_in_jupyterlab(notebook, checkpoint, tmp_path):
     root = tmp_path / "notebooks"
     shutil.copytree(NOTEBOOKS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "*.html"))
