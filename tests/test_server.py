@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import socket
-import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
 
 from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime
 from sglbench.server.app import build_app
-from tests.helpers import assert_pool_full
+from tests.helpers import assert_pool_full, serving
 
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +28,8 @@ def rt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(rt):
-    port = _free_port()
-    config = uvicorn.Config(build_app(rt, api_key=API_KEY, model_name="tiny"), host="127.0.0.1", port=port,
-                            log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(build_app(rt, api_key=API_KEY, model_name="tiny")) as url:
+        yield url
 
 
 @pytest.fixture
