@@ -128,8 +128,8 @@ def train(cfg: TrainConfig, model: LlamaForCausalLM, tokenizer: PreTrainedTokeni
           anneal_data: torch.Tensor, deadline: float) -> dict[str, float]:
     """The training loop; stops after cfg.steps steps or at the deadline, whichever comes first.
 
-    Batches come from data until the cool-down starts, then from anneal_data (cycled if time compression
-    makes the cool-down longer in steps than planned)."""
+    Batches come from data until the cool-down starts, then from anneal_data; each is cycled if time
+    compression moves the switch away from the planned step."""
     decay, no_decay = [], []
     for param in model.parameters():
         (no_decay if param.ndim < 2 else decay).append(param)
@@ -194,10 +194,12 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = train_tokenizer(generate_documents(cfg.seed + 1, cfg.tokenizer_docs), cfg.vocab_size)
-    n_tokens = sum(math.prod(step_shape(cfg, s)) for s in range(cfg.steps))
-    n_anneal = int(n_tokens * cfg.decay_fraction) + math.prod(step_shape(cfg, cfg.long_every - 1))
-    data = token_stream(tokenizer, cfg.seed, n_tokens)
+    switch = math.ceil(cfg.steps * (1.0 - cfg.decay_fraction) - 1e-9)  # the cool-down's first step (as in train)
+    n_main = sum(math.prod(step_shape(cfg, s)) for s in range(switch))
+    n_anneal = sum(math.prod(step_shape(cfg, s)) for s in range(switch, cfg.steps))
+    data = token_stream(tokenizer, cfg.seed, n_main)
     anneal_data = token_stream(tokenizer, cfg.seed + 2, n_anneal, ANNEAL_KINDS)
+    n_tokens = n_main + n_anneal
     model = build_model(ModelShape(), tokenizer, cfg.vocab_size)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer {len(tokenizer)} tokens, data {n_tokens} tokens, model {n_params / 1e6:.2f} M parameters, "
