@@ -24,8 +24,9 @@ from sglbench.runtime.models.loader import load_model, resolve_dtype
 from sglbench.runtime.radix_cache import CacheCounters, CacheEvent, RadixCache
 from sglbench.runtime.request import ReqState, Request
 from sglbench.runtime.sampling import SamplerRow, sample
-from sglbench.runtime.scheduler import PrefixMatch, Scheduler, SchedulerConfig, common_prefix_len
+from sglbench.runtime.scheduler import PrefixMatch, Scheduler, SchedulerConfig
 from sglbench.runtime.tokenizer import Tokenizer, find_stop, streamable_length
+from sglbench.sequences import common_prefix_len
 
 CPU_DEFAULT_MAX_TOKENS = 65536
 CPU_MEMORY_FRACTION = 0.1

@@ -28,6 +28,8 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from sglbench.sequences import common_prefix_len
+
 PREVIEW_TOKENS = 32
 """How many leading token ids of a node a `NodeSnapshot` carries (and decodes into text_preview)."""
 
@@ -161,16 +163,7 @@ class InsertResult(NamedTuple):
 def _as_key(token_ids: Sequence[int] | torch.Tensor) -> tuple[int, ...]:
     if isinstance(token_ids, torch.Tensor):
         return tuple(token_ids.tolist())
-    return tuple(int(t) for t in token_ids)
-
-
-def _common_len(key: tuple[int, ...], tokens: tuple[int, ...], start: int) -> int:
-    """Length of the common prefix of `key` and `tokens[start:]`."""
-    n = min(len(key), len(tokens) - start)
-    i = 0
-    while i < n and key[i] == tokens[start + i]:
-        i += 1
-    return i
+    return tuple(map(int, token_ids))
 
 
 class RadixCache:
@@ -246,7 +239,7 @@ class RadixCache:
             child = node.children.get(tokens[i])
             if child is None:
                 break
-            c = _common_len(child.key, tokens, i)
+            c = common_prefix_len(child.key, tokens[i : i + len(child.key)])
             if c < len(child.key):
                 path.append(self._split(child, c))
                 break

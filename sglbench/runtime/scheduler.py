@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sglbench.runtime.request import Request
+from sglbench.sequences import common_prefix_len
 
 POLICIES = ("lpm", "dfs-weight", "fcfs", "random")
 PREFIX_AWARE_POLICIES = ("lpm", "dfs-weight")  # order by cached prefix and defer in-batch sharers
@@ -176,11 +177,3 @@ def dfs_weight_order(reqs: list[Request], nodes: dict[int, Any]) -> list[Request
         children.sort(key=lambda c: weight[id(c)])  # heaviest popped first
         stack.extend((c, False) for c in children)
     return order
-
-
-def common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -35,6 +35,7 @@ from sglbench.lang.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, cha
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.global_config import global_config
 from sglbench.lang.ir import SglSamplingParams, dtype_to_regex
+from sglbench.sequences import common_prefix_len
 
 if TYPE_CHECKING:  # the engine's record types; imported at run time only by PromptTree.snapshot (loads torch)
     from sglbench.runtime.radix_cache import CacheSnapshot
@@ -108,7 +109,7 @@ class PromptTree:
                     self._size += len(child.key)
                     self._inserted += len(child.key)
                 else:
-                    shared = _common_prefix_len(child.key, prompt[pos:pos + len(child.key)])
+                    shared = common_prefix_len(child.key, prompt[pos:pos + len(child.key)])
                     if shared < len(child.key):
                         child = self._split(child, shared)
                     child.hit_count += 1
@@ -194,15 +195,6 @@ class PromptTree:
             self._evicted += len(leaf.key)
             if parent is not self._root and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(leaves, (parent.last_access, parent.id, parent))
-
-
-def _common_prefix_len(a: Any, b: Any) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def load_tokenizer(path: str):
@@ -487,14 +479,14 @@ class RuntimeEndpoint(BaseBackend):
         their token ids from lo, and for each text the length of the prefix it shares with the prompt."""
         scored = self._map(functools.partial(self._prefill, logprob_start_len=lo), [prompt, *texts])
         ids = [[t[1] for t in m["input_token_logprobs"]] for m in scored]
-        return scored, ids, [lo + _common_prefix_len(ids[0], full) for full in ids[1:]]
+        return scored, ids, [lo + common_prefix_len(ids[0], full) for full in ids[1:]]
 
     def _server_prefix_ids(self) -> list[int]:
         """The token ids the server puts before any text (e.g. [bos]): the common start of two
         one-letter prompts' ids. Asked once."""
         if self._prefix_ids is None:
             a, b = (self._prefill(t, logprob_start_len=0)["input_token_logprobs"] for t in ("a", "b"))
-            self._prefix_ids = [t[1] for t in a[:_common_prefix_len([t[1] for t in a], [t[1] for t in b])]]
+            self._prefix_ids = [t[1] for t in a[:common_prefix_len([t[1] for t in a], [t[1] for t in b])]]
         return self._prefix_ids
 
     def get_chat_template(self) -> ChatTemplate:

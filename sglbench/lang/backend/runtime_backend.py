@@ -19,6 +19,7 @@ from sglbench.lang.ir import SglSamplingParams, dtype_to_regex
 from sglbench.runtime.request import RequestHandle
 from sglbench.runtime.runtime import Runtime
 from sglbench.runtime.sampling import SamplingParams
+from sglbench.sequences import common_prefix_len
 
 _RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 _PREFILL_ONLY = SamplingParams(max_new_tokens=0)
@@ -28,12 +29,7 @@ def choice_start(prompt_ids: list[int], full_ids: list[int]) -> int:
     """First position of full_ids (tokens of prompt + choice) that belongs to the choice: where it stops
     matching prompt_ids, as the tokenizer may merge the prompt's last token with the choice's first.
     At least 1 (the first token has no logprob) and at most len(full_ids) - 1 (a choice has a token)."""
-    common = 0
-    for a, b in zip(prompt_ids, full_ids):
-        if a != b:
-            break
-        common += 1
-    return max(1, min(common, len(full_ids) - 1))
+    return max(1, min(common_prefix_len(prompt_ids, full_ids), len(full_ids) - 1))
 
 
 class RuntimeBackend(BaseBackend):
