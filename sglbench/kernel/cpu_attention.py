@@ -32,13 +32,14 @@ def extend_attention_cpu(
     """Causal attention of new tokens over their cached prefix and each other; returns [total_q, heads, dim]."""
     out = torch.empty_like(q)
     qo, kvp = qo_indptr.tolist(), kv_indptr.tolist()
+    k_all = k_buffer[kv_indices].to(q.dtype)  # [total_kv, kv_heads, dim]: one gather for the whole batch
+    v_all = v_buffer[kv_indices].to(q.dtype)
     for b in range(len(qo) - 1):
         q_len, kv_len = qo[b + 1] - qo[b], kvp[b + 1] - kvp[b]
         if q_len == 0:
             continue
-        slots = kv_indices[kvp[b] : kvp[b + 1]]
-        k = k_buffer[slots].to(q.dtype).transpose(0, 1)  # [kv_heads, kv_len, dim]
-        v = v_buffer[slots].to(q.dtype).transpose(0, 1)  # [kv_heads, kv_len, dim]
+        k = k_all[kvp[b] : kvp[b + 1]].transpose(0, 1)  # [kv_heads, kv_len, dim]
+        v = v_all[kvp[b] : kvp[b + 1]].transpose(0, 1)
         qb = q[qo[b] : qo[b + 1]].transpose(0, 1)  # [heads, q_len, dim]
         if q_len == kv_len:  # no cached prefix: plain causal, blocks above the diagonal skipped
             block = F.scaled_dot_product_attention(qb[None], k[None], v[None], is_causal=True, scale=sm_scale,
