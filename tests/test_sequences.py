@@ -29,6 +29,6 @@ def test_matches_a_plain_walk_for_lists_tuples_and_mixed(a, b):
 
 @given(tokens, tokens)
 def test_shared_prefix_is_found_exactly(shared, rest):
-    a, b = shared + [7] + rest, shared + [8]
+    a, b = [*shared, 7, *rest], [*shared, 8]
     assert common_prefix_len(a, b) == len(shared) == common_prefix_len(b, a)
     assert common_prefix_len(shared, shared + rest) == len(shared)
