@@ -84,6 +84,16 @@ def test_fixed_lengths_drop_stop_strings_and_eos():
                if node.kind == "gen")
 
 
+def test_repeats_keep_the_fastest_run_from_a_cold_cache(rt):
+    run = mmlu.WORKLOADS[0].run_for("tiny")
+    once = measure(run, RuntimeSystem("sglbench (lpm)", rt)).row()
+    best = measure(run, RuntimeSystem("sglbench (lpm)", rt), repeats=3).row()
+    # Every repeat starts from a flushed cache, so the cache behaviour is that of a single run.
+    assert best["hit_rate"] == once["hit_rate"] and best["prefill_tokens"] == once["prefill_tokens"]
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        SuiteConfig(model_path=rt.config.model_path, model_label="random", repeats=0)
+
+
 def test_sizes_are_checked():
     with pytest.raises(ValueError, match="size"):
         WORKLOADS[0].run_for("huge")

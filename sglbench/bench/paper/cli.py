@@ -25,13 +25,15 @@ def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> Su
     parser.add_argument("--hf-batch-size", type=int, default=16, help="rows per transformers call")
     parser.add_argument("--endpoint", default=None, help="OpenAI-compatible base URL, run through sgl.OpenAI")
     parser.add_argument("--endpoint-model", default="default", help="model name sent to --endpoint")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="timed runs per workload and system, each from a cold cache; the fastest is kept")
     args = parser.parse_args(argv)
     path, label = resolve_model(args)
     config = SuiteConfig(
         model_path=path, model_label=label, size=args.size, device=args.device, dtype=args.dtype,
         systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()), timing_only=args.preset is not None,
         max_total_tokens=args.max_total_tokens, hf_batch_size=args.hf_batch_size, endpoint=args.endpoint,
-        endpoint_model=args.endpoint_model,
+        endpoint_model=args.endpoint_model, repeats=args.repeats,
     )
     print(f"{prog} ({args.size}): {label}, device={args.device}")
     result = run_suite(workloads, config)

@@ -103,11 +103,18 @@ def _run_batch(run: WorkloadRun, arguments, backend: BaseBackend) -> list:
     return states
 
 
-def measure(run: WorkloadRun, system: System, warmup: int = 1) -> Measurement:
-    """Warm up on the first `warmup` programs, then time the whole batch from a cold cache."""
+def measure(run: WorkloadRun, system: System, warmup: int = 1, repeats: int = 1) -> Measurement:
+    """Warm up on the first `warmup` programs, then time the whole batch from a cold cache `repeats` times
+    and keep the fastest run: the least disturbed by whatever else the machine did meanwhile."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     if warmup:
         _run_batch(run, run.arguments[:warmup], system.open_backend())
         system.settle()
+    return min((_measure_once(run, system) for _ in range(repeats)), key=lambda m: m.wall_s)
+
+
+def _measure_once(run: WorkloadRun, system: System) -> Measurement:
     system.reset()
     backend = system.open_backend()
     before = system.usage()

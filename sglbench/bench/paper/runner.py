@@ -51,6 +51,7 @@ class SuiteConfig:
     hf_batch_size: int = 16
     endpoint: str | None = None
     endpoint_model: str = "default"
+    repeats: int = 1  # timed runs per workload and system (each from a cold cache); the fastest is kept
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -58,6 +59,8 @@ class SuiteConfig:
         unknown = sorted(set(self.systems) - set(SYSTEMS))
         if unknown:
             raise ValueError(f"unknown systems {unknown}; known: {list(SYSTEMS)}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ def run_suite(workloads: Sequence[Workload], config: SuiteConfig, log: Callable[
     with contextlib.closing(_pairs(system_groups(config, log), runs, together)) as pairs:
         for run, system in pairs:
             try:
-                row = measure(run, system).row()
+                row = measure(run, system, repeats=config.repeats).row()
             except Exception as exc:
                 if not isinstance(system, EndpointSystem):
                     raise
@@ -172,7 +175,7 @@ def _meta(config: SuiteConfig) -> dict[str, Any]:
         "model": config.model_label, "model_path": config.model_path, "size": config.size,
         "device": resolve_device(config.device), "dtype": config.dtype, "timing_only": config.timing_only,
         "systems": [SYSTEMS[s] for s in config.systems], "max_total_tokens": config.max_total_tokens,
-        "hf_batch_size": config.hf_batch_size, "torch_threads": torch.get_num_threads(),
+        "hf_batch_size": config.hf_batch_size, "torch_threads": torch.get_num_threads(), "repeats": config.repeats,
     }
 
 
