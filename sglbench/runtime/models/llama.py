@@ -1,7 +1,8 @@
 """Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) over the paged KV pool.
 
 Parameter names equal the Hugging Face ones except the fused projections (qkv_proj, gate_up_proj),
-which the loader stacks from the checkpoint's separate tensors.
+which the loader stacks from the checkpoint's separate tensors; the loader also reorders each head's q/k
+dims into the pairs the rotary embedding rotates (`interleave_rotary`).
 The model sees a flattened ragged batch (ForwardBatch); attention goes through the backend seam.
 """
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglbench.kernel.cpu_linear import Linear
 from sglbench.kernel.reference import rms_norm_ref
 from sglbench.runtime.attention import AttentionBackend
 from sglbench.runtime.forward_batch import ForwardBatch
@@ -24,31 +26,37 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm_ref(x, self.weight, self.eps)
+        if x.dtype == torch.float32:  # torch's fused kernel: the same numbers in one pass
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return rms_norm_ref(x, self.weight, self.eps)  # fp32 math, cast back before the weight, as Llama does
 
 
 class RotaryEmbedding(nn.Module):
-    """Precomputed cos/sin tables indexed by absolute position (rotate-half convention, as in HF)."""
+    """Precomputed rotations indexed by absolute position, as complex numbers: each head's q/k dims come
+    in interleaved pairs (see `interleave_rotary`), so rotating is one complex multiply per pair."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         inv_freq = config.rope_inv_freq()  # [dim / 2]
         t = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)  # [positions, dim / 2]
-        emb = torch.cat([freqs, freqs], dim=-1)  # [positions, dim]
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.register_buffer("cis", torch.polar(torch.ones_like(freqs), freqs), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos[positions].unsqueeze(1)  # [tokens, 1, dim]
-        sin = self.sin[positions].unsqueeze(1)  # [tokens, 1, dim]
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        cis = self.cis[positions].unsqueeze(1)  # [tokens, 1, dim / 2] complex64
+        return _rotate(q, cis), _rotate(k, cis)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+def _rotate(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # [tokens, heads, dim / 2]
+    return torch.view_as_real(pairs * cis).flatten(-2).to(x.dtype)
+
+
+def interleave_rotary(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Reorder the rows of a q/k projection (or the dims of a q/k norm weight) from the checkpoint's
+    rotate-half layout, where dim i pairs with i + head_dim / 2, to interleaved pairs (2i, 2i + 1).
+    Attention only sees q . k, which one permutation of both leaves unchanged."""
+    return x.reshape(-1, 2, head_dim // 2, *x.shape[1:]).transpose(1, 2).reshape(x.shape)
 
 
 class Attention(nn.Module):
@@ -59,8 +67,8 @@ class Attention(nn.Module):
         h = config.hidden_size
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         # q, k and v projections fused into one matmul (the loader stacks the checkpoint's three).
-        self.qkv_proj = nn.Linear(h, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=config.o_bias)
+        self.qkv_proj = Linear(h, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
+        self.o_proj = Linear(self.num_heads * self.head_dim, h, bias=config.o_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -84,12 +92,12 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         h, i, b = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_up_proj = nn.Linear(h, 2 * i, bias=b)  # gate and up fused (stacked by the loader)
-        self.down_proj = nn.Linear(i, h, bias=b)
+        self.gate_up_proj = Linear(h, 2 * i, bias=b)  # gate and up fused (stacked by the loader)
+        self.down_proj = Linear(i, h, bias=b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate).mul_(up))
 
 
 class DecoderLayer(nn.Module):
@@ -127,7 +135,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

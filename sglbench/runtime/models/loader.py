@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from sglbench.runtime.model_config import ModelConfig
-from sglbench.runtime.models.llama import LlamaForCausalLM
+from sglbench.runtime.models.llama import LlamaForCausalLM, interleave_rotary
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -27,6 +28,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: str, config: ModelConfig) ->
 
 
 _QKV = ("q_proj", "k_proj", "v_proj")
+_ROTATED = re.compile(r"\.(q_proj|k_proj|q_norm|k_norm)\.")  # head dims the rotary embedding pairs up
 _GATE_UP = ("gate_proj", "up_proj")
 
 
@@ -55,11 +57,14 @@ def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: 
     for file in files:
         with safe_open(str(file), framework="pt", device=str(device)) as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                tensor = f.get_tensor(name).to(dtype)
+                if _ROTATED.search(name):
+                    tensor = interleave_rotary(tensor, config.head_dim)
                 fused = _fused_name(name)
                 if fused is not None:
-                    parts.setdefault(fused[0], {})[fused[1]] = f.get_tensor(name).to(dtype)
+                    parts.setdefault(fused[0], {})[fused[1]] = tensor
                 elif name in params:
-                    loaded[name] = f.get_tensor(name).to(dtype)
+                    loaded[name] = tensor
     for name, pieces in parts.items():
         order = _QKV if "qkv_proj" in name else _GATE_UP
         if all(p in pieces for p in order):
