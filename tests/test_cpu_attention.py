@@ -37,3 +37,67 @@ def test_low_precision_inputs_compute_in_fp32():
     expected = reference.extend_attention_ref(q.bfloat16(), kb.bfloat16(), vb.bfloat16(), qo, kvp, kvi, 0.2)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
+
+
+def shared_prefix_batch(heads=4, kv_heads=2, head_dim=32, seed=1):
+    """Requests whose contexts share slot runs, as the radix cache hands them out: a 6-slot root (shorter
+    than MIN_SHARED_SLOTS) under two 40-slot few-shot prefixes; some members cache more of their own;
+    one request has no prefix, one no new tokens, and new-token counts spread over several buckets."""
+    g = torch.Generator().manual_seed(seed)
+    num_slots = 600
+    k_buffer = torch.randn(num_slots, kv_heads, head_dim, generator=g)
+    v_buffer = torch.randn(num_slots, kv_heads, head_dim, generator=g)
+    free = iter(torch.randperm(num_slots, generator=g).tolist())
+    take = lambda n: [next(free) for _ in range(n)]  # noqa: E731
+    root = take(6)
+    shots = [root + take(34), root + take(34)]
+    # (shared context slots, own cached slots, new tokens)
+    requests = [(shots[0], 0, 7), (shots[1], 3, 1), (shots[0], 0, 30), (shots[1], 0, 12), ([], 0, 9),
+                (shots[0], 5, 8), (shots[1], 0, 0), (root, 2, 4), (shots[0], 0, 7)]
+    kv_indices, q_lens, kv_lens = [], [], []
+    for shared, own, new in requests:
+        kv_indices += shared + take(own + new)
+        q_lens.append(new)
+        kv_lens.append(len(shared) + own + new)
+    q = torch.randn(sum(q_lens), heads, head_dim, generator=g)
+    return (q, k_buffer, v_buffer, torch.tensor([0, *q_lens]).cumsum(0), torch.tensor([0, *kv_lens]).cumsum(0),
+            torch.tensor(kv_indices))
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_shared_prefixes_match_reference(kv_heads):
+    args = shared_prefix_batch(kv_heads=kv_heads)
+    torch.testing.assert_close(cpu_attention.extend_attention_cpu(*args, 0.17), reference.extend_attention_ref(*args, 0.17))
+
+
+def test_plan_reads_each_shared_prefix_once_and_covers_every_cached_slot_once():
+    q, _, _, qo, kvp, kvi = shared_prefix_batch()
+    plan = cpu_attention.plan_extend(qo, kvp, kvi)
+    qo_l, kvp_l = qo.tolist(), kvp.tolist()
+    seen = {}  # query row -> cached slots it attends to through segments
+    for seg in plan.segments:
+        rows = range(q.shape[0])[seg.rows] if isinstance(seg.rows, slice) else seg.rows.tolist()
+        for r in rows:
+            seen.setdefault(r, []).extend(seg.slots.tolist())
+    for b in range(len(qo_l) - 1):
+        q_len = qo_l[b + 1] - qo_l[b]
+        prefix = kvi[kvp_l[b] : kvp_l[b + 1] - q_len].tolist()
+        for r in range(qo_l[b], qo_l[b + 1]):
+            assert sorted(seen.get(r, [])) == sorted(prefix)
+    # the two few-shot prefixes (6 root + 34 slots each) are attended once each, by all their requests
+    few_shot = [s for s in plan.segments if len(s.slots) == 40]
+    assert len(few_shot) == 2
+    # every request with new tokens is in exactly one causal bucket, padded at most BUCKET_SLACK over its length
+    in_buckets = sorted(r for b in plan.buckets for r in b.rows[b.valid].tolist())
+    assert in_buckets == list(range(q.shape[0]))
+    for bucket in plan.buckets:
+        lengths = bucket.valid.sum(1)
+        assert bucket.valid.shape[1] == lengths.max() <= lengths.min() * cpu_attention.BUCKET_SLACK
+
+
+def test_shared_prefixes_in_bf16_merge_in_fp32():
+    q, kb, vb, qo, kvp, kvi = shared_prefix_batch()
+    out = cpu_attention.extend_attention_cpu(q.bfloat16(), kb.bfloat16(), vb.bfloat16(), qo, kvp, kvi, 0.2)
+    expected = reference.extend_attention_ref(q.bfloat16(), kb.bfloat16(), vb.bfloat16(), qo, kvp, kvi, 0.2)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)

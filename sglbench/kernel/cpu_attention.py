@@ -1,23 +1,120 @@
 """Extend attention for the CPU path: the contract of ``reference.extend_attention_ref`` on torch's fused
-scaled-dot-product attention.
+flash attention, cut so that no call needs a mask and a shared cached prefix is read once.
 
-The reference repeats K/V per query head and materialises, scales, masks and normalises the whole
-[heads, q_len, kv_len] score matrix. Here each request's new tokens go through one fused SDPA call:
-GQA without repeating K/V, causal blocks skipped when there is no cached prefix, and otherwise a
-bottom-right-aligned causal mask (every new token sees the cached prefix and the new tokens up to itself).
-On this repository's 2-core CPU that is 3x faster than a score matrix at 2,000 tokens and on par for
-batches of short suffixes over a shared prefix.
+Each request's attention splits into parts whose softmax results merge exactly by their log-sum-exp:
+
+* its new tokens over each other: plain causal. Requests of similar length go through one call, padded
+  at the end (causality hides the padding from every real query);
+* its new tokens over its cached prefix: every new token sees every cached slot. Requests whose contexts
+  start with the same slots (few-shot prompts, forks of one state, one system prompt) attend to those
+  slots in one call over all their new tokens: one large fused call instead of one masked call each.
+
+``plan_extend`` finds that structure once per batch (a trie over the requests' slot lists); every layer
+reuses it. A batch of 60 five-shot questions (100 new tokens over one of 4 cached 520-token prefixes)
+takes about 30 % less time than one bottom-right-masked call per request.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
+
+from sglbench.sequences import common_prefix_len
+
+MIN_SHARED_SLOTS = 16  # a shared run shorter than this is attended by each branch below it instead
+BUCKET_SLACK = 1.25  # causal blocks padded to a common length at most this factor over the shortest
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # returns (output, log-sum-exp)
 
 
-def _visible(q_len: int, kv_len: int) -> torch.Tensor:
-    """[q_len, kv_len] bool: new token j sees kv positions up to kv_len - q_len + j (bottom-right causal)."""
-    return torch.arange(kv_len) <= torch.arange(kv_len - q_len, kv_len)[:, None]
+@dataclass(frozen=True)
+class CausalBucket:
+    """New tokens of requests of similar length, padded to one [batch, length] block for one causal call."""
+
+    rows: torch.Tensor  # [batch, length] query rows; padding repeats a request's last row
+    slots: torch.Tensor  # [batch, length] pool slots of those tokens, padded the same way
+    valid: torch.Tensor  # [batch, length] bool, False on padding
+
+
+@dataclass(frozen=True)
+class PrefixSegment:
+    """Cached slots that every listed query row sees in full."""
+
+    slots: torch.Tensor  # [length]
+    rows: torch.Tensor | slice  # query rows of the requests sharing these slots (a slice when contiguous)
+
+
+@dataclass(frozen=True)
+class ExtendPlan:
+    buckets: tuple[CausalBucket, ...]
+    segments: tuple[PrefixSegment, ...]
+
+
+def plan_extend(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, kv_indices: torch.Tensor) -> ExtendPlan:
+    """Cut a batch (reference.py's indptr/indices contract) into causal buckets and prefix segments."""
+    qo, kvp = qo_indptr.tolist(), kv_indptr.tolist()
+    slots = kv_indices.tolist()
+    requests = [b for b in range(len(qo) - 1) if qo[b + 1] > qo[b]]
+    q_len = {b: qo[b + 1] - qo[b] for b in requests}
+    prefix_len = {b: kvp[b + 1] - kvp[b] - q_len[b] for b in requests}
+
+    buckets = []
+    by_length = sorted(requests, key=lambda b: q_len[b])
+    while by_length:
+        shortest = q_len[by_length[0]]
+        take = next((i for i, b in enumerate(by_length) if q_len[b] > shortest * BUCKET_SLACK), len(by_length))
+        bucket, by_length = by_length[:take], by_length[take:]
+        length = q_len[bucket[-1]]
+        rows = [[qo[b] + min(j, q_len[b] - 1) for j in range(length)] for b in bucket]
+        new_slots = [[slots[kvp[b] + prefix_len[b] + min(j, q_len[b] - 1)] for j in range(length)] for b in bucket]
+        valid = [[j < q_len[b] for j in range(length)] for b in bucket]
+        buckets.append(CausalBucket(torch.tensor(rows), torch.tensor(new_slots), torch.tensor(valid)))
+
+    segments = []
+    for members, start, end in _shared_runs(slots, kvp, prefix_len, [b for b in requests if prefix_len[b]]):
+        lead = kvp[members[0]]
+        rows = [r for b in members for r in range(qo[b], qo[b + 1])]
+        contiguous = rows[-1] - rows[0] == len(rows) - 1  # rows are increasing and distinct
+        segments.append(PrefixSegment(kv_indices[lead + start : lead + end],
+                                      slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows)))
+    device = kv_indices.device
+    return ExtendPlan(
+        tuple(CausalBucket(b.rows.to(device), b.slots.to(device), b.valid.to(device)) for b in buckets),
+        tuple(s if isinstance(s.rows, slice) else PrefixSegment(s.slots, s.rows.to(device)) for s in segments),
+    )
+
+
+def _shared_runs(slots: list[int], kvp: list[int], prefix_len: dict[int, int], requests: list[int]):
+    """(members, start, end): every member's cached prefix holds the lead's slots [start, end), and the
+    runs listed for a request cover its cached prefix exactly once. A walk down the trie of slot lists;
+    runs shorter than MIN_SHARED_SLOTS are handed down to each branch rather than attended on their own."""
+    runs = []
+    stack = [(requests, 0, 0)]  # (members sharing slots [0, depth), depth, start of the run not yet listed)
+    while stack:
+        members, depth, pending = stack.pop()
+        ended = [b for b in members if prefix_len[b] == depth]
+        if ended and pending < depth:
+            runs.append((ended, pending, depth))
+        branches = defaultdict(list)
+        for b in members:
+            if prefix_len[b] > depth:
+                branches[slots[kvp[b] + depth]].append(b)
+        for branch in branches.values():
+            lead = branch[0]
+            end = prefix_len[lead]
+            lead_slots = slots[kvp[lead] : kvp[lead] + end]
+            for b in branch[1:]:
+                end = depth + common_prefix_len(lead_slots[depth:end], slots[kvp[b] + depth : kvp[b] + prefix_len[b]])
+            if len(branch) == 1:
+                runs.append((branch, pending, end))
+            elif end - depth >= MIN_SHARED_SLOTS:
+                runs.append((branch, pending, end))
+                stack.append((branch, end, end))
+            else:
+                stack.append((branch, end, pending))
+    return runs
 
 
 def extend_attention_cpu(
@@ -28,24 +125,31 @@ def extend_attention_cpu(
     kv_indptr: torch.Tensor,  # [batch + 1] int64
     kv_indices: torch.Tensor,  # [total_kv] int64
     sm_scale: float,
+    plan: ExtendPlan | None = None,  # plan_extend of these indices, shared by a batch's layers
 ) -> torch.Tensor:
     """Causal attention of new tokens over their cached prefix and each other; returns [total_q, heads, dim]."""
-    out = torch.empty_like(q)
-    qo, kvp = qo_indptr.tolist(), kv_indptr.tolist()
-    k_all = k_buffer[kv_indices].to(q.dtype)  # [total_kv, kv_heads, dim]: one gather for the whole batch
-    v_all = v_buffer[kv_indices].to(q.dtype)
-    for b in range(len(qo) - 1):
-        q_len, kv_len = qo[b + 1] - qo[b], kvp[b + 1] - kvp[b]
-        if q_len == 0:
-            continue
-        k = k_all[kvp[b] : kvp[b + 1]].transpose(0, 1)  # [kv_heads, kv_len, dim]
-        v = v_all[kvp[b] : kvp[b + 1]].transpose(0, 1)
-        qb = q[qo[b] : qo[b + 1]].transpose(0, 1)  # [heads, q_len, dim]
-        if q_len == kv_len:  # no cached prefix: plain causal, blocks above the diagonal skipped
-            block = F.scaled_dot_product_attention(qb[None], k[None], v[None], is_causal=True, scale=sm_scale,
-                                                   enable_gqa=True)
-        else:
-            block = F.scaled_dot_product_attention(qb[None], k[None], v[None], attn_mask=_visible(q_len, kv_len),
-                                                   scale=sm_scale, enable_gqa=True)
-        out[qo[b] : qo[b + 1]] = block[0].transpose(0, 1)
-    return out
+    if plan is None:
+        plan = plan_extend(qo_indptr, kv_indptr, kv_indices)
+    work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    out = torch.zeros(q.shape, dtype=work, device=q.device)  # rows of requests with no new tokens stay 0
+    out_lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if plan.segments else None
+    for bucket in plan.buckets:
+        qb = q[bucket.rows].transpose(1, 2)  # [batch, heads, length, dim]
+        kb = k_buffer[bucket.slots].to(q.dtype).transpose(1, 2)  # [batch, kv_heads, length, dim]
+        vb = v_buffer[bucket.slots].to(q.dtype).transpose(1, 2)
+        o, lse = _flash(qb, kb, vb, is_causal=True, scale=sm_scale)
+        rows = bucket.rows[bucket.valid]
+        out[rows] = o.transpose(1, 2)[bucket.valid].to(work)
+        if out_lse is not None:
+            out_lse[rows] = lse.transpose(1, 2)[bucket.valid]
+    for seg in plan.segments:
+        qs = q[seg.rows].transpose(0, 1)[None]  # [1, heads, tokens, dim]
+        ks = k_buffer[seg.slots].to(q.dtype).transpose(0, 1)[None]  # [1, kv_heads, length, dim]
+        vs = v_buffer[seg.slots].to(q.dtype).transpose(0, 1)[None]
+        o, lse = _flash(qs, ks, vs, scale=sm_scale)
+        o, lse = o[0].transpose(0, 1).to(work), lse[0].transpose(0, 1)  # [tokens, heads, dim], [tokens, heads]
+        acc, acc_lse = out[seg.rows], out_lse[seg.rows]
+        share = torch.sigmoid(lse - acc_lse).unsqueeze(-1)  # this part's weight in the merged softmax
+        out[seg.rows] = acc + (o - acc) * share
+        out_lse[seg.rows] = torch.logaddexp(acc_lse, lse)
+    return out.to(q.dtype)

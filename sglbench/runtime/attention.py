@@ -54,12 +54,18 @@ class TorchAttentionBackend(AttentionBackend):
 
     name = "torch"
 
+    def __init__(self, pool: KVPool, sm_scale: float):
+        super().__init__(pool, sm_scale)
+        self._planned: tuple[ForwardBatch, cpu_attention.ExtendPlan] | None = None  # the last batch's plan
+
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         return reference.decode_attention_ref(q, k_buf, v_buf, batch.kv_indptr, batch.kv_indices, self.sm_scale)
 
     def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
+        if self._planned is None or self._planned[0] is not batch:  # planned once, used by every layer
+            self._planned = (batch, cpu_attention.plan_extend(batch.qo_indptr, batch.kv_indptr, batch.kv_indices))
         return cpu_attention.extend_attention_cpu(
-            q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale
+            q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale, self._planned[1]
         )
 
 
