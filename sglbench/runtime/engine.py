@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from sglbench.runtime.attention import make_attention_backend
+from sglbench.runtime.cpu_memory import retain_freed_memory
 from sglbench.runtime.events import EventLog
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
 from sglbench.runtime.grammar import GrammarCompiler, GrammarMatcher, plan_jump
@@ -48,6 +49,7 @@ class EngineConfig:
     chunked_prefill_size: int = 2048
     random_seed: int = 0
     jump_forward: bool = True  # append a grammar's forced text without decoding it token by token
+    retain_freed_memory: bool = True  # CPU: keep freed activations in the heap (runtime/cpu_memory.py)
 
     def __post_init__(self) -> None:
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
@@ -95,6 +97,8 @@ class Engine:
         self.tokenizer = Tokenizer(config.model_path)
         self.device = config.device
         self.dtype = resolve_dtype(config.dtype, config.device, self.model_config)
+        if self.device == "cpu" and config.retain_freed_memory:
+            retain_freed_memory()
         self.model = load_model(config.model_path, self.device, self.dtype, self.model_config)
         mc = self.model_config
         pool_cfg = KVPoolConfig(self._pool_size(), mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
