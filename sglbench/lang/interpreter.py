@@ -16,12 +16,12 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from sglbench.ids import new_id
 from sglbench.lang.backend.base import BaseBackend, CallContext
 from sglbench.lang.chat_template import Transcript
 from sglbench.lang.global_config import global_config
@@ -98,7 +98,7 @@ class ProgramRun:
     """One execution of a program: its backend, defaults, telemetry and every state it created."""
 
     def __init__(self, backend: BaseBackend, defaults: SglSamplingParams, stream: bool, name: str):
-        self.program_id = uuid.uuid4().hex
+        self.program_id = new_id()
         self.backend = backend
         self.defaults = defaults
         self.stream = stream
@@ -155,7 +155,7 @@ class StreamExecutor:
 
     def __init__(self, run: ProgramRun):
         self.run = run
-        self.sid = uuid.uuid4().hex[:12]
+        self.sid = new_id()
         self._cond = threading.Condition()
         self._transcript = Transcript(run.chat_template)
         self._variables: dict[str, Any] = {}

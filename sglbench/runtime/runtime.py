@@ -8,7 +8,6 @@ import itertools
 import queue
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sglbench.ids import new_id
 from sglbench.runtime.engine import Engine, EngineConfig, EngineMetrics
 from sglbench.runtime.request import Request, RequestHandle
 from sglbench.runtime.sampling import SamplingParams
@@ -164,7 +164,7 @@ class Runtime:
         self.engine.validate_prompt(input_ids, sampling.max_new_tokens)
         spec = sampling.grammar
         matcher = self.engine.grammars.matcher(spec) if spec is not None else None
-        rid = rid or uuid.uuid4().hex
+        rid = rid or new_id()
         handle = RequestHandle(rid)
         req = Request(rid=rid, input_ids=input_ids, params=sampling, handle=handle, program_id=program_id)
         self._commands.put(lambda engine: engine.add_request(req, matcher))
