@@ -101,3 +101,15 @@ def test_shared_prefixes_in_bf16_merge_in_fp32():
     expected = reference.extend_attention_ref(q.bfloat16(), kb.bfloat16(), vb.bfloat16(), qo, kvp, kvi, 0.2)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_score_matrix_fallback_matches_fused_kernel(causal):
+    """Off the CPU, attention and its log-sum-exp come from the score matrix: the same numbers."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(3, 8, 21, 32, generator=g)
+    k, v = torch.randn(3, 2, 21, 32, generator=g), torch.randn(3, 2, 21, 32, generator=g)
+    out, lse = cpu_attention._attend(q, k, v, causal, 0.2)
+    ref_out, ref_lse = cpu_attention._attend_by_scores(q, k, v, causal, 0.2)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(lse, ref_lse)

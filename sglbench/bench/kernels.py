@@ -1,6 +1,8 @@
-"""Kernel micro-benchmark (CUDA only): Triton paged attention vs torch scaled_dot_product_attention.
+"""Kernel micro-benchmark: the engine's attention and linear kernels against plain torch.
 
     python -m sglbench.bench.kernels [--dtype bf16] [--contexts 4096,8192,16384,32768]
+
+On CUDA (Triton paged attention vs torch scaled_dot_product_attention):
 
 extend: one request per batch row with a 4k-token prompt and no cached prefix (causal), Triton
         ``extend_attention`` reading K/V through kv_indices vs SDPA on the same, non-paged shapes.
@@ -10,14 +12,25 @@ decode: batch 32, one new token per request over 4k-32k context, Triton ``decode
         achieved bandwidth = bytes of K and V read / time. ``paged`` uses slots in pool order,
         ``shuffled`` a random permutation (a fragmented pool).
 
-Times are medians of ``triton.testing.do_bench`` (L2 flushed between runs). On a machine without
-CUDA this prints a message and exits 0.
+Times are medians of ``triton.testing.do_bench`` (L2 flushed between runs).
+
+On the CPU (fp32, the default model's head shape, medians of wall-clock repeats):
+
+cpu extend: few-shot batches (an MMLU-like 60 questions of ~100 new tokens over four 520-token cached
+        prefixes, a HellaSwag-like 40 endings of ~20 tokens over one 1,200-token prefix, or the
+        ``--subjects/--questions/--prefix/--suffix`` given), ``cpu_attention`` (shared prefixes read
+        once, no masks) vs one bottom-right-masked SDPA call per request.
+cpu linear: ``cpu_linear.linear`` (oneDNN) vs F.linear (torch's default BLAS) at the default model's
+        projection shapes.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import random
+import statistics
+import time
 
 import torch
 
@@ -115,6 +128,89 @@ def bench_decode(
     return rows
 
 
+def _wall_ms(fn, repeats: int = 15) -> float:
+    """Median wall-clock ms of fn after one warm-up call (CPU: no device queue to synchronize)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def few_shot_batch(subjects: int, questions: int, prefix: int, suffix: int, heads: int = 8, kv_heads: int = 2,
+                   head_dim: int = 32, seed: int = 0) -> tuple:
+    """A paged few-shot extend batch (reference.py's contract): each request's context is its subject's
+    cached prefix (the same slots for the whole subject) and its question, suffix +-10% new tokens."""
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    new = [max(1, round(suffix * rng.uniform(0.9, 1.1))) for _ in range(questions)]
+    num_slots = subjects * prefix + sum(new)
+    perm = torch.randperm(num_slots, generator=g)
+    prefixes = [perm[i * prefix : (i + 1) * prefix] for i in range(subjects)]
+    own = torch.split(perm[subjects * prefix :], new)
+    kv_indices = torch.cat([torch.cat([prefixes[i % subjects], own[i]]) for i in range(questions)])
+    qo = torch.tensor([0, *new]).cumsum(0)
+    kv = torch.tensor([0, *(prefix + n for n in new)]).cumsum(0)
+    k_buf = torch.randn(num_slots, kv_heads, head_dim, generator=g)
+    v_buf = torch.randn(num_slots, kv_heads, head_dim, generator=g)
+    q = torch.randn(sum(new), heads, head_dim, generator=g)
+    return q, k_buf, v_buf, qo, kv, kv_indices
+
+
+def masked_sdpa_per_request(q, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, sm_scale) -> torch.Tensor:
+    """The plain-torch way: one SDPA call per request over its gathered context, bottom-right causal mask."""
+    out = torch.empty_like(q)
+    qo, kvp = qo_indptr.tolist(), kv_indptr.tolist()
+    for b in range(len(qo) - 1):
+        q_len, kv_len = qo[b + 1] - qo[b], kvp[b + 1] - kvp[b]
+        slots = kv_indices[kvp[b] : kvp[b + 1]]
+        mask = torch.arange(kv_len) <= torch.arange(kv_len - q_len, kv_len)[:, None]
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[qo[b] : qo[b + 1]].transpose(0, 1)[None], k_buf[slots].transpose(0, 1)[None],
+            v_buf[slots].transpose(0, 1)[None], attn_mask=mask, scale=sm_scale, enable_gqa=True)
+        out[qo[b] : qo[b + 1]] = o[0].transpose(0, 1)
+    return out
+
+
+FEW_SHOT_CASES = {"mmlu-like": (4, 60, 520, 100), "hellaswag-like": (1, 40, 1200, 20)}  # subjects, questions, prefix, suffix
+
+
+def bench_cpu_extend(subjects: int, questions: int, prefix: int, suffix: int) -> list[dict]:
+    from sglbench.kernel import cpu_attention
+
+    args = few_shot_batch(subjects, questions, prefix, suffix)
+    scale = 1 / math.sqrt(args[0].shape[-1])
+    plan = cpu_attention.plan_extend(*args[3:])
+    baseline = masked_sdpa_per_request(*args, scale)
+    impls = (("masked sdpa per request", lambda: masked_sdpa_per_request(*args, scale)),
+             ("cpu_attention (planned once)", lambda: cpu_attention.extend_attention_cpu(*args, scale, plan)),
+             ("plan_extend alone", lambda: cpu_attention.plan_extend(*args[3:])))
+    rows = []
+    for name, fn in impls:
+        out = fn()
+        err = (out - baseline).abs().max().item() if isinstance(out, torch.Tensor) else "-"
+        rows.append({"impl": name, "requests": questions, "new_tokens": args[0].shape[0], "prefix": prefix,
+                     "ms": _wall_ms(fn), "max_abs_err": err})
+    return rows
+
+
+def bench_cpu_linear(rows: int) -> list[dict]:
+    from sglbench.kernel import cpu_linear
+
+    out = []
+    for name, (n_in, n_out) in {"qkv": (256, 384), "o": (256, 256), "gate_up": (256, 1408),
+                                "down": (704, 256), "lm_head": (256, 4096)}.items():
+        x, w = torch.randn(rows, n_in), torch.randn(n_out, n_in)
+        flops = 2 * rows * n_in * n_out
+        for impl, fn in (("F.linear", lambda x=x, w=w: torch.nn.functional.linear(x, w)),
+                         ("cpu_linear (oneDNN)", lambda x=x, w=w: cpu_linear.linear(x, w))):
+            ms = _wall_ms(fn)
+            out.append({"layer": name, "impl": impl, "rows": rows, "ms": ms, "GFLOP/s": flops / ms / 1e6})
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m sglbench.bench.kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -131,11 +227,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--num-kv-splits", type=int, default=None, help="decode: default is the launcher's")
     parser.add_argument("--skip-extend", action="store_true")
     parser.add_argument("--skip-decode", action="store_true")
+    parser.add_argument("--subjects", type=int, default=None, help="cpu extend: distinct cached prefixes")
+    parser.add_argument("--questions", type=int, default=60, help="cpu extend: requests in the batch")
+    parser.add_argument("--prefix", type=int, default=520, help="cpu extend: cached prefix tokens")
+    parser.add_argument("--suffix", type=int, default=100, help="cpu extend: new tokens per request")
+    parser.add_argument("--linear-rows", type=int, default=6000, help="cpu linear: rows (tokens) per call")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("sglbench.bench.kernels: no CUDA device; the Triton kernels are only timed on a GPU "
-              "(on CPU they run under the interpreter for tests). Nothing to do.")  # fmt: skip
-        return []
+        print("no CUDA device: timing the CPU path's kernels (the Triton kernels are timed on a GPU)")
+        cases = (FEW_SHOT_CASES.values() if args.subjects is None
+                 else [(args.subjects, args.questions, args.prefix, args.suffix)])
+        ext = [row for case in cases for row in bench_cpu_extend(*case)]
+        print_table(ext, f"cpu extend attention, few-shot batch, fp32, {torch.get_num_threads()} threads")
+        lin = bench_cpu_linear(args.linear_rows)
+        print_table(lin, f"cpu linear, fp32, {torch.get_num_threads()} threads")
+        return ext + lin
     dtype = DTYPES[args.dtype]
     device_name = torch.cuda.get_device_name()
     rows: list[dict] = []
