@@ -11,7 +11,7 @@ import pytest
 import sglbench as sgl
 from sglbench.bench.__main__ import main as bench_main
 from sglbench.bench.paper import mmlu, tree_of_thought
-from sglbench.bench.paper.measure import COLUMNS, measure
+from sglbench.bench.paper.measure import COLUMNS, measure, measure_round_robin
 from sglbench.bench.paper.optimal import RequestRecord, hit_rate, optimal_hit_rate
 from sglbench.bench.paper.report import load, results_html, save
 from sglbench.bench.paper.runner import SuiteConfig, run_suite
@@ -92,6 +92,23 @@ def test_repeats_keep_the_fastest_run_from_a_cold_cache(rt):
     assert best["hit_rate"] == once["hit_rate"] and best["prefill_tokens"] == once["prefill_tokens"]
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         SuiteConfig(model_path=rt.config.model_path, model_label="random", repeats=0)
+
+
+def test_systems_open_together_are_timed_round_robin(rt):
+    """Each round times every system once, so a slow spell of the machine hits all systems alike."""
+    opened = []
+
+    class Logged(RuntimeSystem):
+        def open_backend(self):
+            opened.append(self.name)
+            return super().open_backend()
+
+    run = mmlu.WORKLOADS[0].run_for("tiny")
+    a, b = Logged("a", rt), Logged("b", rt, hints=False)
+    rows = [m.row() for m in measure_round_robin(run, [a, b], repeats=2)]
+    assert opened == ["a", "b"] + ["a", "b"] * 2  # warm-ups, then two rounds
+    assert [r["system"] for r in rows] == ["a", "b"]
+    assert rows[0]["prefill_tokens"] == measure(run, RuntimeSystem("c", rt)).row()["prefill_tokens"]
 
 
 def test_sizes_are_checked():

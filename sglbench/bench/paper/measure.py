@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,12 +107,21 @@ def _run_batch(run: WorkloadRun, arguments, backend: BaseBackend) -> list:
 def measure(run: WorkloadRun, system: System, warmup: int = 1, repeats: int = 1) -> Measurement:
     """Warm up on the first `warmup` programs, then time the whole batch from a cold cache `repeats` times
     and keep the fastest run: the least disturbed by whatever else the machine did meanwhile."""
+    return measure_round_robin(run, [system], warmup, repeats)[0]
+
+
+def measure_round_robin(run: WorkloadRun, systems: Sequence[System], warmup: int = 1,
+                        repeats: int = 1) -> list[Measurement]:
+    """`measure` for systems that are open together: each is warmed up, then every round times each system
+    once, so a slow spell of a shared machine hits all of them alike; each keeps its fastest run."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if warmup:
-        _run_batch(run, run.arguments[:warmup], system.open_backend())
-        system.settle()
-    return min((_measure_once(run, system) for _ in range(repeats)), key=lambda m: m.wall_s)
+        for system in systems:
+            _run_batch(run, run.arguments[:warmup], system.open_backend())
+            system.settle()
+    rounds = [[_measure_once(run, system) for system in systems] for _ in range(repeats)]
+    return [min(timed, key=lambda m: m.wall_s) for timed in zip(*rounds)]
 
 
 def _measure_once(run: WorkloadRun, system: System) -> Measurement:

@@ -2,8 +2,8 @@
 
 Systems that share an engine configuration share one Runtime (lpm with and without frontend hints).
 On a GPU one model is loaded at a time (each would claim most of the memory): a system runs every
-workload before the next loads. On the CPU all are loaded at once and each workload runs on every
-system back to back, so a change in machine load between measurements hits all systems alike.
+workload before the next loads. On the CPU all are loaded at once and a workload's timed runs go
+round-robin over the systems (`repeats` rounds), so a slow spell of a shared machine hits all alike.
 Measurements never overlap.
 """
 
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from sglbench.bench.paper.base import SIZES, Workload, WorkloadRun
-from sglbench.bench.paper.measure import COLUMNS, System, measure
+from sglbench.bench.paper.measure import COLUMNS, System, measure, measure_round_robin
 from sglbench.bench.paper.systems import EndpointSystem, RuntimeSystem, TransformersSystem
 from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.models.loader import resolve_dtype
@@ -134,16 +134,17 @@ def system_groups(config: SuiteConfig, log: Callable[[str], None] = print) -> li
     return groups
 
 
-def _pairs(groups: list[Callable], runs: list[WorkloadRun], together: bool) -> Iterator[tuple[WorkloadRun, System]]:
-    """(workload, system) in measuring order: all systems open together, or one group at a time."""
+def _rounds(groups: list[Callable], runs: list[WorkloadRun], together: bool) -> Iterator[tuple[WorkloadRun, list[System]]]:
+    """(workload, the systems measured round-robin on it), in measuring order: all systems open together
+    (on the CPU), or one group at a time (a GPU holds one model at a time)."""
     if together:
         with contextlib.ExitStack() as stack:
             systems = [system for group in groups for system in stack.enter_context(group())]
-            yield from ((run, system) for run in runs for system in systems)
+            yield from ((run, systems) for run in runs)
         return
     for group in groups:
         with group() as systems:
-            yield from ((run, system) for system in systems for run in runs)
+            yield from ((run, systems) for run in runs)
 
 
 def run_suite(workloads: Sequence[Workload], config: SuiteConfig, log: Callable[[str], None] = print) -> SuiteResult:
@@ -151,18 +152,20 @@ def run_suite(workloads: Sequence[Workload], config: SuiteConfig, log: Callable[
     runs = [w.run_for(config.size, config.timing_only) for w in workloads]
     together = resolve_device(config.device) == "cpu"
     rows = []
-    with contextlib.closing(_pairs(system_groups(config, log), runs, together)) as pairs:
-        for run, system in pairs:
-            try:
-                row = measure(run, system, repeats=config.repeats).row()
-            except Exception as exc:
-                if not isinstance(system, EndpointSystem):
-                    raise
-                log(f"  {run.workload}: the endpoint failed ({exc!r}); no row")
-                continue
-            rows.append(row)
-            log(f"  {row['workload']:<20} {row['system']:<30} {row['programs_s']:9.2f} programs/s  "
-                f"hit {row['hit_rate']:.1%} (optimal {row['optimal_hit_rate']:.1%})")
+    with contextlib.closing(_rounds(system_groups(config, log), runs, together)) as rounds:
+        for run, systems in rounds:
+            local = [s for s in systems if not isinstance(s, EndpointSystem)]
+            measured = measure_round_robin(run, local, repeats=config.repeats)
+            for endpoint in (s for s in systems if isinstance(s, EndpointSystem)):
+                try:  # a remote endpoint may fail: its row is dropped, the local systems' are kept
+                    measured.append(measure(run, endpoint, repeats=config.repeats))
+                except Exception as exc:
+                    log(f"  {run.workload}: the endpoint failed ({exc!r}); no row")
+            for measurement in measured:
+                row = measurement.row()
+                rows.append(row)
+                log(f"  {row['workload']:<20} {row['system']:<30} {row['programs_s']:9.2f} programs/s  "
+                    f"hit {row['hit_rate']:.1%} (optimal {row['optimal_hit_rate']:.1%})")
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     order = {**{w.name: i for i, w in enumerate(workloads)}, **{s: i for i, s in enumerate(SYSTEMS.values())}}
     frame = frame.sort_values(["workload", "system"], key=lambda col: col.map(order).fillna(len(order)),
