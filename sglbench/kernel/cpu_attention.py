@@ -29,7 +29,6 @@ MIN_SHARED_SLOTS = 16  # a shared run shorter than this is attended by each bran
 BUCKET_SLACK = 1.25  # causal blocks padded to a common length at most this factor over the shortest
 
 
-
 @dataclass(frozen=True)
 class CausalBucket:
     """New tokens of requests of similar length, padded to one [batch, length] block for one causal call."""
@@ -49,6 +48,8 @@ class PrefixSegment:
 
 @dataclass(frozen=True)
 class ExtendPlan:
+    """A batch's extend attention as causal calls over the new tokens and full calls over cached prefixes."""
+
     buckets: tuple[CausalBucket, ...]
     segments: tuple[PrefixSegment, ...]
 

@@ -17,6 +17,9 @@ class AttentionBackend(abc.ABC):
     """Stores new K/V and computes attention for one layer of a ForwardBatch."""
 
     name = "base"
+    # Extend batches in token order put requests that share a cached prefix side by side; a backend that
+    # reads such a prefix once for all of them (over contiguous query rows) asks the engine for that order.
+    wants_prefix_order = False
 
     def __init__(self, pool: KVPool, sm_scale: float):
         self.pool = pool
@@ -53,6 +56,7 @@ class TorchAttentionBackend(AttentionBackend):
     torch's fused SDPA (kernel/cpu_attention.py)."""
 
     name = "torch"
+    wants_prefix_order = True
 
     def __init__(self, pool: KVPool, sm_scale: float):
         super().__init__(pool, sm_scale)

@@ -338,9 +338,8 @@ class Engine:
         return reqs
 
     def _run_extend(self, plan: list[tuple[Request, int]]) -> None:
-        # In token order, requests that share a cached prefix sit side by side: the CPU attention then
-        # attends to that prefix once over a contiguous run of query rows.
-        plan = sorted(plan, key=lambda entry: entry[0].fill_ids)
+        if self.attention.wants_prefix_order:
+            plan = sorted(plan, key=lambda entry: entry[0].fill_ids)
         ids, positions, out_loc, kv_indices = [], [], [], []
         qo, kv = [0], [0]
         logits_rows: list[int] = []

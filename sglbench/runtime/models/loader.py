@@ -57,13 +57,15 @@ def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: 
     for file in files:
         with safe_open(str(file), framework="pt", device=str(device)) as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                fused = _fused_name(name)
+                if fused is None and name not in params:
+                    continue
                 tensor = f.get_tensor(name).to(dtype)
                 if _ROTATED.search(name):
                     tensor = interleave_rotary(tensor, config.head_dim)
-                fused = _fused_name(name)
                 if fused is not None:
                     parts.setdefault(fused[0], {})[fused[1]] = tensor
-                elif name in params:
+                else:
                     loaded[name] = tensor
     for name, pieces in parts.items():
         order = _QKV if "qkv_proj" in name else _GATE_UP
