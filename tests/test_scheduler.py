@@ -23,11 +23,11 @@ def plan(prompts: dict[str, list[int]], policy: str = "lpm", threshold: int = 8)
     return [req.rid for req, _ in admitted]
 
 
-SHARED = [1, 2, 3, 4, 5] + list(range(100, 120))  # cached part, then 20 tokens not cached yet
+SHARED = [1, 2, 3, 4, 5, *range(100, 120)]  # cached part, then 20 tokens not cached yet
 
 
 def test_a_request_sharing_uncached_tokens_with_an_admitted_one_waits_a_step():
-    prompts = {"a": SHARED + [7], "b": SHARED + [8], "c": [1, 2, 3, 4, 5] + list(range(200, 220))}
+    prompts = {"a": [*SHARED, 7], "b": [*SHARED, 8], "c": [1, 2, 3, 4, 5, *list(range(200, 220))]}
     assert plan(prompts) == ["a", "c"]  # b runs next step and reads a's 20 tokens from the cache
     assert plan(prompts, policy="fcfs") == ["a", "b", "c"]  # no deferral outside prefix-aware policies
     assert plan(prompts, threshold=0) == ["a", "b", "c"]
@@ -35,13 +35,13 @@ def test_a_request_sharing_uncached_tokens_with_an_admitted_one_waits_a_step():
 
 @pytest.mark.parametrize(("shared_uncached", "deferred"), [(7, False), (8, True), (20, True)])
 def test_deferral_starts_at_the_threshold(shared_uncached, deferred):
-    a = [1, 2, 3, 4, 5] + list(range(100, 130))
+    a = [1, 2, 3, 4, 5, *list(range(100, 130))]
     b = a[: CACHED + shared_uncached] + [999] * 10
     assert plan({"a": a, "b": b}) == (["a"] if deferred else ["a", "b"])
 
 
 def test_a_differing_cached_part_is_not_shared():
     """Same tokens right after the cached length, but different cached tokens: nothing shared."""
-    a = [1, 2, 3, 4, 5] + list(range(100, 120))
-    b = [1, 2, 3, 4, 6] + list(range(100, 120))
+    a = [1, 2, 3, 4, 5, *list(range(100, 120))]
+    b = [1, 2, 3, 4, 6, *list(range(100, 120))]
     assert plan({"a": a, "b": b}) == ["a", "b"]

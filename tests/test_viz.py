@@ -15,10 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from sglbench.runtime.engine import EngineMetrics
 from sglbench.runtime.events import Event, EventLog
 from sglbench.runtime.models.synthetic import make_random_checkpoint
-from sglbench.runtime.radix_cache import CacheCounters, CacheSnapshot, NodeSnapshot
+from sglbench.runtime.records import CacheCounters, CacheSnapshot, EngineMetrics, NodeSnapshot
 from sglbench.runtime.runtime import Runtime
 from sglbench.viz import widgets
 from sglbench.viz.charts import Series, line_chart

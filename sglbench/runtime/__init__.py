@@ -1,6 +1,22 @@
-"""The in-process LLM engine: paged KV pool, radix cache, scheduler, sampling, Llama-family models."""
+"""The in-process LLM engine: paged KV pool, radix cache, scheduler, sampling, Llama-family models.
 
-from sglbench.runtime.runtime import Runtime
-from sglbench.runtime.sampling import SamplingParams
+`Runtime` and `SamplingParams` load on first use, so torch-free modules here (`records`, `events`)
+import without loading torch or the engine.
+"""
 
-__all__ = ["Runtime", "SamplingParams"]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {"Runtime": "sglbench.runtime.runtime", "SamplingParams": "sglbench.runtime.sampling"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sglbench.runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -22,7 +22,8 @@ from sglbench.runtime.grammar import GrammarCompiler, GrammarMatcher, plan_jump
 from sglbench.runtime.kv_pool import KVPool, KVPoolConfig, ReqToTokenTable
 from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.models.loader import load_model, resolve_dtype
-from sglbench.runtime.radix_cache import CacheCounters, CacheEvent, RadixCache
+from sglbench.runtime.radix_cache import RadixCache
+from sglbench.runtime.records import CacheEvent, EngineMetrics
 from sglbench.runtime.request import ReqState, Request
 from sglbench.runtime.sampling import SamplerRow, sample
 from sglbench.runtime.scheduler import PrefixMatch, Scheduler, SchedulerConfig
@@ -56,30 +57,6 @@ class EngineConfig:
             raise ValueError(f"max_total_tokens must be >= 2, got {self.max_total_tokens}")
         if not 0 < self.mem_fraction_static < 1:
             raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
-
-
-@dataclass(frozen=True)
-class EngineMetrics:
-    """Immutable snapshot of engine counters, rebuilt after every step."""
-
-    time: float
-    num_waiting: int
-    num_running: int
-    pool_slots: int
-    pool_free: int
-    cache_evictable: int
-    cache_protected: int
-    cache: CacheCounters
-    prefill_tokens: int
-    decode_tokens: int
-    num_steps: int
-    num_finished: int
-    num_retractions: int
-    jump_forward_tokens: int = 0  # output tokens appended by jump-forward: decode steps saved
-
-    @property
-    def hit_rate(self) -> float:
-        return self.cache.hit_tokens / self.cache.query_tokens if self.cache.query_tokens else 0.0
 
 
 @dataclass

@@ -23,91 +23,24 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal, NamedTuple
+from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 
+from sglbench.runtime.records import (
+    PREVIEW_TOKENS,
+    CacheCounters,
+    CacheEvent,
+    CacheSnapshot,
+    EventKind,
+    NodeSnapshot,
+)
 from sglbench.sequences import common_prefix_len
-
-PREVIEW_TOKENS = 32
-"""How many leading token ids of a node a `NodeSnapshot` carries (and decodes into text_preview)."""
-
-EventKind = Literal["insert", "split", "evict", "flush"]
 
 
 class CacheIntegrityError(RuntimeError):
     """`RadixCache.check_integrity()` found the tree and its bookkeeping out of agreement."""
-
-
-@dataclass(frozen=True)
-class CacheEvent:
-    """One structural change, for the append-only event log the widgets replay.
-
-    insert: a new leaf `node_id` now caches `num_tokens` tokens.
-    split:  a node was cut in two; `node_id` is the new upper node holding its first
-            `num_tokens` tokens (the split node keeps its id for the rest and hangs below).
-    evict:  node `node_id` and its `num_tokens` slots were freed.
-    flush:  the whole cache was dropped; `node_id` is the root, `num_tokens` the tokens freed.
-    """
-
-    kind: EventKind
-    node_id: int
-    num_tokens: int
-
-
-@dataclass(frozen=True)
-class CacheCounters:
-    """Cumulative token counters; a window's numbers are the difference of two records (`later - earlier`).
-
-    evicted_tokens counts tokens dropped by evict() and flush(), so
-    inserted_tokens - evicted_tokens == total_size() at all times.
-    """
-
-    query_tokens: int = 0
-    hit_tokens: int = 0
-    inserted_tokens: int = 0
-    evicted_tokens: int = 0
-
-    def __sub__(self, earlier: CacheCounters) -> CacheCounters:
-        return CacheCounters(
-            self.query_tokens - earlier.query_tokens,
-            self.hit_tokens - earlier.hit_tokens,
-            self.inserted_tokens - earlier.inserted_tokens,
-            self.evicted_tokens - earlier.evicted_tokens,
-        )
-
-    @property
-    def hit_rate(self) -> float:
-        """Fraction of queried tokens that were served from the cache (0.0 before any query)."""
-        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
-
-
-@dataclass(frozen=True)
-class NodeSnapshot:
-    """Immutable view of one node. The root has id 0, parent_id None and no tokens."""
-
-    id: int
-    parent_id: int | None
-    num_tokens: int
-    token_ids_preview: tuple[int, ...]
-    lock_ref: int
-    last_access: int
-    hit_count: int
-    text_preview: str | None = None
-
-
-@dataclass(frozen=True)
-class CacheSnapshot:
-    """Immutable view of the whole cache; `version` grows with every mutation (equal versions, equal content)."""
-
-    version: int
-    disabled: bool
-    nodes: tuple[NodeSnapshot, ...]  # depth-first, root first, siblings by first token id
-    evictable_size: int
-    protected_size: int
-    total_size: int
-    counters: CacheCounters
 
 
 class TreeNode:

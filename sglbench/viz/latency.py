@@ -11,15 +11,12 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass, fields
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from sglbench.runtime.events import Event
 from sglbench.viz.charts import histogram
 from sglbench.viz.markup import TABLE_CSS, esc, fmt, table
-
-if TYPE_CHECKING:  # importing the engine's records at run time would load torch
-    from sglbench.runtime.events import Event
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,10 @@ Reads only `rt.metrics()` and `rt.cache_snapshot()`; a timeline or report built 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sglbench.runtime.records import CacheSnapshot, EngineMetrics
 from sglbench.viz.poller import MIN_INTERVAL, Poller
-
-if TYPE_CHECKING:  # importing the engine's records at run time would load torch
-    from sglbench.runtime.engine import EngineMetrics
-    from sglbench.runtime.radix_cache import CacheSnapshot
 
 
 class MetricsRecorder:

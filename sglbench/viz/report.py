@@ -11,18 +11,15 @@ import datetime
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sglbench.runtime.records import CacheSnapshot, EngineMetrics
 from sglbench.viz.graph import ProgramGraph
 from sglbench.viz.latency import CallLatency, call_latencies, render_latency
 from sglbench.viz.markup import TABLE_CSS, esc, fmt, inline, pct, table
 from sglbench.viz.recorder import MetricsRecorder
 from sglbench.viz.stats import render_stats
 from sglbench.viz.tree import Decode, render_tree
-
-if TYPE_CHECKING:  # importing the engine's records at run time would load torch
-    from sglbench.runtime.engine import EngineMetrics
-    from sglbench.runtime.radix_cache import CacheSnapshot
 
 _CSS = """
 body { font-family: ui-sans-serif, system-ui, sans-serif; color: #212529; margin: 24px auto; max-width: 1280px;

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import TYPE_CHECKING
 
+from sglbench.runtime.records import EngineMetrics
 from sglbench.viz.charts import Series, line_chart
 from sglbench.viz.markup import pct
-
-if TYPE_CHECKING:  # importing the engine's records at run time would load torch
-    from sglbench.runtime.engine import EngineMetrics
 
 Point = tuple[float, float]
 

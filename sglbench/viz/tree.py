@@ -13,13 +13,10 @@ import heapq
 import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from sglbench.runtime.events import Event
+from sglbench.runtime.records import CacheSnapshot, NodeSnapshot
 from sglbench.viz.markup import clip, esc, fmt, pct, svg, text
-
-if TYPE_CHECKING:  # the engine's record types; importing them at run time would load torch
-    from sglbench.runtime.events import Event
-    from sglbench.runtime.radix_cache import CacheSnapshot, NodeSnapshot
 
 COLORS = {
     "root": "#495057",

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -35,10 +35,8 @@ from sglbench.lang.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, cha
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.global_config import global_config
 from sglbench.lang.ir import SglSamplingParams, dtype_to_regex
+from sglbench.runtime.records import PREVIEW_TOKENS, CacheCounters, CacheSnapshot, NodeSnapshot
 from sglbench.sequences import common_prefix_len
-
-if TYPE_CHECKING:  # the engine's record types; imported at run time only by PromptTree.snapshot (loads torch)
-    from sglbench.runtime.radix_cache import CacheSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +139,6 @@ class PromptTree:
     def snapshot(self) -> CacheSnapshot:
         """The tree as the engine's `CacheSnapshot` (sizes in characters; the hit counters are the server's
         prompt and cached token counts)."""
-        from sglbench.runtime.radix_cache import PREVIEW_TOKENS, CacheCounters, CacheSnapshot, NodeSnapshot
-
         with self._lock:
             nodes, stack = [], [self._root]
             while stack:  # depth-first, siblings in character order
