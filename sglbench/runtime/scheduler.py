@@ -72,6 +72,19 @@ class Scheduler:
         if req in self.running:
             self.running.remove(req)
 
+    def requeue(self, req: Request) -> None:
+        """Move a running request to the front of the queue (retracted, or resuming after a jump-forward)."""
+        self.running.remove(req)
+        self.waiting.insert(0, req)
+
+    def requests(self) -> list[Request]:
+        """Every request in flight: waiting, then running."""
+        return self.waiting + self.running
+
+    def runs_alone(self, req: Request) -> bool:
+        """Whether nothing but req is running (so nothing else holds memory it could wait for)."""
+        return not self.running or self.running == [req]
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 

@@ -1,0 +1,110 @@
+"""The model runner: loads the model, builds `ForwardBatch`es from scheduled requests, runs them.
+
+Prepare -> run: `prepare_extend` / `prepare_decode` turn requests and their table rows into flat
+tensors (and say which logits rows belong to whom); `run` is one forward over the attention backend.
+Nothing here changes a request: the engine commits a step's results after the forward succeeded.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from sglbench.runtime.attention import make_attention_backend
+from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
+from sglbench.runtime.kv_pool import KVPool, ReqToTokenTable
+from sglbench.runtime.model_config import ModelConfig
+from sglbench.runtime.models.loader import load_model
+from sglbench.runtime.request import Request
+
+
+@dataclass(frozen=True)
+class ExtendLayout:
+    """Where each planned request's logits sit in an extend batch's output.
+
+    plan: (request, new tokens) in batch order; sample_rows: plan index -> logits row to sample the
+    next token from; prompt_rows: plan index -> [(logits row, prompt position it scores)]."""
+
+    plan: tuple[tuple[Request, int], ...]
+    sample_rows: dict[int, int]
+    prompt_rows: dict[int, list[tuple[int, int]]]
+    num_tokens: int
+
+
+class ModelRunner:
+    """Owns the model and its attention backend over the KV pool; dtype comes resolved (it sizes the pool)."""
+
+    def __init__(self, model_path: str, model_config: ModelConfig, device: str, dtype: torch.dtype, pool: KVPool,
+                 attention_backend: str = "auto"):
+        self.device = device
+        self.dtype = dtype
+        self.model = load_model(model_path, device, dtype, model_config)
+        if attention_backend == "auto":
+            attention_backend = "triton" if device.startswith("cuda") else "torch"
+        self.attention = make_attention_backend(attention_backend, pool, model_config.head_dim**-0.5)
+
+    # ------------------------------------------------------------------ prepare
+    def prepare_extend(self, plan: list[tuple[Request, int]], table: ReqToTokenTable) -> tuple[ForwardBatch, ExtendLayout]:
+        """A prefill batch: each request's next n tokens over its cached and computed context."""
+        if self.attention.wants_prefix_order:
+            plan = sorted(plan, key=lambda entry: entry[0].fill_ids)
+        ids, positions, out_loc, kv_indices = [], [], [], []
+        qo, kv = [0], [0]
+        logits_rows: list[int] = []
+        sample_rows: dict[int, int] = {}
+        prompt_rows: dict[int, list[tuple[int, int]]] = {}
+        offset = 0
+        for i, (req, n) in enumerate(plan):
+            start, end = req.kv_len, req.kv_len + n
+            ids.extend(req.fill_ids[start:end])
+            positions.extend(range(start, end))
+            out_loc.append(table.slots(req.row, start, end))
+            kv_indices.append(table.slots(req.row, 0, end))
+            qo.append(qo[-1] + n)
+            kv.append(kv[-1] + end)
+            if req.wants_prompt_logprobs:
+                first = max(req.params.logprob_start_len - 1, start)
+                rows = []
+                for p in range(first, min(end, len(req.input_ids) - 1)):
+                    rows.append((len(logits_rows), p + 1))
+                    logits_rows.append(offset + p - start)
+                prompt_rows[i] = rows
+            if end == req.prefill_len and not req.output_ids:  # a resumed request already has its next token
+                sample_rows[i] = len(logits_rows)
+                logits_rows.append(offset + n - 1)
+            offset += n
+        batch = self._make_batch(ForwardMode.EXTEND, ids, positions, out_loc, qo, kv, kv_indices, logits_rows)
+        return batch, ExtendLayout(tuple(plan), sample_rows, prompt_rows, offset)
+
+    def prepare_decode(self, reqs: list[Request], table: ReqToTokenTable) -> ForwardBatch:
+        """A decode batch: each request's last token over its whole context."""
+        ids = [r.output_ids[-1] for r in reqs]
+        positions = [r.kv_len for r in reqs]
+        out_loc = [table.slots(r.row, r.kv_len, r.kv_len + 1) for r in reqs]
+        kv_indices = [table.slots(r.row, 0, r.kv_len + 1) for r in reqs]
+        qo = list(range(len(reqs) + 1))
+        kv = [0]
+        for r in reqs:
+            kv.append(kv[-1] + r.kv_len + 1)
+        return self._make_batch(ForwardMode.DECODE, ids, positions, out_loc, qo, kv, kv_indices, list(range(len(reqs))))
+
+    def _make_batch(self, mode, ids, positions, out_loc, qo, kv, kv_indices, logits_rows) -> ForwardBatch:
+        dev = self.device
+        return ForwardBatch(
+            max_q_len=max(b - a for a, b in itertools.pairwise(qo)),
+            mode=mode,
+            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
+            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+            out_cache_loc=torch.cat(out_loc),
+            qo_indptr=torch.tensor(qo, dtype=torch.int64, device=dev),
+            kv_indptr=torch.tensor(kv, dtype=torch.int64, device=dev),
+            kv_indices=torch.cat(kv_indices),
+            logits_rows=torch.tensor(logits_rows, dtype=torch.int64, device=dev),
+        )
+
+    # ------------------------------------------------------------------ run
+    def run(self, batch: ForwardBatch) -> torch.Tensor:
+        """One forward; the logits of the batch's logits rows. [rows, vocab]"""
+        return self.model(batch, self.attention)

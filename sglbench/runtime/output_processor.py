@@ -1,0 +1,198 @@
+"""The output processor: turns a forward's logits into requests' tokens, text, logprobs and stops.
+
+Sample (with penalties and grammar masks), append, record logprobs, match stop tokens and strings,
+stream what is safe to show, and jump forward over text a grammar forces. When a request ends (or a
+jump-forward rewrites tokens whose K/V is computed) it calls back into the engine, which owns
+memory and queues: `finish(req, reason)` and `requeue(req)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from sglbench.runtime.events import EventLog
+from sglbench.runtime.grammar import GrammarCompiler, GrammarMatcher, plan_jump
+from sglbench.runtime.request import Request
+from sglbench.runtime.sampling import SamplerRow, sample
+from sglbench.runtime.tokenizer import Tokenizer, find_stop, streamable_length
+from sglbench.sequences import common_prefix_len
+
+
+@dataclass
+class Constraint:
+    """A constrained request's grammar position and the output tokens jump-forward appended to it."""
+
+    matcher: GrammarMatcher
+    jump_forward_tokens: int = 0
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Tokenizer, eos_token_ids: frozenset[int], vocab_size: int, context_length: int,
+                 grammars: GrammarCompiler, events: EventLog, jump_forward: bool, device: str, seed: int,
+                 finish: Callable[[Request, dict], None], requeue: Callable[[Request], None]):
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+        self.vocab_size = vocab_size
+        self.context_length = context_length
+        self.grammars = grammars
+        self.events = events
+        self.jump_forward = jump_forward
+        self.device = device
+        self._finish = finish
+        self._requeue = requeue
+        self._generator = torch.Generator(device=device).manual_seed(seed)
+        self._constraints: dict[str, Constraint] = {}  # rid -> grammar state of constrained requests
+        self.jump_forward_tokens = 0  # output tokens appended by jump-forward: decode steps saved
+
+    # ------------------------------------------------------------------ requests
+    def register(self, req: Request, matcher: GrammarMatcher | None) -> None:
+        """Give a new request its random generator and, when constrained, its grammar state (the matcher
+        compiled on the caller's thread, or one compiled here)."""
+        spec = req.params.grammar
+        if spec is not None:
+            self._constraints[req.rid] = Constraint(matcher or self.grammars.matcher(spec))
+        if req.params.seed is not None:
+            req.generator = torch.Generator(device=self.device).manual_seed(req.params.seed)
+        else:
+            req.generator = self._generator
+
+    def release(self, req: Request) -> int | None:
+        """Forget a finished request's grammar state; the tokens jump-forward gave it (None: unconstrained)."""
+        constraint = self._constraints.pop(req.rid, None)
+        return None if constraint is None else constraint.jump_forward_tokens
+
+    def _constraint(self, req: Request) -> Constraint | None:
+        """req's grammar state; no lookup at all while no constrained request is in flight."""
+        return self._constraints.get(req.rid) if self._constraints else None
+
+    # ------------------------------------------------------------------ sampling
+    def _sampler_row(self, req: Request) -> SamplerRow:
+        p = req.params
+        block = ()
+        if len(req.output_ids) < p.min_new_tokens:
+            block = tuple(sorted((set() if p.ignore_eos else set(self.eos_token_ids)) | set(p.stop_token_ids)))
+        constraint = self._constraint(req)
+        allowed = constraint.matcher.allowed_tokens() if constraint is not None else None
+        return SamplerRow(p, req.generator, req.output_counts, block, allowed)
+
+    def sample_and_append(self, reqs: list[Request], logits: torch.Tensor) -> None:
+        """Sample each request's next token from its logits row ([reqs, vocab]) and process it."""
+        next_ids = sample(logits, [self._sampler_row(r) for r in reqs]).tolist()
+        want_logprobs = [i for i, r in enumerate(reqs) if r.params.return_logprob]
+        logprobs = torch.log_softmax(logits[want_logprobs], dim=-1) if want_logprobs else None
+        now = time.time()
+        for j, (req, token) in enumerate(zip(reqs, next_ids)):
+            req.output_ids.append(token)
+            if req.timings.first_token is None:
+                req.timings.first_token = now
+                self.events.emit("request.first_token", rid=req.rid, program_id=req.program_id)
+            if req.params.uses_penalties:
+                if req.output_counts is None:
+                    req.output_counts = torch.zeros(self.vocab_size, dtype=torch.int32)
+                req.output_counts[token] += 1
+            if logprobs is not None and req.params.return_logprob:
+                row = logprobs[want_logprobs.index(j)]
+                req.output_token_logprobs.append((float(row[token]), token))
+                if req.params.top_logprobs_num:
+                    top = row.topk(req.params.top_logprobs_num)
+                    req.output_top_logprobs.append(list(zip(top.values.tolist(), top.indices.tolist())))
+            constraint = self._constraint(req)
+            if constraint is not None:
+                constraint.matcher.accept(token)
+            self.check_finished(req, token)
+            if constraint is not None and not req.finished:
+                self.advance_forced(req)
+
+    def record_prompt_logprobs(self, req: Request, logits: torch.Tensor, rows: list[tuple[int, int]]) -> None:
+        """Append the logprobs of the prompt tokens at `rows` ((logits row, prompt position) pairs)."""
+        if not req.input_token_logprobs and req.params.logprob_start_len == 0:
+            req.input_token_logprobs.append((None, req.input_ids[0]))
+        if not rows:
+            return
+        idx = torch.tensor([r for r, _ in rows], device=logits.device)
+        lp = torch.log_softmax(logits[idx], dim=-1)  # [rows, vocab]
+        tokens = [req.input_ids[p] for _, p in rows]
+        chosen = lp[torch.arange(len(rows)), torch.tensor(tokens, device=lp.device)].tolist()
+        req.input_token_logprobs.extend(zip(chosen, tokens))
+
+    # ------------------------------------------------------------------ jump-forward
+    def advance_forced(self, req: Request) -> None:
+        """Jump forward over the text req's grammar forces next (when enabled), then check for the end."""
+        constraint = self._constraint(req)
+        if constraint is not None and self.jump_forward and self._jump_forward(req, constraint):
+            self.check_finished(req, None)
+
+    def _jump_forward(self, req: Request, constraint: Constraint) -> bool:
+        """Append the grammar's forced text to req's output without decoding it; True when it did.
+
+        The last output tokens are retokenized with the forced text (`plan_jump`). If that changes a
+        token whose K/V is computed, req goes back to the queue and resumes over its cached prefix
+        (the old tokens stay in the radix cache as another branch); otherwise it stays running and
+        is prefilling again: the next extend step computes the new tokens' K/V.
+        """
+        forced = constraint.matcher.forced_string()
+        if not forced:
+            return False
+        limit = min(req.params.max_new_tokens, self.context_length - 1 - len(req.input_ids))
+        jump = plan_jump(self.tokenizer, req.output_ids, forced, limit)
+        if jump is None or not constraint.matcher.replace_tail(req.output_ids[jump.keep :], list(jump.tokens)):
+            return False
+        new_ids = req.output_ids[: jump.keep] + list(jump.tokens)
+        computed = req.kv_len - len(req.input_ids)  # output tokens whose K/V is in the pool
+        resumed = req.row >= 0 and common_prefix_len(req.output_ids, new_ids) < computed
+        if resumed:
+            self._requeue(req)
+        saved = max(len(new_ids) - len(req.output_ids), 0)
+        req.output_ids = new_ids
+        constraint.jump_forward_tokens += saved
+        self.jump_forward_tokens += saved
+        self.events.emit("request.jump_forward", rid=req.rid, tokens=saved, resumed=resumed, program_id=req.program_id)
+        return True
+
+    # ------------------------------------------------------------------ stops and streaming
+    def check_finished(self, req: Request, token: int | None) -> None:
+        """Finish req if its last token (None: after a jump-forward) or text ends it, else stream."""
+        p = req.params
+        prev_len = len(req.text)
+        req.text = self.tokenizer.decode(req.output_ids, skip_special_tokens=p.skip_special_tokens)
+        reason = None
+        if len(req.output_ids) >= p.min_new_tokens:
+            if token in p.stop_token_ids or (token in self.eos_token_ids and not p.ignore_eos):
+                reason = {"type": "stop", "matched": token}
+            elif p.stop:
+                hit = find_stop(req.text, p.stop, prev_len)
+                if hit is not None:
+                    req.text = hit.text
+                    reason = {"type": "stop", "matched": hit.matched}
+        if reason is None:
+            reason = self._grammar_end(req, token)
+        if reason is None and len(req.output_ids) >= p.max_new_tokens:
+            reason = {"type": "length", "matched": None}
+        if reason is None and req.kv_len + 1 >= self.context_length:
+            reason = {"type": "length", "matched": None, "message": "reached the model's context length"}
+        if reason is None:
+            self.stream(req, streamable_length(req.text, p.stop))
+        else:
+            self._finish(req, reason)
+
+    def _grammar_end(self, req: Request, token: int | None) -> dict | None:
+        """A stop reason once req's grammar took a stop token or allows nothing but one; else None."""
+        constraint = self._constraint(req)
+        if constraint is None:
+            return None
+        if constraint.matcher.is_terminated():
+            return {"type": "stop", "matched": token}
+        if constraint.matcher.must_stop():
+            return {"type": "stop", "matched": None}
+        return None
+
+    @staticmethod
+    def stream(req: Request, upto: int) -> None:
+        """Push req's text up to `upto` characters to its handle (what was not pushed yet)."""
+        if req.handle is not None and upto > req.emitted_len:
+            req.handle.push_delta(req.text[req.emitted_len : upto])
+        req.emitted_len = max(req.emitted_len, upto)
