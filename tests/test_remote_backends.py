@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 import sglbench as sgl
 from sglbench.lang.backend import CallContext
-from sglbench.lang.backend.endpoint import PromptTree
+from sglbench.lang.backend.prompt_tree import PromptTree
 from sglbench.lang.ir import SglSamplingParams
 from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime

@@ -8,7 +8,7 @@ prompt + choice, and takes the first position where their ids differ.
     prompt ids        ... 17 42 | 8          (window starts _WINDOW tokens before the prompt's end)
     prompt+choice ids ... 17 42 | 93 5       choice_start = first differing position (93)
 
-Every text prompt sent is recorded in a `PromptTree`, a client-side radix tree over characters that
+Every text prompt sent is recorded in a `PromptTree` (`prompt_tree.py`), a client-side radix tree that
 `sglbench.viz.render_tree` draws like the engine's own cache (`backend.prompt_tree.snapshot()`).
 """
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import heapq
-import itertools
 import json
 import logging
 import threading
@@ -31,188 +29,18 @@ from typing import Any
 import httpx
 
 from sglbench.lang.backend.base import BaseBackend, CallContext
-from sglbench.lang.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, chat_template_from_tokenizer
+from sglbench.lang.backend.http_common import client_timings, load_tokenizer, resolve_chat_template
+from sglbench.lang.backend.prompt_tree import PromptTree
+from sglbench.lang.backend.scoring import decide, logprobs_with_text
+from sglbench.lang.chat_template import ChatTemplate
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.global_config import global_config
 from sglbench.lang.ir import SglSamplingParams, dtype_to_regex
-from sglbench.runtime.records import PREVIEW_TOKENS, CacheCounters, CacheSnapshot, NodeSnapshot
 from sglbench.sequences import common_prefix_len
 
 logger = logging.getLogger(__name__)
 
 _WINDOW = 3  # prompt tokens scored along with each choice, to find where the choice's tokens begin
-_TIMINGS = ("arrived", "scheduled", "first_token", "finished")
-
-
-# ---------------------------------------------------------------------------- shared by remote backends
-def client_timings(meta: dict, sent: float, first: float | None, received: float) -> dict:
-    """meta with its timings on this machine's clock: a server's own timings (sglbench serve reports
-    them) are shifted so that it received the request when it was sent; without them, the client's
-    send / first chunk / receive times stand in."""
-    out = dict(meta)
-    if out.get("arrived") is None:
-        out.update(arrived=sent, first_token=first, finished=received)
-    else:
-        shift = sent - out["arrived"]
-        for key in _TIMINGS:
-            if out.get(key) is not None:
-                out[key] += shift
-    out.setdefault("e2e_latency", received - sent)
-    return out
-
-
-class _Node:
-    __slots__ = ("children", "hit_count", "id", "key", "last_access", "lock_ref", "parent")
-
-    def __init__(self, node_id: int, key: str, parent: _Node | None):
-        self.id = node_id
-        self.key = key  # characters of this run
-        self.parent = parent
-        self.children: dict[str, _Node] = {}
-        self.lock_ref = 0  # requests in flight whose prompt passes through this node
-        self.last_access = 0
-        self.hit_count = 0  # prompts that shared this whole node with an earlier one
-
-
-class PromptTree:
-    """Radix tree over the characters of the prompts a remote backend sent: what a server's prefix cache
-    could share. Nodes on an in-flight request's path are locked (drawn as in use); past `max_chars`,
-    least recently used unlocked leaves are dropped. Thread-safe."""
-
-    def __init__(self, max_chars: int = 1 << 20):
-        self.max_chars = max_chars
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._root = _Node(0, "", None)
-        self._clock = self._version = self._size = 0
-        self._inserted = self._evicted = 0
-        self._server_prompt_tokens = self._server_cached_tokens = 0
-
-    @property
-    def version(self) -> int:
-        """Grows with every change (a cheap probe for views)."""
-        return self._version
-
-    def send(self, prompt: str) -> _Node:
-        """Insert prompt and lock its path until `done`; returns the ticket for `done`."""
-        with self._lock:
-            self._clock += 1
-            self._version += 1
-            node, pos = self._root, 0
-            while pos < len(prompt):
-                child = node.children.get(prompt[pos])
-                if child is None:
-                    child = _Node(next(self._ids), prompt[pos:], node)
-                    node.children[prompt[pos]] = child
-                    self._size += len(child.key)
-                    self._inserted += len(child.key)
-                else:
-                    shared = common_prefix_len(child.key, prompt[pos:pos + len(child.key)])
-                    if shared < len(child.key):
-                        child = self._split(child, shared)
-                    child.hit_count += 1
-                child.last_access = self._clock
-                node, pos = child, pos + len(child.key)
-            self._walk_up(node, +1)
-            self._evict()
-            return node
-
-    def done(self, ticket: _Node, meta: dict | None) -> None:
-        """The request behind ticket finished; meta (when it succeeded) adds the server's token counts,
-        where the server reports cached tokens."""
-        with self._lock:
-            self._version += 1
-            self._walk_up(ticket, -1)
-            if meta is not None and meta.get("cached_tokens") is not None:
-                self._server_prompt_tokens += int(meta.get("prompt_tokens") or 0)
-                self._server_cached_tokens += int(meta["cached_tokens"])
-            self._evict()
-
-    def clear(self) -> None:
-        """Forget every prompt (after the server's cache was flushed)."""
-        with self._lock:
-            self._version += 1
-            self._evicted += self._size
-            self._size = 0
-            self._root.children = {}
-
-    def snapshot(self) -> CacheSnapshot:
-        """The tree as the engine's `CacheSnapshot` (sizes in characters; the hit counters are the server's
-        prompt and cached token counts)."""
-        with self._lock:
-            nodes, stack = [], [self._root]
-            while stack:  # depth-first, siblings in character order
-                n = stack.pop()
-                nodes.append(NodeSnapshot(
-                    id=n.id, parent_id=None if n.parent is None else n.parent.id, num_tokens=len(n.key),
-                    token_ids_preview=tuple(ord(c) for c in n.key[:PREVIEW_TOKENS]), lock_ref=n.lock_ref,
-                    last_access=n.last_access, hit_count=n.hit_count, text_preview=n.key[:PREVIEW_TOKENS],
-                ))
-                stack.extend(n.children[c] for c in sorted(n.children, reverse=True))
-            protected = sum(n.num_tokens for n in nodes if n.lock_ref > 0)
-            return CacheSnapshot(
-                version=self._version, disabled=False, nodes=tuple(nodes), evictable_size=self._size - protected,
-                protected_size=protected, total_size=self._size,
-                counters=CacheCounters(self._server_prompt_tokens, self._server_cached_tokens, self._inserted,
-                                       self._evicted),
-            )
-
-    # ------------------------------------------------------------------ internals (caller holds _lock)
-    def _split(self, node: _Node, at: int) -> _Node:
-        """Cut node after `at` characters; the new upper node takes its place and inherits its counts."""
-        upper = _Node(next(self._ids), node.key[:at], node.parent)
-        upper.lock_ref, upper.hit_count, upper.last_access = node.lock_ref, node.hit_count, node.last_access
-        node.parent.children[upper.key[0]] = upper
-        node.key, node.parent = node.key[at:], upper
-        upper.children[node.key[0]] = node
-        return upper
-
-    def _walk_up(self, node: _Node, delta: int) -> None:
-        while node is not self._root and node is not None:
-            node.lock_ref += delta
-            node = node.parent
-
-    def _evict(self) -> None:
-        if self._size <= self.max_chars:
-            return
-        target = self.max_chars * 9 // 10
-        stack, leaves = [self._root], []
-        while stack:
-            n = stack.pop()
-            stack.extend(n.children.values())
-            if n is not self._root and not n.children and n.lock_ref == 0:
-                leaves.append((n.last_access, n.id, n))
-        heapq.heapify(leaves)
-        while self._size > target and leaves:
-            _, _, leaf = heapq.heappop(leaves)
-            parent = leaf.parent
-            del parent.children[leaf.key[0]]
-            self._size -= len(leaf.key)
-            self._evicted += len(leaf.key)
-            if parent is not self._root and not parent.children and parent.lock_ref == 0:
-                heapq.heappush(leaves, (parent.last_access, parent.id, parent))
-
-
-def load_tokenizer(path: str):
-    """A Hugging Face tokenizer from a local folder (or a hub id), for chat templates and logprob text."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-def resolve_chat_template(chat_template: ChatTemplate | str | None, tokenizer) -> ChatTemplate:
-    """A given ChatTemplate; one derived from a tokenizer folder (a str; "default" is SGLang's plain
-    template); else the tokenizer's own, else the plain default."""
-    if isinstance(chat_template, ChatTemplate):
-        return chat_template
-    if chat_template == "default":
-        return DEFAULT_CHAT_TEMPLATE
-    if isinstance(chat_template, str):
-        return chat_template_from_tokenizer(load_tokenizer(chat_template))
-    if chat_template is not None:
-        raise TypeError(f"chat_template must be a ChatTemplate or a tokenizer folder, "
-                        f"got {type(chat_template).__name__}")
-    return chat_template_from_tokenizer(tokenizer) if tokenizer is not None else DEFAULT_CHAT_TEMPLATE
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -227,11 +55,6 @@ def _error_message(response: httpx.Response) -> str:
             return str(error.get("message") or error.get("detail") or error)
         return str(error)
     return str(body)
-
-
-def _mean_logprob(token_logprobs: list) -> float:
-    values = [t[0] for t in token_logprobs if t[0] is not None]
-    return sum(values) / len(values) if values else float("-inf")
 
 
 # ---------------------------------------------------------------------------- the backend
@@ -369,17 +192,11 @@ class RuntimeEndpoint(BaseBackend):
 
     def _with_text(self, logprobs: list) -> list:
         """(logprob, id) -> (logprob, id, text), also inside top-logprob lists; unchanged without a tokenizer."""
-        if self.tokenizer is None:
-            return logprobs
-        out: list = []
-        for item in logprobs:
-            if not item or isinstance(item[0], (list, tuple)):  # a position's top-logprob list
-                out.append(self._with_text(item))
-                continue
-            with self._decode_lock:
-                token = self.tokenizer.decode([item[1]], skip_special_tokens=False)
-            out.append((item[0], item[1], token))
-        return out
+        return logprobs if self.tokenizer is None else logprobs_with_text(logprobs, self._token_text)
+
+    def _token_text(self, token_id: int) -> str:
+        with self._decode_lock:  # the tokenizer is not safe to share between threads
+            return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _meta(self, meta: dict, params: SglSamplingParams) -> dict:
         if params.return_text_in_logprobs and self.tokenizer is not None:
@@ -456,19 +273,7 @@ class RuntimeEndpoint(BaseBackend):
                               [full[s - lo:] for full, s in zip(ids[1:], starts)])
             requests += alone
             unconditional = [self._with_text(m["input_token_logprobs"]) for m in alone]
-        decision = choices_method(
-            choices=list(choices), normalized_prompt_logprobs=[_mean_logprob(lps) for lps in input_lps],
-            input_token_logprobs=input_lps, output_token_logprobs=[[] for _ in choices],
-            unconditional_token_logprobs=unconditional,
-        )
-        meta = {
-            **decision.meta_info,
-            "prompt_tokens": sum(m["prompt_tokens"] for m in scored),
-            "cached_tokens": sum(m.get("cached_tokens") or 0 for m in scored),
-            "completion_tokens": 0,
-            "requests": [{k: v for k, v in r.items() if "logprobs" not in k} for r in requests],
-        }
-        return ChoicesDecision(decision.decision, meta)
+        return decide(choices, choices_method, input_lps, unconditional, scored, requests)
 
     def _score_window(self, prompt: str, texts: list[str], lo: int) -> tuple[list[dict], list[list[int]], list[int]]:
         """Token logprobs from position lo of the prompt and of each text (prompt + choice): their meta_info,

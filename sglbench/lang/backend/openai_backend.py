@@ -17,7 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sglbench.lang.backend.base import BaseBackend, CallContext
-from sglbench.lang.backend.endpoint import PromptTree, client_timings
+from sglbench.lang.backend.http_common import client_timings
+from sglbench.lang.backend.prompt_tree import PromptTree
+from sglbench.lang.backend.scoring import decide
 from sglbench.lang.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.ir import SglSamplingParams
@@ -212,15 +214,8 @@ class OpenAI(BaseBackend):
         if temperature > 1e-5:
             raise ValueError(f"select scores choices greedily: temperature must be 0, got {temperature}")
         scored = list(self._pool.map(lambda c: self._echo(ctx.text, c), choices))
-        input_lps = [lps for lps, _ in scored]
-        normalized = [sum(t[0] for t in lps) / len(lps) for lps in input_lps]
-        decision = choices_method(choices=list(choices), normalized_prompt_logprobs=normalized,
-                                  input_token_logprobs=input_lps, output_token_logprobs=[[] for _ in choices])
         requests = [m for _, m in scored]
-        meta = {**decision.meta_info, "prompt_tokens": sum(m["prompt_tokens"] for m in requests),
-                "cached_tokens": sum(m.get("cached_tokens", 0) for m in requests), "completion_tokens": 0,
-                "requests": requests}
-        return ChoicesDecision(decision.decision, meta)
+        return decide(choices, choices_method, [lps for lps, _ in scored], None, requests, requests)
 
     def _echo(self, prompt: str, choice: str) -> tuple[list[tuple], dict]:
         """(logprob, None, token text) of the tokens from where prompt + choice departs from the prompt (the

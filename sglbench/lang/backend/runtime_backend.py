@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sglbench.lang.backend.base import BaseBackend, CallContext
+from sglbench.lang.backend.scoring import decide, logprobs_with_text
 from sglbench.lang.chat_template import ChatTemplate, chat_template_from_tokenizer
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.global_config import global_config
@@ -89,13 +90,10 @@ class RuntimeBackend(BaseBackend):
 
     def _with_text(self, logprobs: list) -> list:
         """(logprob, id) -> (logprob, id, text), also inside top-logprob lists."""
-        out = []
-        for item in logprobs:
-            if isinstance(item, list):
-                out.append(self._with_text(item))
-            else:
-                out.append((*item[:2], self.tokenizer.decode([item[1]], skip_special_tokens=False)))
-        return out
+        return logprobs_with_text(logprobs, self._token_text)
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _meta(self, result: dict, params: SglSamplingParams) -> dict:
         meta = dict(result["meta_info"])
@@ -159,19 +157,7 @@ class RuntimeBackend(BaseBackend):
             alone = [self._wait(h)["meta_info"] for h in handles]
             requests += alone
             unconditional = [self._with_text(m["input_token_logprobs"]) for m in alone]
-        normalized = [_mean_logprob(lps) for lps in input_lps]
-        decision = choices_method(
-            choices=list(choices), normalized_prompt_logprobs=normalized, input_token_logprobs=input_lps,
-            output_token_logprobs=[[] for _ in choices], unconditional_token_logprobs=unconditional,
-        )
-        meta = {
-            **decision.meta_info,
-            "prompt_tokens": sum(r["prompt_tokens"] for r in scored),
-            "cached_tokens": sum(r["cached_tokens"] for r in scored),
-            "completion_tokens": 0,
-            "requests": [{k: v for k, v in r.items() if "logprobs" not in k} for r in requests],
-        }
-        return ChoicesDecision(decision.decision, meta)
+        return decide(choices, choices_method, input_lps, unconditional, scored, requests)
 
     def get_chat_template(self) -> ChatTemplate:
         return self.chat_template
@@ -180,11 +166,11 @@ class RuntimeBackend(BaseBackend):
         return self.runtime.flush_cache()
 
     def get_server_info(self) -> dict[str, Any]:
-        rt, engine = self.runtime, self.runtime.engine
+        rt, info = self.runtime, self.runtime.model_info()
         return {
-            "backend": "runtime", "model_path": rt.config.model_path,
-            "architecture": engine.model_config.architecture, "device": rt.config.device, "dtype": str(engine.dtype),
-            "max_total_tokens": engine.pool.num_slots, "context_length": engine.context_length,
+            "backend": "runtime", "model_path": info.model_path,
+            "architecture": info.architecture, "device": info.device, "dtype": info.dtype,
+            "max_total_tokens": info.max_total_tokens, "context_length": info.context_length,
             "disable_radix_cache": rt.config.disable_radix_cache, "schedule_policy": rt.config.schedule_policy,
             "max_running_requests": rt.config.max_running_requests, "chat_template": self.chat_template.name,
         }
@@ -203,8 +189,3 @@ class RuntimeBackend(BaseBackend):
 
     def cache_prefix(self, prefix: str) -> None:
         self._commit(self.tokenizer.encode(prefix), None)
-
-
-def _mean_logprob(token_logprobs: list) -> float:
-    values = [t[0] for t in token_logprobs if t[0] is not None]
-    return sum(values) / len(values) if values else float("-inf")
