@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import importlib
 
+from sglbench.runtime import extensions as _extensions
+
 __version__ = "0.1.0"
+
+# The workbench lends the runtime `rt.dashboard()` and `rt.report()`: named here, imported on first use.
+_extensions.register("dashboard", "sglbench.viz.workbench:dashboard")
+_extensions.register("report", "sglbench.viz.workbench:report")
 
 _LAZY = {
     "Runtime": "sglbench.runtime.runtime",
-    "SamplingParams": "sglbench.runtime.sampling",
+    "SamplingParams": "sglbench.runtime.sampling_params",
     "RuntimeEndpoint": "sglbench.lang.backend.endpoint",
     "OpenAI": "sglbench.lang.backend.openai_backend",
     "function": "sglbench.lang.api",

@@ -21,8 +21,11 @@ class BaselineResult:
     decode_tokens: int
 
 
-def load_hf(model_path: str, device: str, dtype: torch.dtype):
-    """The transformers model and a left-padding tokenizer for batched generation."""
+def load_hf(model_path: str, device: str, dtype: torch.dtype | str):
+    """The transformers model and a left-padding tokenizer for batched generation. dtype: a torch dtype or its
+    name ('torch.float32', as `Runtime.model_info()` gives it, or 'float32')."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."))
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)

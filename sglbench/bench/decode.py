@@ -14,7 +14,7 @@ from sglbench.bench.common import add_model_args, print_table, resolve_model
 
 
 def measure(rt, batch_size: int, prompt_len: int, new_tokens: int) -> dict:
-    vocab = rt.engine.model_config.vocab_size
+    vocab = rt.model_info().vocab_size
     prompts = [[(97 * b + 31 * i) % (vocab - 10) + 5 for i in range(prompt_len)] for b in range(batch_size)]
     rt.flush_cache()
     start = time.perf_counter()
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with Runtime(path, device=args.device, dtype=args.dtype, max_running_requests=max(batches)) as rt:
         measure(rt, min(batches), args.prompt_len, 4)  # warm-up
         rows = [measure(rt, b, args.prompt_len, args.new_tokens) for b in batches]
-        mc = rt.engine.model_config
-        print_table(rows, f"decode throughput: {label}, {mc.num_params() / 1e6:.1f} M params, "
-                          f"device={rt.config.device}, dtype={rt.engine.dtype}, attention={rt.engine.attention.name}")
+        info = rt.model_info()
+        print_table(rows, f"decode throughput: {label}, {info.num_params / 1e6:.1f} M params, "
+                          f"device={info.device}, dtype={info.dtype}, attention={info.attention_backend}")
     return rows
 
 

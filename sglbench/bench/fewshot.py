@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             prompt_tokens = len(rt.tokenizer.encode(prompts[0]))
             rows.append({"system": system, **run_system(rt, prompts, args.new_tokens)})
     if not args.no_hf:
-        rows.append({"system": "transformers generate (naive)", **run_hf(path, rt.config.device, rt.engine.dtype,
-                                                                          prompts, args.new_tokens)})
+        hf = run_hf(path, rt.config.device, rt.model_info().dtype, prompts, args.new_tokens)
+        rows.append({"system": "transformers generate (naive)", **hf})
     speedup = rows[0]["programs_s"] / rows[1]["programs_s"]
     print_table(rows, f"few-shot workload: {label}, {args.questions} questions, prompt {prompt_tokens} tokens "
                       f"(shared prefix ~{args.prefix_tokens}), {args.new_tokens} new tokens, device={rt.config.device}")

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with Runtime(path, device=args.device, dtype=args.dtype, max_running_requests=max(args.requests, 1),
                      disable_jump_forward=disable) as rt:
             rows.append(run_once(rt, prompts, args.max_new_tokens))
-            device, dtype = rt.config.device, rt.engine.dtype
+            device, dtype = rt.config.device, rt.model_info().dtype
     print_table(rows, f"JSON decoding ({args.requests} requests): {label}, device={device}, dtype={dtype}")
     return rows
 

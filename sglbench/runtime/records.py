@@ -1,4 +1,4 @@
-"""The engine's records: events, counters, cache snapshots and metrics, all immutable and torch-free.
+"""The engine's records: events, counters, cache snapshots, metrics, model info; immutable and torch-free.
 
 Widgets, reports and HTTP clients import these without loading torch or the engine; the engine
 builds them on its thread and other threads only read them.
@@ -107,3 +107,18 @@ class EngineMetrics:
     @property
     def hit_rate(self) -> float:
         return self.cache.hit_tokens / self.cache.query_tokens if self.cache.query_tokens else 0.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a runtime serves, fixed once it is built: for servers, language backends and benchmarks."""
+
+    model_path: str
+    architecture: str
+    num_params: int
+    context_length: int  # the longest prompt plus output a request may have
+    vocab_size: int
+    dtype: str  # as torch prints it, e.g. 'torch.float32'
+    device: str
+    attention_backend: str  # the attention kernels in use: 'torch' or 'triton'
+    max_total_tokens: int  # KV pool slots

@@ -16,9 +16,11 @@ from typing import Any
 import torch
 
 from sglbench.ids import new_id
+from sglbench.runtime import extensions
 from sglbench.runtime.engine import Engine, EngineConfig, EngineMetrics
+from sglbench.runtime.records import ModelInfo
 from sglbench.runtime.request import Request, RequestHandle
-from sglbench.runtime.sampling import SamplingParams
+from sglbench.runtime.sampling_params import SamplingParams
 
 _instance_counter = itertools.count()
 _STOP = object()  # sentinel command: leave the engine loop
@@ -55,8 +57,7 @@ def _engine_loop(engine: Engine, commands: queue.Queue, stopped: threading.Event
             engine.step()
         elif handled:
             engine.refresh_metrics()  # commands (abort, add) changed counts with no step to follow
-    for req in list(engine.scheduler.waiting) + list(engine.scheduler.running):
-        engine.abort(req.rid, "the runtime was shut down")
+    engine.abort_all("the runtime was shut down")
 
 
 class Runtime:
@@ -106,19 +107,29 @@ class Runtime:
         )
         self._thread.start()
         self._finalizer = weakref.finalize(self, _stop_thread, self._commands, self._thread)
-        self._dashboard = None
+        self._on_shutdown: list[Callable[[], object]] = []
+        # Objects higher layers keep one of per runtime (the viz dashboard), by key; they live as long as it.
+        self.attachments: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
-        """Stop the engine thread (aborting unfinished requests) and free the model and KV pool."""
-        if self._dashboard is not None:
-            self._dashboard.stop()
-        if self._finalizer.alive:
-            self._finalizer()
-        self.engine.pool.k_buffers.clear()
-        self.engine.pool.v_buffers.clear()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        """Run the `on_shutdown` callbacks, then stop the engine thread (aborting unfinished requests)
+        and free the model and KV pool."""
+        callbacks, self._on_shutdown = self._on_shutdown, []
+        try:
+            for callback in callbacks:
+                callback()
+        finally:
+            if self._finalizer.alive:
+                self._finalizer()
+            self.engine.pool.k_buffers.clear()
+            self.engine.pool.v_buffers.clear()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def on_shutdown(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` at `shutdown()`, while the engine still runs (e.g. a dashboard's final poll)."""
+        self._on_shutdown.append(callback)
 
     @property
     def is_running(self) -> bool:
@@ -131,9 +142,9 @@ class Runtime:
         self.shutdown()
 
     def __repr__(self) -> str:
-        mc = self.engine.model_config
-        return (f"Runtime(model={Path(self.config.model_path).name!r}, arch={mc.architecture}, device={self.config.device!r}, "
-                f"dtype={self.engine.dtype}, slots={self.engine.pool.num_slots}, "
+        info = self.model_info()
+        return (f"Runtime(model={Path(info.model_path).name!r}, arch={info.architecture}, "
+                f"device={info.device!r}, dtype={info.dtype}, slots={info.max_total_tokens}, "
                 f"radix_cache={'off' if self.config.disable_radix_cache else 'on'})")
 
     # ------------------------------------------------------------------ engine-thread calls
@@ -222,6 +233,17 @@ class Runtime:
         self._commands.put(lambda engine: engine.abort(rid))
 
     # ------------------------------------------------------------------ inspection
+    def model_info(self) -> ModelInfo:
+        """What this runtime serves (model, dtype, device, attention kernels, KV pool size): fixed once built.
+        Pool and cache occupancy change with every step: read them from `metrics()`."""
+        engine, mc = self.engine, self.engine.model_config
+        return ModelInfo(
+            model_path=self.config.model_path, architecture=mc.architecture, num_params=mc.num_params(),
+            context_length=engine.context_length, vocab_size=mc.vocab_size, dtype=str(engine.dtype),
+            device=self.config.device, attention_backend=engine.attention.name,
+            max_total_tokens=engine.pool.num_slots,
+        )
+
     def metrics(self) -> EngineMetrics:
         """The latest immutable metrics record (no engine-thread round trip)."""
         return self.engine.metrics
@@ -250,34 +272,18 @@ class Runtime:
     def events(self):
         return self.engine.events
 
-    # ------------------------------------------------------------------ workbench
+    # ------------------------------------------------------------------ workbench (lent by sglbench.viz)
     def dashboard(self, graphs=None):
         """Live widgets: radix tree, cache stats, per-call latency and program graphs (the latest
         program runs unless graphs is given). One dashboard per runtime; shown again if it exists."""
-        from sglbench.viz.adapters import recent_program_graphs
-        from sglbench.viz.widgets import Dashboard
-
-        if self._dashboard is None:
-            self._dashboard = Dashboard(self, graphs=graphs if graphs is not None else recent_program_graphs)
-        return self._dashboard
+        return extensions.resolve("dashboard")(self, graphs)
 
     def report(self, path: str, graphs=None, bench=None):
         """Write one self-contained HTML report of this runtime's cache behaviour, calls and programs.
 
         bench: a benchmark result (`sglbench.bench.paper` SuiteResult) or a list of them, shown in a
         "Benchmarks" section with their charts and tables."""
-        from sglbench.viz.adapters import recent_program_graphs
-        from sglbench.viz.report import write_report
-
-        extra = []
-        if bench is not None:
-            from sglbench.bench.paper.report import results_html
-
-            results = bench if isinstance(bench, (list, tuple)) else [bench]
-            extra.append(("bench", "Benchmarks", "".join(results_html(r) for r in results)))
-        history = self._dashboard.recorder if self._dashboard is not None else None
-        return write_report(self, path, graphs=graphs if graphs is not None else recent_program_graphs(),
-                            metrics_history=history, extra_sections=extra)
+        return extensions.resolve("report")(self, path, graphs=graphs, bench=bench)
 
 
 def _is_batch(prompt) -> bool:

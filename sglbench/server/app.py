@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from sglbench.runtime.request import RequestHandle
 from sglbench.runtime.runtime import Runtime
-from sglbench.runtime.sampling import SamplingParams
+from sglbench.runtime.sampling_params import SamplingParams, from_openai
 from sglbench.server.protocol import ChatCompletionRequest, CompletionRequest, GenerateRequest
 
 OPEN_PATHS = frozenset({"/health"})
@@ -82,6 +82,10 @@ def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = 
     async def bad_type(_: Request, exc: TypeError) -> JSONResponse:
         return _error(400, str(exc))
 
+    @app.exception_handler(NotImplementedError)
+    async def unsupported(_: Request, exc: NotImplementedError) -> JSONResponse:  # a parameter this engine lacks
+        return _error(400, str(exc))
+
     def submit(prompt, params: SamplingParams, rid: str | None = None) -> RequestHandle:
         return rt.submit(prompt, params, rid=rid)
 
@@ -105,15 +109,15 @@ def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = 
 
     @app.get("/get_model_info")
     async def model_info() -> dict:
-        mc = rt.engine.model_config
-        return {"model_path": rt.config.model_path, "architecture": mc.architecture, "is_generation": True,
-                "context_length": rt.engine.context_length, "vocab_size": mc.vocab_size}
+        info = rt.model_info()
+        return {"model_path": info.model_path, "architecture": info.architecture, "is_generation": True,
+                "context_length": info.context_length, "vocab_size": info.vocab_size}
 
     @app.get("/get_server_info")
     async def server_info() -> dict:
         config = {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
                   for k, v in dataclasses.asdict(rt.config).items()}
-        return {**config, "max_total_num_tokens": rt.engine.pool.num_slots, "version": "sglbench"}
+        return {**config, "max_total_num_tokens": rt.model_info().max_total_tokens, "version": "sglbench"}
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache() -> dict:
@@ -132,9 +136,7 @@ def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = 
     async def generate(body: GenerateRequest, request: Request):
         if (body.text is None) == (body.input_ids is None):
             raise ValueError("give exactly one of 'text' and 'input_ids'")
-        params = SamplingParams.from_kwargs(**body.sampling_params, return_logprob=body.return_logprob,
-                                            logprob_start_len=body.logprob_start_len,
-                                            top_logprobs_num=body.top_logprobs_num)
+        params = body.sampling()
         if params.n != 1:
             raise ValueError("n > 1: send n requests (the radix cache shares their prompt)")
         handle = submit(body.text if body.text is not None else body.input_ids, params, body.rid)
@@ -160,9 +162,10 @@ def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = 
         if name != served_name:
             raise ValueError(f"model {name!r} is not served here; this server serves {served_name!r}")
 
-    async def run_choices(request: Request, prompt, params: SamplingParams, n: int) -> list[dict] | None:
-        handles = [submit(prompt, params.replace(seed=None if params.seed is None else params.seed + i))
-                   for i in range(n)]
+    async def run_choices(request: Request, prompt, params: SamplingParams) -> list[dict] | None:
+        """params.n samples, each its own request (seeds seed, seed + 1, ... when a seed is given)."""
+        handles = [submit(prompt, params.replace(n=1, seed=None if params.seed is None else params.seed + i))
+                   for i in range(params.n)]
         results = []
         for h in handles:
             r = await _result_or_cancel(rt, request, h)
@@ -182,14 +185,11 @@ def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         check_model(body.model)
-        params = SamplingParams.from_kwargs(max_new_tokens=body.max_tokens, temperature=body.temperature,
-                                            top_p=body.top_p, stop=body.stop, seed=body.seed,
-                                            frequency_penalty=body.frequency_penalty,
-                                            presence_penalty=body.presence_penalty)
+        params = from_openai(body.model_dump(), max_new_tokens=body.max_tokens)
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         echo = body.prompt if (body.echo and isinstance(body.prompt, str)) else ""
         if body.stream:
-            if body.n != 1:
+            if params.n != 1:
                 raise ValueError("stream=true supports n=1 only")
             handle = submit(body.prompt, params)
 
@@ -204,7 +204,7 @@ def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = 
                         "usage": usage([result])}
 
             return StreamingResponse(stream_events(request, handle, chunk, last), media_type="text/event-stream")
-        results = await run_choices(request, body.prompt, params, body.n)
+        results = await run_choices(request, body.prompt, params)
         if results is None:
             return _error(499, "client disconnected")
         return {"id": cid, "object": "text_completion", "created": created, "model": served_name,
@@ -219,13 +219,11 @@ def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = 
             raise ValueError("messages must not be empty")
         prompt = rt.tokenizer.apply_chat_template([m.model_dump() for m in body.messages], add_generation_prompt=True)
         max_tokens = body.max_completion_tokens or body.max_tokens or 256
-        params = SamplingParams.from_kwargs(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                            stop=body.stop, seed=body.seed, frequency_penalty=body.frequency_penalty,
-                                            presence_penalty=body.presence_penalty)
+        params = from_openai(body.model_dump(), max_new_tokens=max_tokens)
         prompt_ids = rt.tokenizer.encode_plain(prompt)  # the template already holds bos
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            if body.n != 1:
+            if params.n != 1:
                 raise ValueError("stream=true supports n=1 only")
             handle = submit(prompt_ids, params)
             first = {"sent": False}
@@ -242,7 +240,7 @@ def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = 
                         "usage": usage([result])}
 
             return StreamingResponse(stream_events(request, handle, chunk, last), media_type="text/event-stream")
-        results = await run_choices(request, prompt_ids, params, body.n)
+        results = await run_choices(request, prompt_ids, params)
         if results is None:
             return _error(499, "client disconnected")
         return {"id": cid, "object": "chat.completion", "created": created, "model": served_name,

@@ -1,0 +1,251 @@
+"""Sampling parameters, defined once: name, default, validation, and which backends take each.
+
+`SamplingParams` is the one definition. Every field carries a `Spec` (its rule, what it means, and
+where SGLang's /generate and the OpenAI API carry it); the language's translations (to this
+runtime, to an SGLang server, to an OpenAI-compatible server) and the HTTP server's request models
+are derived from these fields, so a new parameter is one field here. Torch-free: HTTP clients and
+the server's protocol import it without loading the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+GRAMMAR_KINDS = ("regex", "json_schema")
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What a request's output must match: kind "regex" or "json_schema" (a JSON string)."""
+
+    kind: str
+    pattern: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in GRAMMAR_KINDS:
+            raise ValueError(f"grammar kind must be one of {GRAMMAR_KINDS}, got {self.kind!r}")
+
+
+def normalize_json_schema(schema: str | dict) -> str:
+    """A JSON schema as a JSON string (dicts are serialized, key order kept); ValueError if not JSON."""
+    if isinstance(schema, dict):
+        return json.dumps(schema)
+    if not isinstance(schema, str):
+        raise ValueError(f"json_schema must be a JSON string or a dict, got {type(schema).__name__}")
+    try:
+        json.loads(schema)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"json_schema {schema!r} is not valid JSON: {exc}") from exc
+    return schema
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """stop: one string or several, empty ones dropped."""
+    if isinstance(value, str):
+        value = (value,)
+    return tuple(s for s in (value or ()) if s)
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    return tuple(int(t) for t in (value or ()))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One sampling parameter's contract.
+
+    rule/valid: the message "NAME must be RULE, got VALUE" when valid(value) is false.
+    convert: normalizes a given value (e.g. one stop string -> a tuple).
+    sglang: where SGLang's /generate body carries it: inside "sampling_params", at the top level
+      ("request"), or not at all (None).
+    openai: its name in the OpenAI API; openai_extra: its name in the request body of servers that
+      take it beyond the API (vLLM, SGLang), sent only when it differs from the default;
+      openai_missing: why the OpenAI API cannot carry it (set only where a user may ask for it).
+    json_type: the type a JSON body carries when it differs from the field's (stop: str | list[str]).
+    runtime: whether this engine implements it; runtime_missing: what to use instead.
+    """
+
+    rule: str = ""
+    valid: Callable[[Any], bool] | None = None
+    convert: Callable[[Any], Any] | None = None
+    sglang: Literal["sampling_params", "request"] | None = "sampling_params"
+    openai: str | None = None
+    openai_extra: str | None = None
+    openai_missing: str = ""
+    json_type: Any = None
+    runtime: bool = True
+    runtime_missing: str = ""
+
+
+def _param(default: Any, **spec: Any) -> Any:
+    return field(default=default, metadata={"spec": Spec(**spec)})
+
+
+def _int_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+_CONSTRAINED = "needs constrained decoding, which the OpenAI API does not offer"
+_NO_LOGPROBS = "is not supported on the OpenAI backend"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request decoding settings, named as in SGLang's sampling params (the one definition)."""
+
+    max_new_tokens: int = _param(128, rule="a non-negative integer", valid=_int_at_least(0), openai="max_tokens")
+    min_new_tokens: int = _param(0, rule="a non-negative integer", valid=_int_at_least(0), openai_extra="min_tokens")
+    temperature: float = _param(1.0, rule=">= 0", valid=lambda v: v >= 0, openai="temperature")
+    top_p: float = _param(1.0, rule="in (0, 1]", valid=lambda v: 0 < v <= 1, openai="top_p")
+    top_k: int = _param(-1, rule="-1 (off) or >= 1", valid=lambda v: v == -1 or v >= 1, openai_extra="top_k")
+    min_p: float = _param(0.0, rule="in [0, 1]", valid=lambda v: 0 <= v <= 1, openai_extra="min_p")
+    frequency_penalty: float = _param(0.0, rule="in [-2, 2]", valid=lambda v: -2 <= v <= 2, openai="frequency_penalty")
+    presence_penalty: float = _param(0.0, rule="in [-2, 2]", valid=lambda v: -2 <= v <= 2, openai="presence_penalty")
+    stop: tuple[str, ...] = _param((), convert=_strings, openai="stop", json_type=str | list[str])
+    stop_token_ids: tuple[int, ...] = _param((), convert=_ints, openai_extra="stop_token_ids")
+    stop_regex: str | tuple[str, ...] | None = _param(
+        None, openai_missing=_CONSTRAINED, runtime=False,
+        runtime_missing="use stop=[...] strings, or regex= to constrain the whole output")
+    ignore_eos: bool = _param(False, openai_extra="ignore_eos")
+    n: int = _param(1, rule="a positive integer", valid=_int_at_least(1), openai="n")
+    seed: int | None = _param(None, sglang=None, openai="seed")
+    skip_special_tokens: bool = _param(True)
+    return_logprob: bool = _param(False, sglang="request", openai_missing=_NO_LOGPROBS)
+    logprob_start_len: int = _param(-1, rule="-1 (none) or >= 0", valid=lambda v: v >= -1, sglang="request",
+                                    openai_missing=_NO_LOGPROBS)
+    top_logprobs_num: int = _param(0, rule=">= 0", valid=lambda v: v >= 0, sglang="request",
+                                   openai_missing=_NO_LOGPROBS)
+    regex: str | None = _param(None, rule="a string", valid=lambda v: isinstance(v, str), openai_missing=_CONSTRAINED)
+    json_schema: str | None = _param(None, convert=normalize_json_schema, openai_missing=_CONSTRAINED)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            spec, value = f.metadata["spec"], getattr(self, f.name)
+            if value is None and f.default is not None:  # None means the default
+                object.__setattr__(self, f.name, f.default)
+                continue
+            if value is None or value == f.default:
+                continue
+            if spec.convert is not None:
+                value = spec.convert(value)
+                object.__setattr__(self, f.name, value)
+            if spec.valid is not None and not spec.valid(value):
+                raise ValueError(f"{f.name} must be {spec.rule}, got {value!r}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
+        if self.regex is not None and self.json_schema is not None:
+            raise ValueError("give regex or json_schema, not both")
+        if self.grammar is not None and self.min_new_tokens:
+            raise ValueError("min_new_tokens cannot be combined with regex/json_schema "
+                             "(the grammar decides where the output ends)")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> SamplingParams:
+        """Build from keyword arguments (None means the default), rejecting unknown names with the
+        list of known ones and, with NotImplementedError, parameters this runtime does not implement."""
+        unknown = sorted(set(kwargs) - FIELDS.keys())
+        if unknown:
+            raise TypeError(f"unknown sampling parameter(s) {unknown}; known: {sorted(FIELDS)}")
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        for name in given:
+            spec = FIELDS[name]
+            if not spec.runtime:
+                raise NotImplementedError(f"{name}={given[name]!r}: {name} is not available in this runtime; "
+                                          f"{spec.runtime_missing}")
+        return cls(**given)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < _EPS or self.top_k == 1
+
+    @property
+    def grammar(self) -> GrammarSpec | None:
+        """The constraint on the output, if any."""
+        if self.regex is not None:
+            return GrammarSpec("regex", self.regex)
+        if self.json_schema is not None:
+            return GrammarSpec("json_schema", self.json_schema)
+        return None
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.frequency_penalty != 0 or self.presence_penalty != 0
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS: dict[str, Spec] = {f.name: f.metadata["spec"] for f in dataclasses.fields(SamplingParams)}
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
+
+
+# ---------------------------------------------------------------------------- derived translations
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _given(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The known parameters that are set: not None and not an empty sequence."""
+    unknown = sorted(set(values) - FIELDS.keys())
+    if unknown:
+        raise TypeError(f"unknown sampling parameter(s) {unknown}; known: {sorted(FIELDS)}")
+    return {k: v for k, v in values.items() if v is not None and v != ()}
+
+
+def sglang_request(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of an SGLang /generate body these parameters make: {"sampling_params": {...}, top-level fields}."""
+    body: dict[str, Any] = {"sampling_params": {}}
+    for name, value in _given(values).items():
+        where = FIELDS[name].sglang
+        if where == "sampling_params":
+            body["sampling_params"][name] = _json_value(value)
+        elif where == "request":
+            body[name] = _json_value(value)
+    return body
+
+
+def openai_request(values: Mapping[str, Any]) -> dict[str, Any]:
+    """openai SDK keyword arguments for these parameters (extras in `extra_body`); ValueError naming
+    a parameter the OpenAI API cannot carry."""
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in _given(values).items():
+        spec = FIELDS[name]
+        if spec.openai is not None:
+            kwargs[spec.openai] = _json_value(value)
+        elif spec.openai_extra is not None:
+            if value != DEFAULTS[name]:
+                extra[spec.openai_extra] = _json_value(value)
+        elif spec.openai_missing and value != DEFAULTS[name]:
+            raise ValueError(f"gen({name}=...) {spec.openai_missing}; run the program on "
+                             "sgl.RuntimeEndpoint (an SGLang server) or an sgl.Runtime")
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
+def sglang_top_level_fields() -> dict[str, tuple[Any, Any]]:
+    """The sampling fields SGLang's /generate body carries beside sampling_params, as pydantic field definitions."""
+    hints = typing.get_type_hints(SamplingParams)
+    return {name: (hints[name], DEFAULTS[name]) for name, spec in FIELDS.items() if spec.sglang == "request"}
+
+
+def openai_server_fields() -> dict[str, tuple[Any, Any]]:
+    """The standard OpenAI sampling fields the server accepts, as pydantic field definitions (all
+    optional: None means this runtime's default); max_tokens is left to each endpoint, whose defaults differ."""
+    hints = typing.get_type_hints(SamplingParams)
+    return {spec.openai: ((spec.json_type or hints[name]) | None, None) for name, spec in FIELDS.items()
+            if spec.openai is not None and spec.openai != "max_tokens"}
+
+
+def from_openai(body: Mapping[str, Any], **overrides: Any) -> SamplingParams:
+    """SamplingParams from an OpenAI request body's standard sampling fields (plus overrides)."""
+    names = {spec.openai: name for name, spec in FIELDS.items() if spec.openai is not None}
+    kwargs = {names[k]: v for k, v in body.items() if k in names and names[k] not in overrides}
+    return SamplingParams.from_kwargs(**kwargs, **overrides)
