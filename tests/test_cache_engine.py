@@ -8,7 +8,7 @@ import pytest
 
 from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime
-from sglbench.runtime.sampling import SamplingParams
+from sglbench.runtime.sampling_params import SamplingParams
 from tests.helpers import assert_pool_full
 
 GREEDY = dict(temperature=0, ignore_eos=True)

@@ -53,7 +53,7 @@ def test_batch_invariance(rt):
 
 
 def rt_params(n):
-    from sglbench.runtime.sampling import SamplingParams
+    from sglbench.runtime.sampling_params import SamplingParams
 
     return SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True)
 

@@ -15,7 +15,7 @@ import pytest
 from sglbench.runtime.grammar import GrammarCompiler, GrammarSpec, plan_jump
 from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime
-from sglbench.runtime.sampling import SamplingParams
+from sglbench.runtime.sampling_params import SamplingParams
 from tests.helpers import assert_pool_full
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "sglbench" / "default_model" / "checkpoint"

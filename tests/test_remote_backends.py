@@ -15,7 +15,7 @@ from sglbench.lang.backend.prompt_tree import PromptTree
 from sglbench.lang.ir import SglSamplingParams
 from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime
-from sglbench.runtime.sampling import SamplingParams
+from sglbench.runtime.sampling_params import SamplingParams
 from sglbench.server.app import build_app
 from sglbench.viz.adapters import graph_from_telemetry
 from sglbench.viz.client_tree import PromptTreeView, RemoteLatencyView, latencies_from_runs

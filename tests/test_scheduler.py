@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sglbench.runtime.request import Request
-from sglbench.runtime.sampling import SamplingParams
+from sglbench.runtime.sampling_params import SamplingParams
 from sglbench.runtime.scheduler import PrefixMatch, Scheduler, SchedulerConfig
 
 CACHED = 5  # every request's prompt starts with 5 cached tokens

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sglbench.runtime.sampling_params import FIELDS as SAMPLING_FIELDS
+
 if TYPE_CHECKING:
     from sglbench.lang.choices import ChoicesSamplingMethod
 
@@ -37,7 +39,9 @@ class TracingError(RuntimeError):
 
 @dataclass(frozen=True)
 class SglSamplingParams:
-    """Sampling settings of one gen call; None means "inherit the run() default"."""
+    """Sampling settings of one gen call; None means "inherit the run() default". Names, meanings and
+    checks are the engine's (`sglbench.runtime.sampling_params`); dtype and return_text_in_logprobs are
+    the language's own."""
 
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None
@@ -74,6 +78,15 @@ class SglSamplingParams:
                 re.compile(self.regex)
             except re.error as exc:
                 raise ValueError(f"regex {self.regex!r} is not a valid regular expression: {exc}") from None
+
+    def engine_values(self) -> dict[str, Any]:
+        """The sampling parameters that are set, under the engine's names (`runtime.sampling_params`),
+        a dtype as its regex: what every backend translates from."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name in SAMPLING_FIELDS and getattr(self, f.name) is not None}
+        if self.dtype is not None and self.regex is None:
+            values["regex"] = dtype_to_regex(self.dtype)
+        return values
 
     def merged_over(self, base: SglSamplingParams) -> SglSamplingParams:
         """base with every field that is set here (not None) overridden."""

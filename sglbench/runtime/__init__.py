@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-_LAZY = {"Runtime": "sglbench.runtime.runtime", "SamplingParams": "sglbench.runtime.sampling"}
+_LAZY = {"Runtime": "sglbench.runtime.runtime", "SamplingParams": "sglbench.runtime.sampling_params"}
 
 __all__ = sorted(_LAZY)
 

@@ -9,7 +9,6 @@ tokens, whether the grammar is done, and the forced continuation used for jump-f
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -21,38 +20,14 @@ from typing import Any
 import torch
 import xgrammar as xgr
 
-GRAMMAR_KINDS = ("regex", "json_schema")
+from sglbench.runtime.sampling_params import GrammarSpec
+
 # Output tokens retokenized with the forced text: enough for a UTF-8 character split over byte
 # tokens and for BPE merges across the boundary (as SGLang's surrounding-token offset).
 RETOKENIZE_WINDOW = 4
 COMPILE_THREADS = max(1, min(8, (os.cpu_count() or 1) // 2))  # xgrammar precomputes token masks in parallel
 _BITS = torch.arange(32, dtype=torch.int32)
 _XGRAMMAR_LOG_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")  # "[15:57:21] /project/cpp/x.cc:83: "
-
-
-@dataclass(frozen=True)
-class GrammarSpec:
-    """What a request's output must match: kind "regex" or "json_schema" (a JSON string)."""
-
-    kind: str
-    pattern: str
-
-    def __post_init__(self) -> None:
-        if self.kind not in GRAMMAR_KINDS:
-            raise ValueError(f"grammar kind must be one of {GRAMMAR_KINDS}, got {self.kind!r}")
-
-
-def normalize_json_schema(schema: str | dict) -> str:
-    """A JSON schema as a JSON string (dicts are serialized, key order kept); ValueError if not JSON."""
-    if isinstance(schema, dict):
-        return json.dumps(schema)
-    if not isinstance(schema, str):
-        raise ValueError(f"json_schema must be a JSON string or a dict, got {type(schema).__name__}")
-    try:
-        json.loads(schema)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"json_schema {schema!r} is not valid JSON: {exc}") from exc
-    return schema
 
 
 class GrammarCompiler:

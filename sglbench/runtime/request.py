@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sglbench.runtime.sampling import SamplingParams
+from sglbench.runtime.sampling_params import SamplingParams
 
 
 class ReqState(enum.Enum):

@@ -1,103 +1,12 @@
-"""Sampling parameters (validated at submission) and the batched sampler run on the engine thread."""
+"""The batched sampler run on the engine thread (parameters are defined in `sampling_params`)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
-from sglbench.runtime.grammar import GrammarSpec, normalize_json_schema
-
-_EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-request decoding settings, named as in SGLang's sampling params."""
-
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    min_p: float = 0.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
-    n: int = 1
-    seed: int | None = None
-    skip_special_tokens: bool = True
-    return_logprob: bool = False
-    logprob_start_len: int = -1
-    top_logprobs_num: int = 0
-    regex: str | None = None  # the output must match it (compiled at submission)
-    json_schema: str | None = None  # a JSON schema as a JSON string (a dict is serialized)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(s for s in (self.stop or ()) if s))
-        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in (self.stop_token_ids or ())))
-        if self.json_schema is not None:
-            object.__setattr__(self, "json_schema", normalize_json_schema(self.json_schema))
-        self._validate()
-
-    def _validate(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
-             f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}")
-        need(isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0,
-             f"min_new_tokens must be a non-negative integer, got {self.min_new_tokens!r}")
-        need(self.min_new_tokens <= self.max_new_tokens,
-             f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
-        need(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature!r}")
-        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
-        need(self.top_k == -1 or self.top_k >= 1, f"top_k must be -1 (off) or >= 1, got {self.top_k!r}")
-        need(0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}")
-        need(-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty!r}")
-        need(-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty!r}")
-        need(isinstance(self.n, int) and self.n >= 1, f"n must be a positive integer, got {self.n!r}")
-        need(self.top_logprobs_num >= 0, f"top_logprobs_num must be >= 0, got {self.top_logprobs_num!r}")
-        need(self.logprob_start_len >= -1, f"logprob_start_len must be -1 (none) or >= 0, got {self.logprob_start_len!r}")
-        need(self.regex is None or isinstance(self.regex, str), f"regex must be a string, got {self.regex!r}")
-        need(self.regex is None or self.json_schema is None, "give regex or json_schema, not both")
-        need(self.grammar is None or self.min_new_tokens == 0,
-             "min_new_tokens cannot be combined with regex/json_schema (the grammar decides where the output ends)")
-
-    @classmethod
-    def from_kwargs(cls, **kwargs) -> SamplingParams:
-        """Build from keyword arguments, rejecting unknown names with the list of known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"unknown sampling parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in kwargs.items() if v is not None})
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < _EPS or self.top_k == 1
-
-    @property
-    def grammar(self) -> GrammarSpec | None:
-        """The constraint on the output, if any."""
-        if self.regex is not None:
-            return GrammarSpec("regex", self.regex)
-        if self.json_schema is not None:
-            return GrammarSpec("json_schema", self.json_schema)
-        return None
-
-    @property
-    def uses_penalties(self) -> bool:
-        return self.frequency_penalty != 0 or self.presence_penalty != 0
-
-    def replace(self, **changes) -> SamplingParams:
-        return dataclasses.replace(self, **changes)
+from sglbench.runtime.sampling_params import SamplingParams
 
 
 @dataclass

@@ -7,39 +7,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from sglbench.runtime.sampling_params import (
+    FIELDS,
+    SamplingParams,
+    openai_server_fields,
+    sglang_top_level_fields,
+)
 
 _STRICT = ConfigDict(extra="forbid")
 
 
-class GenerateRequest(BaseModel):
-    """SGLang's native /generate body."""
+# SGLang's top-level sampling fields (return_logprob, logprob_start_len, top_logprobs_num), from their definition.
+_SGLangTopLevel = create_model("_SGLangTopLevel", __config__=_STRICT, **sglang_top_level_fields())
 
-    model_config = _STRICT
+
+class GenerateRequest(_SGLangTopLevel):
+    """SGLang's native /generate body; `sampling_params` is checked by `SamplingParams.from_kwargs`."""
+
     text: str | None = None
     input_ids: list[int] | None = None
     sampling_params: dict[str, Any] = Field(default_factory=dict)
     stream: bool = False
-    return_logprob: bool = False
-    logprob_start_len: int = -1
-    top_logprobs_num: int = 0
     rid: str | None = None
 
+    def sampling(self) -> SamplingParams:
+        """The request's sampling parameters: its sampling_params and the top-level ones."""
+        top = {name: getattr(self, name) for name, spec in FIELDS.items() if spec.sglang == "request"}
+        return SamplingParams.from_kwargs(**self.sampling_params, **top)
 
-class _OpenAISampling(BaseModel):
-    """Sampling fields shared by the OpenAI completion and chat bodies."""
 
+class _OpenAIBase(BaseModel):
     model_config = _STRICT
     model: str
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = 1
     stream: bool = False
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
     user: str | None = None
+
+
+# The standard OpenAI sampling fields (temperature, top_p, n, stop, seed, penalties), from their definition.
+_OpenAISampling = create_model("_OpenAISampling", __base__=_OpenAIBase, **openai_server_fields())
 
 
 class CompletionRequest(_OpenAISampling):

@@ -16,7 +16,7 @@ from sglbench.lang.backend.base import BaseBackend, CallContext
 from sglbench.lang.backend.runtime_backend import RuntimeBackend
 from sglbench.runtime.request import RequestHandle
 from sglbench.runtime.runtime import Runtime
-from sglbench.runtime.sampling import SamplingParams
+from sglbench.runtime.sampling_params import SamplingParams
 
 
 def runtime_record(input_ids: list[int], params: SamplingParams, result: dict, cached: int) -> RequestRecord:

@@ -25,10 +25,12 @@ from sglbench.bench.paper.measure import Usage
 from sglbench.bench.paper.optimal import RequestRecord
 from sglbench.lang.backend.base import BaseBackend, CallContext
 from sglbench.lang.backend.runtime_backend import choice_start
+from sglbench.lang.backend.scoring import decide
 from sglbench.lang.chat_template import ChatTemplate, chat_template_from_tokenizer
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
-from sglbench.lang.ir import SglSamplingParams, dtype_to_regex
-from sglbench.runtime.grammar import GrammarSpec, normalize_json_schema, tokenizer_info
+from sglbench.lang.ir import SglSamplingParams
+from sglbench.runtime.grammar import tokenizer_info
+from sglbench.runtime.sampling_params import GrammarSpec, SamplingParams
 
 GATHER_S = 0.01  # a batch closes once no call arrived for this long
 _STOP = object()
@@ -111,14 +113,8 @@ class TransformersBackend(BaseBackend):
             row_starts += [len(self._bos)] * len(full)
         scored = self._submit(_Call(("score",), tuple(rows), tuple(row_starts), None, None, Future()))
         in_context, alone = scored[: len(choices)], scored[len(choices):] or None
-        normalized = [_mean([lp for lp, _ in tokens if lp is not None]) for tokens in in_context]
-        decision = choices_method(
-            choices=list(choices), normalized_prompt_logprobs=normalized, input_token_logprobs=in_context,
-            output_token_logprobs=[[] for _ in choices], unconditional_token_logprobs=alone,
-        )
-        meta = {**decision.meta_info, "prompt_tokens": sum(len(r) for r in full), "cached_tokens": 0,
-                "completion_tokens": 0}
-        return ChoicesDecision(decision.decision, meta)
+        counts = [{"prompt_tokens": len(ids), "cached_tokens": 0} for ids in full]  # nothing is cached
+        return decide(choices, choices_method, in_context, alone, counts, requests=[])
 
     def get_chat_template(self) -> ChatTemplate:
         return self.chat_template
@@ -283,14 +279,7 @@ class TransformersBackend(BaseBackend):
 
 
 def _grammar(params: SglSamplingParams) -> GrammarSpec | None:
-    if params.regex is not None:
-        return GrammarSpec("regex", params.regex)
-    if params.dtype is not None:
-        return GrammarSpec("regex", dtype_to_regex(params.dtype))
-    if params.json_schema is not None:
-        return GrammarSpec("json_schema", normalize_json_schema(params.json_schema))
-    return None
+    values = params.engine_values()
+    return SamplingParams(regex=values.get("regex"), json_schema=values.get("json_schema")).grammar
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("-inf")

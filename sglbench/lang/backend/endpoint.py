@@ -35,7 +35,8 @@ from sglbench.lang.backend.scoring import decide, logprobs_with_text
 from sglbench.lang.chat_template import ChatTemplate
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.global_config import global_config
-from sglbench.lang.ir import SglSamplingParams, dtype_to_regex
+from sglbench.lang.ir import SglSamplingParams
+from sglbench.runtime.sampling_params import sglang_request
 from sglbench.sequences import common_prefix_len
 
 logger = logging.getLogger(__name__)
@@ -145,23 +146,11 @@ class RuntimeEndpoint(BaseBackend):
         return list(self._pool.map(fn, items))
 
     # ------------------------------------------------------------------ /generate
-    def _sampling(self, p: SglSamplingParams) -> dict[str, Any]:
-        regex = p.regex if p.regex is not None else (None if p.dtype is None else dtype_to_regex(p.dtype))
-        sampling = {
-            "max_new_tokens": p.max_new_tokens, "min_new_tokens": p.min_new_tokens, "temperature": p.temperature,
-            "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p, "frequency_penalty": p.frequency_penalty,
-            "presence_penalty": p.presence_penalty, "stop": list(p.stop) if p.stop else None,
-            "stop_token_ids": list(p.stop_token_ids) if p.stop_token_ids else None, "ignore_eos": p.ignore_eos,
-            "skip_special_tokens": global_config.skip_special_tokens_in_output, "regex": regex,
-            "json_schema": p.json_schema, "stop_regex": p.stop_regex,
-        }
-        return {k: v for k, v in sampling.items() if v is not None}
-
     def _body(self, text: str, p: SglSamplingParams) -> dict[str, Any]:
-        body: dict[str, Any] = {"text": text, "sampling_params": self._sampling(p)}
-        for key in ("return_logprob", "logprob_start_len", "top_logprobs_num"):
-            if getattr(p, key) is not None:
-                body[key] = getattr(p, key)
+        """One /generate body; n is not sent (the client sends n requests that share the prompt)."""
+        values = {**p.engine_values(), "skip_special_tokens": global_config.skip_special_tokens_in_output}
+        values.pop("n", None)
+        body: dict[str, Any] = {"text": text, **sglang_request(values)}
         if p.return_text_in_logprobs and self.tokenizer is None:
             body["return_text_in_logprobs"] = True  # SGLang adds the text itself; with a tokenizer we do
         return body

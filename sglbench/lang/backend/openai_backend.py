@@ -23,10 +23,11 @@ from sglbench.lang.backend.scoring import decide
 from sglbench.lang.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.ir import SglSamplingParams
+from sglbench.runtime.sampling_params import FIELDS as SAMPLING_FIELDS
+from sglbench.runtime.sampling_params import openai_request
 
 # OpenAI's own completion (non-chat) models; any other name counts as a chat model unless told.
 COMPLETION_MODELS = frozenset({"gpt-3.5-turbo-instruct", "davinci-002", "babbage-002"})
-_CONSTRAINTS = ("regex", "json_schema", "dtype", "stop_regex")
 
 
 def _server_words(exc: Any) -> str:
@@ -104,31 +105,17 @@ class OpenAI(BaseBackend):
         except oa.APIStatusError as exc:
             raise RuntimeError(f"{self.base_url} failed (HTTP {exc.status_code}): {_server_words(exc)}") from None
 
-    def _check(self, p: SglSamplingParams) -> None:
-        for name in _CONSTRAINTS:
-            if getattr(p, name) is not None:
-                raise ValueError(f"gen({name}=...) needs constrained decoding, which the OpenAI API does not offer; "
-                                 "run the program on sgl.RuntimeEndpoint (an SGLang server) or an sgl.Runtime")
-        if p.return_logprob:
-            raise ValueError("gen(return_logprob=True) is not supported on the OpenAI backend; use "
-                             "sgl.RuntimeEndpoint or an sgl.Runtime")
+    @staticmethod
+    def _check(p: SglSamplingParams) -> None:
+        """A clear error for what the OpenAI API cannot carry (constraints, logprobs)."""
+        if p.dtype is not None:
+            raise ValueError(f"gen(dtype=...) {SAMPLING_FIELDS['regex'].openai_missing}; run the program on "
+                             "sgl.RuntimeEndpoint (an SGLang server) or an sgl.Runtime")
+        openai_request(p.engine_values())
 
-    def _kwargs(self, p: SglSamplingParams) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_tokens": p.max_new_tokens, "temperature": p.temperature, "top_p": p.top_p,
-            "frequency_penalty": p.frequency_penalty, "presence_penalty": p.presence_penalty,
-            "stop": list(p.stop) if p.stop else None,
-        }
-        if (p.n or 1) > 1:
-            kwargs["n"] = p.n
-        # Not in the OpenAI API; vLLM and SGLang's OpenAI servers read them from the body.
-        extra = {"top_k": p.top_k if p.top_k not in (None, -1) else None, "min_p": p.min_p or None,
-                 "ignore_eos": p.ignore_eos or None, "min_tokens": p.min_new_tokens or None,
-                 "stop_token_ids": list(p.stop_token_ids) if p.stop_token_ids else None}
-        extra = {k: v for k, v in extra.items() if v is not None}
-        if extra:
-            kwargs["extra_body"] = extra
-        return {k: v for k, v in kwargs.items() if v is not None}
+    @staticmethod
+    def _kwargs(p: SglSamplingParams) -> dict[str, Any]:
+        return openai_request(p.engine_values())
 
     def _messages(self, ctx: CallContext) -> list[dict]:
         """The program's role messages; the text must be exactly them plus an open assistant turn."""

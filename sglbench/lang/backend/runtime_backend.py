@@ -16,10 +16,10 @@ from sglbench.lang.backend.scoring import decide, logprobs_with_text
 from sglbench.lang.chat_template import ChatTemplate, chat_template_from_tokenizer
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.global_config import global_config
-from sglbench.lang.ir import SglSamplingParams, dtype_to_regex
+from sglbench.lang.ir import SglSamplingParams
 from sglbench.runtime.request import RequestHandle
 from sglbench.runtime.runtime import Runtime
-from sglbench.runtime.sampling import SamplingParams
+from sglbench.runtime.sampling_params import SamplingParams
 from sglbench.sequences import common_prefix_len
 
 _RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
@@ -69,24 +69,8 @@ class RuntimeBackend(BaseBackend):
         return self._wait(self._submit(ids, _PREFILL_ONLY, program_id))["meta_info"]
 
     def _sampling(self, p: SglSamplingParams) -> SamplingParams:
-        if p.stop_regex is not None:
-            raise NotImplementedError(  # a deliberate limit, stated to the user, not a stub
-                f"gen(stop_regex={p.stop_regex!r}): stop_regex is not available in this runtime; "
-                "use stop=[...] strings, or regex= to constrain the whole output")
-        constrained: dict[str, Any] = {}
-        if p.dtype is not None:
-            constrained["regex"] = dtype_to_regex(p.dtype)
-        for name in ("regex", "json_schema"):
-            if getattr(p, name) is not None:
-                constrained[name] = getattr(p, name)
         return SamplingParams.from_kwargs(
-            max_new_tokens=p.max_new_tokens, min_new_tokens=p.min_new_tokens, temperature=p.temperature,
-            top_p=p.top_p, top_k=p.top_k, min_p=p.min_p, frequency_penalty=p.frequency_penalty,
-            presence_penalty=p.presence_penalty, stop=p.stop, stop_token_ids=p.stop_token_ids,
-            ignore_eos=p.ignore_eos, n=p.n, skip_special_tokens=global_config.skip_special_tokens_in_output,
-            return_logprob=p.return_logprob, logprob_start_len=p.logprob_start_len,
-            top_logprobs_num=p.top_logprobs_num, **constrained,
-        )
+            **p.engine_values(), skip_special_tokens=global_config.skip_special_tokens_in_output)
 
     def _with_text(self, logprobs: list) -> list:
         """(logprob, id) -> (logprob, id, text), also inside top-logprob lists."""
