@@ -5,8 +5,7 @@ Heavy modules (torch, the engine) load on first use, so `import sglbench` stays 
 
 from __future__ import annotations
 
-import importlib
-
+from sglbench.lazy import lazy_attributes
 from sglbench.runtime import extensions as _extensions
 
 __version__ = "0.1.0"
@@ -45,17 +44,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sglbench' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes("sglbench", _LAZY, globals())
 
 
 def load_ipython_extension(ipython) -> None:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sglbench"
 
 # Helpers that import no other part of sglbench sit below the kernel: `ids` (request ids), `sequences`
 # (common_prefix_len) and `default_model` (the embedded checkpoint, its corpus and trainer).
-RANKS = {"ids": 0, "sequences": 0, "default_model": 0, "kernel": 1, "runtime": 2, "lang": 3, "server": 4,
+RANKS = {"ids": 0, "lazy": 0, "sequences": 0, "default_model": 0, "kernel": 1, "runtime": 2, "lang": 3, "server": 4,
          "viz": 5, "magics": 6, "bench": 7}
 FACADE_RANK = RANKS["lang"]  # `import sglbench`: its lazy attributes are the runtime's and the language's API
 

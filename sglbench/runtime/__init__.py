@@ -6,17 +6,11 @@ import without loading torch or the engine.
 
 from __future__ import annotations
 
-import importlib
+from sglbench.lazy import lazy_attributes
 
 _LAZY = {"Runtime": "sglbench.runtime.runtime", "SamplingParams": "sglbench.runtime.sampling_params"}
 
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sglbench.runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes("sglbench.runtime", _LAZY, globals())

@@ -9,7 +9,7 @@ Modules load on first use (ipywidgets, pandas), so `import sglbench.viz` stays l
 
 from __future__ import annotations
 
-import importlib
+from sglbench.lazy import lazy_attributes
 
 _LAZY = {
     "render_tree": "sglbench.viz.tree",
@@ -45,14 +45,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sglbench.viz' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes("sglbench.viz", _LAZY, globals())
