@@ -57,8 +57,8 @@ def test_each_rule_is_a_value_error_naming_the_parameter(kwargs, message):
 def test_unknown_and_unimplemented_parameters():
     with pytest.raises(TypeError, match=r"unknown sampling parameter\(s\) \['temprature'\]"):
         SamplingParams.from_kwargs(temprature=1)
-    with pytest.raises(NotImplementedError, match="stop_regex is not available in this runtime"):
-        SamplingParams.from_kwargs(stop_regex="x+")
+    with pytest.raises(NotImplementedError, match="structural_tag is not available in this runtime"):
+        SamplingParams.from_kwargs(structural_tag="{}")
 
 
 def test_sglang_body_places_each_parameter_where_sglang_reads_it():
@@ -67,7 +67,7 @@ def test_sglang_body_places_each_parameter_where_sglang_reads_it():
     assert body == {"sampling_params": {"max_new_tokens": 3, "stop": ["a", "b"]}, "return_logprob": True,
                     "top_logprobs_num": 2}
     top_level = {name for name, spec in FIELDS.items() if spec.sglang == "request"}
-    assert top_level == {"return_logprob", "logprob_start_len", "top_logprobs_num"}
+    assert top_level == {"return_logprob", "logprob_start_len", "top_logprobs_num", "token_ids_logprob"}
     assert top_level <= GenerateRequest.model_fields.keys()
 
 
@@ -83,7 +83,8 @@ def test_openai_kwargs_standard_extra_and_refused():
 
 def test_server_models_take_the_openai_fields_and_map_them_back():
     standard = set(openai_server_fields())
-    assert standard == {"temperature", "top_p", "n", "stop", "seed", "frequency_penalty", "presence_penalty"}
+    assert standard == {"temperature", "top_p", "n", "stop", "seed", "frequency_penalty", "presence_penalty",
+                        "logit_bias"}
     assert standard <= CompletionRequest.model_fields.keys() and standard <= ChatCompletionRequest.model_fields.keys()
     body = CompletionRequest(model="m", prompt="hi", temperature=0.5, stop="x", n=2, seed=3)
     params = from_openai(body.model_dump(), max_new_tokens=body.max_tokens)

@@ -31,6 +31,7 @@ from sglbench.runtime.models.loader import resolve_dtype
 from sglbench.runtime.output_processor import OutputProcessor
 from sglbench.runtime.records import CacheEvent, EngineMetrics
 from sglbench.runtime.request import ReqState, Request
+from sglbench.runtime.sampling_params import SamplingParams
 from sglbench.runtime.scheduler import PrefixMatch, Scheduler, SchedulerConfig
 from sglbench.runtime.tokenizer import Tokenizer
 
@@ -117,6 +118,22 @@ class Engine:
             )
         if len(input_ids) + 1 > self.pool.num_slots:
             raise ValueError(f"prompt has {len(input_ids)} tokens; the KV pool holds only {self.pool.num_slots} (max_total_tokens)")
+
+    def validate_params(self, params: SamplingParams) -> None:
+        """Raise for sampling parameters this engine cannot honour, before submission, so a step never
+        raises for them: unimplemented ones (NotImplementedError), token ids outside the vocabulary, more
+        top logprobs than tokens (ValueError)."""
+        params.check_implemented()
+        vocab = self.model_config.vocab_size
+        checked = {"stop_token_ids": params.stop_token_ids, "token_ids_logprob": params.token_ids_logprob,
+                   "logit_bias": tuple(params.logit_bias or ())}
+        for name, ids in checked.items():
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        if params.top_logprobs_num > vocab:
+            raise ValueError(f"top_logprobs_num must be at most the vocabulary size {vocab}, "
+                             f"got {params.top_logprobs_num}")
 
     def add_request(self, req: Request, matcher: GrammarMatcher | None = None) -> None:
         """Queue req. A constrained request brings its grammar matcher (compiled on the caller's

@@ -18,7 +18,8 @@ from sglbench.runtime.events import EventLog
 from sglbench.runtime.grammar import GrammarCompiler, GrammarMatcher, plan_jump
 from sglbench.runtime.request import Request
 from sglbench.runtime.sampling import SamplerRow, sample
-from sglbench.runtime.tokenizer import Tokenizer, find_stop, streamable_length
+from sglbench.runtime.sampling_params import SamplingParams
+from sglbench.runtime.tokenizer import StopMatch, Tokenizer, find_stop, find_stop_regex, streamable_length
 from sglbench.sequences import common_prefix_len
 
 
@@ -50,15 +51,20 @@ class OutputProcessor:
 
     # ------------------------------------------------------------------ requests
     def register(self, req: Request, matcher: GrammarMatcher | None) -> None:
-        """Give a new request its random generator and, when constrained, its grammar state (the matcher
-        compiled on the caller's thread, or one compiled here)."""
-        spec = req.params.grammar
+        """Give a new request its random generator, its logit_bias as tensors and, when constrained, its
+        grammar state (the matcher compiled on the caller's thread, or one compiled here)."""
+        p = req.params
+        spec = p.grammar
         if spec is not None:
             self._constraints[req.rid] = Constraint(matcher or self.grammars.matcher(spec))
-        if req.params.seed is not None:
-            req.generator = torch.Generator(device=self.device).manual_seed(req.params.seed)
+        if p.seed is not None:
+            req.generator = torch.Generator(device=self.device).manual_seed(p.seed)
         else:
             req.generator = self._generator
+        if p.logit_bias:
+            ids, biases = list(p.logit_bias), list(p.logit_bias.values())
+            req.logit_bias = (torch.tensor(ids, dtype=torch.int64, device=self.device),  # [k]
+                              torch.tensor(biases, dtype=torch.float32, device=self.device))  # [k]
 
     def release(self, req: Request) -> int | None:
         """Forget a finished request's grammar state; the tokens jump-forward gave it (None: unconstrained)."""
@@ -77,15 +83,24 @@ class OutputProcessor:
             block = tuple(sorted((set() if p.ignore_eos else set(self.eos_token_ids)) | set(p.stop_token_ids)))
         constraint = self._constraint(req)
         allowed = constraint.matcher.allowed_tokens() if constraint is not None else None
-        return SamplerRow(p, req.generator, req.output_counts, block, allowed)
+        return SamplerRow(p, req.generator, req.output_counts, block, allowed, req.logit_bias)
 
     def sample_and_append(self, reqs: list[Request], logits: torch.Tensor) -> None:
         """Sample each request's next token from its logits row ([reqs, vocab]) and process it."""
-        next_ids = sample(logits, [self._sampler_row(r) for r in reqs]).tolist()
+        rows = [self._sampler_row(r) for r in reqs]
+        next_ids: list[int | None] = sample(logits, rows).tolist()
+        if self._constraints:
+            for j, req in enumerate(reqs):
+                constraint = self._constraint(req)
+                if constraint is not None:
+                    next_ids[j] = self._accept(constraint.matcher, next_ids[j], logits[j : j + 1], rows[j])
         want_logprobs = [i for i, r in enumerate(reqs) if r.params.return_logprob]
         logprobs = torch.log_softmax(logits[want_logprobs], dim=-1) if want_logprobs else None
         now = time.time()
         for j, (req, token) in enumerate(zip(reqs, next_ids)):
+            if token is None:
+                self._finish(req, {"type": "abort", "message": "the grammar allows no next token"})
+                continue
             req.output_ids.append(token)
             if req.timings.first_token is None:
                 req.timings.first_token = now
@@ -95,22 +110,36 @@ class OutputProcessor:
                     req.output_counts = torch.zeros(self.vocab_size, dtype=torch.int32)
                 req.output_counts[token] += 1
             if logprobs is not None and req.params.return_logprob:
-                row = logprobs[want_logprobs.index(j)]
+                row = logprobs[want_logprobs.index(j)]  # [vocab]
                 req.output_token_logprobs.append((float(row[token]), token))
                 if req.params.top_logprobs_num:
                     top = row.topk(req.params.top_logprobs_num)
                     req.output_top_logprobs.append(list(zip(top.values.tolist(), top.indices.tolist())))
-            constraint = self._constraint(req)
-            if constraint is not None:
-                constraint.matcher.accept(token)
+                if req.params.token_ids_logprob:
+                    ids = list(req.params.token_ids_logprob)
+                    req.output_token_ids_logprobs.append(list(zip(row[ids].tolist(), ids)))
             self.check_finished(req, token)
-            if constraint is not None and not req.finished:
+            if not req.finished and self._constraint(req) is not None:
                 self.advance_forced(req)
+
+    @staticmethod
+    def _accept(matcher: GrammarMatcher, token: int, logits: torch.Tensor, row: SamplerRow) -> int | None:
+        """Advance a grammar by its request's sampled token; when the matcher refuses it (xgrammar's mask
+        let it through), sample again ([1, vocab] logits) without it. None: nothing is allowed."""
+        while not matcher.try_accept(token):
+            row.allowed = matcher.refuse(token)
+            if not bool(row.allowed.any()):
+                return None
+            token = int(sample(logits, [row])[0])
+        return token
 
     def record_prompt_logprobs(self, req: Request, logits: torch.Tensor, rows: list[tuple[int, int]]) -> None:
         """Append the logprobs of the prompt tokens at `rows` ((logits row, prompt position) pairs)."""
+        ids = list(req.params.token_ids_logprob)
         if not req.input_token_logprobs and req.params.logprob_start_len == 0:
-            req.input_token_logprobs.append((None, req.input_ids[0]))
+            req.input_token_logprobs.append((None, req.input_ids[0]))  # the first token has no logprob
+            if ids:
+                req.input_token_ids_logprobs.append(None)
         if not rows:
             return
         idx = torch.tensor([r for r, _ in rows], device=logits.device)
@@ -118,6 +147,9 @@ class OutputProcessor:
         tokens = [req.input_ids[p] for _, p in rows]
         chosen = lp[torch.arange(len(rows)), torch.tensor(tokens, device=lp.device)].tolist()
         req.input_token_logprobs.extend(zip(chosen, tokens))
+        if ids:
+            values = lp[:, ids].tolist()  # [rows, k]
+            req.input_token_ids_logprobs.extend(list(zip(row, ids)) for row in values)
 
     # ------------------------------------------------------------------ jump-forward
     def advance_forced(self, req: Request) -> None:
@@ -155,18 +187,20 @@ class OutputProcessor:
 
     # ------------------------------------------------------------------ stops and streaming
     def check_finished(self, req: Request, token: int | None) -> None:
-        """Finish req if its last token (None: after a jump-forward) or text ends it, else stream."""
+        """Finish req if its last token (None: after a jump-forward) or text ends it, else stream. The
+        matched stop string, regex match or stop token's text is cut from the text unless no_stop_trim."""
         p = req.params
         prev_len = len(req.text)
-        req.text = self.tokenizer.decode(req.output_ids, skip_special_tokens=p.skip_special_tokens)
+        req.text = self._decode(req.output_ids, p)
         reason = None
         if len(req.output_ids) >= p.min_new_tokens:
             if token in p.stop_token_ids or (token in self.eos_token_ids and not p.ignore_eos):
                 reason = {"type": "stop", "matched": token}
-            elif p.stop:
-                hit = find_stop(req.text, p.stop, prev_len)
+            elif p.stop or p.stop_regex:
+                hit = _earliest(find_stop(req.text, p.stop, prev_len),
+                                find_stop_regex(req.text, p.stop_regex, prev_len))
                 if hit is not None:
-                    req.text = hit.text
+                    req.text = req.text if p.no_stop_trim else hit.text
                     reason = {"type": "stop", "matched": hit.matched}
         if reason is None:
             reason = self._grammar_end(req, token)
@@ -175,9 +209,20 @@ class OutputProcessor:
         if reason is None and req.kv_len + 1 >= self.context_length:
             reason = {"type": "length", "matched": None, "message": "reached the model's context length"}
         if reason is None:
-            self.stream(req, streamable_length(req.text, p.stop))
-        else:
-            self._finish(req, reason)
+            if p.stream_interval is None or len(req.output_ids) % p.stream_interval == 0:
+                self.stream(req, streamable_length(req.text, p.stop, p.stop_regex, req.emitted_len))
+            return
+        matched = reason.get("matched")
+        if isinstance(matched, int) and not p.no_stop_trim and self._shows(matched, p):
+            req.text = self._decode(req.output_ids[:-1], p)  # a stop token's text, as SGLang, is not output
+        self._finish(req, reason)
+
+    def _decode(self, ids: list[int], p: SamplingParams) -> str:
+        return self.tokenizer.decode(ids, p.skip_special_tokens, p.spaces_between_special_tokens)
+
+    def _shows(self, token: int, p: SamplingParams) -> bool:
+        """Whether token's text is in the decoded output (skip_special_tokens drops special ones)."""
+        return not (p.skip_special_tokens and token in self.tokenizer.special_ids)
 
     def _grammar_end(self, req: Request, token: int | None) -> dict | None:
         """A stop reason once req's grammar took a stop token or allows nothing but one; else None."""
@@ -196,3 +241,9 @@ class OutputProcessor:
         if req.handle is not None and upto > req.emitted_len:
             req.handle.push_delta(req.text[req.emitted_len : upto])
         req.emitted_len = max(req.emitted_len, upto)
+
+
+def _earliest(*hits: StopMatch | None) -> StopMatch | None:
+    """The stop match that cuts the text soonest."""
+    found = [h for h in hits if h is not None]
+    return min(found, key=lambda h: len(h.text)) if found else None

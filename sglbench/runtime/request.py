@@ -55,8 +55,12 @@ class Request:
     input_token_logprobs: list = field(default_factory=list)
     output_token_logprobs: list = field(default_factory=list)
     output_top_logprobs: list = field(default_factory=list)
+    # per prompt / output position, [(logprob, id)] for the ids in params.token_ids_logprob
+    input_token_ids_logprobs: list = field(default_factory=list)
+    output_token_ids_logprobs: list = field(default_factory=list)
     generator: torch.Generator | None = None
     output_counts: torch.Tensor | None = None
+    logit_bias: tuple[torch.Tensor, torch.Tensor] | None = None  # params.logit_bias as (ids [k], biases [k])
     handle: RequestHandle | None = None
     program_id: str | None = None  # set by the language layer for telemetry
 
@@ -100,6 +104,9 @@ class Request:
             meta["input_token_logprobs"] = list(self.input_token_logprobs)
             meta["output_token_logprobs"] = list(self.output_token_logprobs)
             meta["output_top_logprobs"] = list(self.output_top_logprobs)
+            if self.params.token_ids_logprob:
+                meta["input_token_ids_logprobs"] = list(self.input_token_ids_logprobs)
+                meta["output_token_ids_logprobs"] = list(self.output_token_ids_logprobs)
         return meta
 
     def result(self) -> dict:

@@ -18,6 +18,7 @@ class SamplerRow:
     output_counts: torch.Tensor | None  # [vocab] int, only when penalties are on
     block_eos: tuple[int, ...] = field(default_factory=tuple)  # eos ids masked until min_new_tokens
     allowed: torch.Tensor | None = None  # [vocab] bool on the CPU: the grammar's next-token mask
+    logit_bias: tuple[torch.Tensor, torch.Tensor] | None = None  # (ids [k], biases [k]) added to the logits
 
 
 def apply_grammar_masks(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
@@ -32,15 +33,31 @@ def apply_grammar_masks(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.T
     return logits
 
 
+# Adjusted logits are clamped to this: finite at any temperature (>= 1e-6), so sampling never meets inf/nan.
+_LOGIT_LIMIT = 1e30
+
+
 def apply_penalties(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
-    """Frequency/presence penalties and min_new_tokens eos masking, in place on a copy when needed."""
-    if not any(r.params.uses_penalties or r.block_eos for r in rows):
+    """Repetition/frequency/presence penalties over the output so far, logit_bias, and min_new_tokens eos
+    masking (SGLang's order), in place on a copy when any row needs one."""
+    if not any(r.params.adjusts_logits or r.block_eos for r in rows):
         return logits
     logits = logits.clone()
     for i, r in enumerate(rows):
-        if r.params.uses_penalties and r.output_counts is not None:
-            counts = r.output_counts.to(logits.device, logits.dtype)
-            logits[i] -= r.params.frequency_penalty * counts + r.params.presence_penalty * (counts > 0).to(logits.dtype)
+        p = r.params
+        if p.adjusts_logits:
+            row = logits[i]  # [vocab], a view
+            if p.uses_penalties and r.output_counts is not None:
+                counts = r.output_counts.to(logits.device, logits.dtype)  # [vocab]
+                seen = counts > 0  # [vocab] bool
+                if p.repetition_penalty != 1:  # HF/SGLang: positive logits divided, negative ones multiplied
+                    scaled = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
+                    row.copy_(torch.where(seen, scaled, row))
+                row -= p.frequency_penalty * counts + p.presence_penalty * seen.to(logits.dtype)
+            if r.logit_bias is not None:
+                ids, biases = r.logit_bias
+                row.index_add_(0, ids.to(logits.device), biases.to(logits.device, logits.dtype))
+            row.clamp_(-_LOGIT_LIMIT, _LOGIT_LIMIT)
         if r.block_eos:
             logits[i, list(r.block_eos)] = float("-inf")
     return logits

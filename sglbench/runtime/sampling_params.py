@@ -10,19 +10,23 @@ the server's protocol import it without loading the engine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-GRAMMAR_KINDS = ("regex", "json_schema")
+GRAMMAR_KINDS = ("regex", "json_schema", "ebnf")  # also the names of the fields that give each (one at most)
 _EPS = 1e-6
 
 
 @dataclass(frozen=True)
 class GrammarSpec:
-    """What a request's output must match: kind "regex" or "json_schema" (a JSON string)."""
+    """What a request's output must match: kind "regex" (Python's dialect), "json_schema" (a JSON string) or
+    "ebnf" (xgrammar's EBNF, rule `root` first)."""
 
     kind: str
     pattern: str
@@ -56,6 +60,51 @@ def _ints(value: Any) -> tuple[int, ...]:
     return tuple(int(t) for t in (value or ()))
 
 
+def _stop_regexes(value: Any) -> tuple[str, ...]:
+    """stop_regex: one Python regex or several, each checked here so a bad one fails at submission."""
+    patterns = _strings(value)
+    for pattern in patterns:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"stop_regex {pattern!r} is not a valid regular expression: {exc}") from None
+        if compiled.search("") is not None:
+            raise ValueError(f"stop_regex {pattern!r} matches the empty string: it would stop at once")
+    return patterns
+
+
+def _token_id(key: Any) -> int:
+    """A logit_bias key: a token id, as an int or (JSON object keys are strings) its decimal string."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        token = key
+    elif isinstance(key, str) and key.strip().isdigit():
+        token = int(key)
+    else:
+        raise ValueError(f"logit_bias keys must be token ids (int or decimal string), got {key!r}")
+    if token < 0:
+        raise ValueError(f"logit_bias keys must be token ids >= 0, got {key!r}")
+    return token
+
+
+def _logit_bias(value: Any) -> dict[int, float]:
+    """logit_bias: {token id: bias added to its logit}, keys as ints; each bias a finite number."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"logit_bias must be a dict of token id -> bias, got {value!r}")
+    bias = {}
+    for key, b in value.items():
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            raise ValueError(f"logit_bias[{key!r}] must be a finite number, got {b!r}")
+        bias[_token_id(key)] = float(b)
+    return bias
+
+
+def _is_seed(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
+_SEED_RULE = "an integer in [-2**63, 2**63)"  # SGLang's; torch.Generator takes it and seed + i for n > 1
+
+
 @dataclass(frozen=True)
 class Spec:
     """One sampling parameter's contract.
@@ -68,7 +117,8 @@ class Spec:
       take it beyond the API (vLLM, SGLang), sent only when it differs from the default;
       openai_missing: why the OpenAI API cannot carry it (set only where a user may ask for it).
     json_type: the type a JSON body carries when it differs from the field's (stop: str | list[str]).
-    runtime: whether this engine implements it; runtime_missing: what to use instead.
+    runtime: whether this engine implements it (a value other than the default is a NotImplementedError);
+      runtime_missing: what to use instead.
     """
 
     rule: str = ""
@@ -109,12 +159,11 @@ class SamplingParams:
     presence_penalty: float = _param(0.0, rule="in [-2, 2]", valid=lambda v: -2 <= v <= 2, openai="presence_penalty")
     stop: tuple[str, ...] = _param((), convert=_strings, openai="stop", json_type=str | list[str])
     stop_token_ids: tuple[int, ...] = _param((), convert=_ints, openai_extra="stop_token_ids")
-    stop_regex: str | tuple[str, ...] | None = _param(
-        None, openai_missing=_CONSTRAINED, runtime=False,
-        runtime_missing="use stop=[...] strings, or regex= to constrain the whole output")
+    stop_regex: tuple[str, ...] = _param((), convert=_stop_regexes, openai_missing=_CONSTRAINED,
+                                         json_type=str | list[str])
     ignore_eos: bool = _param(False, openai_extra="ignore_eos")
     n: int = _param(1, rule="a positive integer", valid=_int_at_least(1), openai="n")
-    seed: int | None = _param(None, sglang=None, openai="seed")
+    seed: int | None = _param(None, rule=_SEED_RULE, valid=_is_seed, sglang=None, openai="seed")
     skip_special_tokens: bool = _param(True)
     return_logprob: bool = _param(False, sglang="request", openai_missing=_NO_LOGPROBS)
     logprob_start_len: int = _param(-1, rule="-1 (none) or >= 0", valid=lambda v: v >= -1, sglang="request",
@@ -123,6 +172,31 @@ class SamplingParams:
                                    openai_missing=_NO_LOGPROBS)
     regex: str | None = _param(None, rule="a string", valid=lambda v: isinstance(v, str), openai_missing=_CONSTRAINED)
     json_schema: str | None = _param(None, convert=normalize_json_schema, openai_missing=_CONSTRAINED)
+    # SGLang's further fields (its srt/sampling/sampling_params.py and GenerateReqInput)
+    repetition_penalty: float = _param(1.0, rule="in (0, 2]", valid=lambda v: 0 < v <= 2,
+                                       openai_extra="repetition_penalty")
+    no_stop_trim: bool = _param(False, openai_extra="no_stop_trim")
+    logit_bias: Mapping[int, float] | None = _param(None, convert=_logit_bias, openai="logit_bias",
+                                                    json_type=dict[str, float])
+    sampling_seed: int | None = _param(None, rule=_SEED_RULE, valid=_is_seed, openai_extra="seed")
+    spaces_between_special_tokens: bool = _param(True, openai_extra="spaces_between_special_tokens")
+    ebnf: str | None = _param(None, rule="a string", valid=lambda v: isinstance(v, str),
+                              openai_missing=_CONSTRAINED)
+    # Returned with return_logprob (ignored without, as SGLang), like top_logprobs_num.
+    token_ids_logprob: tuple[int, ...] = _param((), convert=_ints, sglang="request",
+                                                openai_missing=_NO_LOGPROBS)
+    stream_interval: int | None = _param(None, rule="a positive integer", valid=_int_at_least(1))  # k tokens
+    # Data for a custom logit processor, which this runtime does not run (nor SGLang without one): unused.
+    custom_params: Mapping[str, Any] | None = _param(None, rule="a dict",
+                                                     valid=lambda v: isinstance(v, Mapping))
+    structural_tag: str | None = _param(
+        None, openai_missing=_CONSTRAINED, runtime=False,
+        runtime_missing="constrain the output with regex=, json_schema= or ebnf= instead")
+    beam_width: int = _param(
+        1, rule="a positive integer", valid=_int_at_least(1), runtime=False,
+        runtime_missing="beam search is not implemented; sample with n=... or score with select()")
+    watermark: Mapping[str, Any] | bool | None = _param(
+        None, runtime=False, runtime_missing="this runtime does not watermark its output")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -139,11 +213,18 @@ class SamplingParams:
                 raise ValueError(f"{f.name} must be {spec.rule}, got {value!r}")
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError(f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
-        if self.regex is not None and self.json_schema is not None:
-            raise ValueError("give regex or json_schema, not both")
+        grammars = [kind for kind in GRAMMAR_KINDS if getattr(self, kind) is not None]
+        if len(grammars) > 1:
+            raise ValueError(f"give one of {', '.join(GRAMMAR_KINDS)}, not both {' and '.join(grammars)}")
         if self.grammar is not None and self.min_new_tokens:
-            raise ValueError("min_new_tokens cannot be combined with regex/json_schema "
+            raise ValueError("min_new_tokens cannot be combined with regex/json_schema/ebnf "
                              "(the grammar decides where the output ends)")
+        if self.sampling_seed is not None:  # SGLang's name for seed: folded into seed, what the runtime reads
+            if self.seed is not None and self.seed != self.sampling_seed:
+                raise ValueError(f"seed={self.seed} and sampling_seed={self.sampling_seed} differ: "
+                                 "sampling_seed is SGLang's name for seed, give one")
+            object.__setattr__(self, "seed", self.sampling_seed)
+            object.__setattr__(self, "sampling_seed", None)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> SamplingParams:
@@ -153,12 +234,12 @@ class SamplingParams:
         if unknown:
             raise TypeError(f"unknown sampling parameter(s) {unknown}; known: {sorted(FIELDS)}")
         given = {k: v for k, v in kwargs.items() if v is not None}
-        for name in given:
-            spec = FIELDS[name]
-            if not spec.runtime:
-                raise NotImplementedError(f"{name}={given[name]!r}: {name} is not available in this runtime; "
-                                          f"{spec.runtime_missing}")
+        _refuse_unimplemented(given)
         return cls(**given)
+
+    def check_implemented(self) -> None:
+        """NotImplementedError naming a parameter set to something this runtime does not implement."""
+        _refuse_unimplemented({name: getattr(self, name) for name in UNIMPLEMENTED})
 
     @property
     def greedy(self) -> bool:
@@ -167,15 +248,21 @@ class SamplingParams:
     @property
     def grammar(self) -> GrammarSpec | None:
         """The constraint on the output, if any."""
-        if self.regex is not None:
-            return GrammarSpec("regex", self.regex)
-        if self.json_schema is not None:
-            return GrammarSpec("json_schema", self.json_schema)
+        for kind in GRAMMAR_KINDS:
+            if getattr(self, kind) is not None:
+                return GrammarSpec(kind, getattr(self, kind))
         return None
 
-    @property
+    # Read by the sampler every step for every request: computed once per instance (frozen, so never stale).
+    @functools.cached_property
     def uses_penalties(self) -> bool:
-        return self.frequency_penalty != 0 or self.presence_penalty != 0
+        """Whether the output's token counts change the logits (frequency, presence or repetition penalty)."""
+        return self.frequency_penalty != 0 or self.presence_penalty != 0 or self.repetition_penalty != 1
+
+    @functools.cached_property
+    def adjusts_logits(self) -> bool:
+        """Whether the sampler changes this request's logits before the grammar mask (penalties, bias)."""
+        return self.uses_penalties or bool(self.logit_bias)
 
     def replace(self, **changes: Any) -> SamplingParams:
         return dataclasses.replace(self, **changes)
@@ -183,6 +270,16 @@ class SamplingParams:
 
 FIELDS: dict[str, Spec] = {f.name: f.metadata["spec"] for f in dataclasses.fields(SamplingParams)}
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
+UNIMPLEMENTED: tuple[str, ...] = tuple(name for name, spec in FIELDS.items() if not spec.runtime)
+
+
+def _refuse_unimplemented(values: Mapping[str, Any]) -> None:
+    """NotImplementedError for the first parameter this runtime lacks that is set to a non-default value."""
+    for name in UNIMPLEMENTED:
+        value = values.get(name)
+        if value is not None and value != DEFAULTS[name]:
+            raise NotImplementedError(f"{name}={value!r}: {name} is not available in this runtime; "
+                                      f"{FIELDS[name].runtime_missing}")
 
 
 # ---------------------------------------------------------------------------- derived translations

@@ -1,12 +1,22 @@
-"""Tokenizer access for the engine: encoding prompts, detokenizing outputs and matching stop strings."""
+"""Tokenizer access for the engine: encoding prompts, detokenizing outputs, matching stop strings/regexes."""
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import regex  # a dependency of transformers: its partial matching holds back streamed text
 from transformers import AutoTokenizer
+
+from sglbench.runtime.grammar import xgrammar_regex  # the one restatement of Python's regex dialect
+
+try:
+    from re import _parser as _sre_parse
+except ImportError:  # Python 3.10
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
 
 
 class Tokenizer:
@@ -28,9 +38,17 @@ class Tokenizer:
         with self._lock:
             return list(self.hf.encode(text, add_special_tokens=False))
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True,
+               spaces_between_special_tokens: bool = True) -> str:
+        """Text of ids; spaces_between_special_tokens=False is passed on (slow tokenizers honour it)."""
+        extra = {} if spaces_between_special_tokens else {"spaces_between_special_tokens": False}
         with self._lock:
-            return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
+            return self.hf.decode(ids, skip_special_tokens=skip_special_tokens, **extra)
+
+    @functools.cached_property
+    def special_ids(self) -> frozenset[int]:
+        """Ids whose text skip_special_tokens drops."""
+        return frozenset(self.hf.all_special_ids)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -48,8 +66,8 @@ class Tokenizer:
 
 @dataclass(frozen=True)
 class StopMatch:
-    text: str  # output text cut before the stop string
-    matched: str
+    text: str  # output text cut before the stop string (or the stop regex's match)
+    matched: str  # the stop string, or the stop regex's pattern (as SGLang reports it)
 
 
 def find_stop(text: str, stops: tuple[str, ...], search_from: int) -> StopMatch | None:
@@ -62,9 +80,55 @@ def find_stop(text: str, stops: tuple[str, ...], search_from: int) -> StopMatch 
     return best
 
 
-def streamable_length(text: str, stops: tuple[str, ...]) -> int:
-    """How much of text can be shown now: hold back an incomplete UTF-8 character and any tail that
-    could still grow into a stop string, so streamed text never contains what is later cut."""
+@functools.lru_cache(maxsize=256)
+def _stop_regex(pattern: str) -> tuple[re.Pattern, int | None]:
+    """pattern compiled, and the most characters a match spans (None: unbounded)."""
+    try:
+        high = _sre_parse.parse(pattern).getwidth()[1]
+    except Exception:  # Python's private parser changed: search all the text
+        high = None
+    return re.compile(pattern), (high if high is not None and high < 1 << 16 else None)
+
+
+def find_stop_regex(text: str, patterns: tuple[str, ...], search_from: int) -> StopMatch | None:
+    """Earliest match of a stop regex that ends after search_from (text before it was searched when it
+    was new), so each step searches only the tail a match can span; StopMatch.matched is the pattern."""
+    best: tuple[int, str] | None = None
+    for pattern in patterns:
+        compiled, width = _stop_regex(pattern)
+        m = compiled.search(text, 0 if width is None else max(0, search_from - width + 1))
+        if m is not None and (best is None or m.start() < best[0]):
+            best = (m.start(), pattern)
+    return None if best is None else StopMatch(text[: best[0]], best[1])
+
+
+@functools.lru_cache(maxsize=256)
+def _growable(pattern: str) -> regex.Pattern | None:
+    """For partial matching: pattern restated with its character classes spelled out and its edge anchors
+    dropped (a superset of its matches), which the regex module reads as `re` reads the original (its own
+    \\w, \\s and \\d differ from re's). None when the restatement refuses a construct (lookarounds, \\b)."""
+    try:
+        return regex.compile(xgrammar_regex(pattern))
+    except ValueError:
+        return None
+
+
+def _regex_hold(text: str, pattern: str, shown: int) -> int:
+    """Where the tail of text that could still grow into a match of pattern starts (len(text): none);
+    text before `shown` is already streamed and was checked when it was the tail."""
+    width = _stop_regex(pattern)[1]
+    first = max(shown, 0 if width is None else len(text) - width + 1)
+    grow = _growable(pattern)
+    if grow is None:  # hold back all a match could span
+        return first if width is not None else shown
+    return next((p for p in range(first, len(text)) if grow.fullmatch(text, p, partial=True)), len(text))
+
+
+def streamable_length(text: str, stops: tuple[str, ...], stop_regex: tuple[str, ...] = (),
+                      shown: int = 0) -> int:
+    """How much of text can be shown now: hold back an incomplete UTF-8 character and any tail that could
+    still grow into a stop string or a stop regex's match, so streamed text never contains what is later
+    cut. shown: characters already streamed."""
     end = len(text)
     while end > 0 and text[end - 1] == "\ufffd":
         end -= 1
@@ -73,4 +137,6 @@ def streamable_length(text: str, stops: tuple[str, ...]) -> int:
             if text[:end].endswith(stop[:k]):
                 end = min(end, len(text[:end]) - k)
                 break
+    for pattern in stop_regex:
+        end = min(end, _regex_hold(text, pattern, shown))
     return end

@@ -29,7 +29,7 @@ from sglbench.lang.backend.scoring import decide
 from sglbench.lang.chat_template import ChatTemplate, chat_template_from_tokenizer
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.ir import SglSamplingParams
-from sglbench.runtime.grammar import tokenizer_info
+from sglbench.runtime.grammar import tokenizer_info, xgrammar_regex
 from sglbench.runtime.sampling_params import GrammarSpec, SamplingParams
 
 GATHER_S = 0.01  # a batch closes once no call arrived for this long
@@ -273,7 +273,7 @@ class TransformersBackend(BaseBackend):
             if self._compiler is None:
                 info = tokenizer_info(self.tokenizer, self.model.config.vocab_size, tuple(sorted(self._eos)))
                 self._compiler = xgr.GrammarCompiler(info)
-            self._grammars[spec] = (self._compiler.compile_regex(spec.pattern) if spec.kind == "regex"
+            self._grammars[spec] = (self._compiler.compile_regex(xgrammar_regex(spec.pattern)) if spec.kind == "regex"
                                     else self._compiler.compile_json_schema(spec.pattern, any_whitespace=False))
         return self._grammars[spec]
 
