@@ -18,10 +18,13 @@ import torch
 from sglbench.ids import new_id
 from sglbench.runtime import extensions
 from sglbench.runtime.engine import Engine, EngineConfig, EngineMetrics
+from sglbench.runtime.generate_args import parse_generate_call
+from sglbench.runtime.model_resolution import resolve_model_path
 from sglbench.runtime.records import ModelInfo
 from sglbench.runtime.request import Request, RequestHandle
 from sglbench.runtime.sampling_params import SamplingParams
 
+Prompts = str | list[int] | list[str] | list[list[int]]
 _instance_counter = itertools.count()
 _STOP = object()  # sentinel command: leave the engine loop
 
@@ -89,8 +92,9 @@ class Runtime:
             from sglbench.default_model import default_model_path
 
             model_path = default_model_path()
+        model_path = resolve_model_path(model_path)  # a Hugging Face id ("org/name") becomes its cached folder
         self.config = EngineConfig(
-            model_path=str(model_path), device=resolve_device(device), dtype=dtype, max_total_tokens=max_total_tokens,
+            model_path=model_path, device=resolve_device(device), dtype=dtype, max_total_tokens=max_total_tokens,
             mem_fraction_static=mem_fraction_static, context_length=context_length,
             attention_backend=attention_backend, disable_radix_cache=disable_radix_cache,
             schedule_policy=schedule_policy, max_running_requests=max_running_requests,
@@ -173,6 +177,7 @@ class Runtime:
             raise RuntimeError("the runtime has been shut down")
         input_ids = self._to_ids(prompt)
         self.engine.validate_prompt(input_ids, sampling.max_new_tokens)
+        self.engine.validate_params(sampling)
         spec = sampling.grammar
         matcher = self.engine.grammars.matcher(spec) if spec is not None else None
         rid = rid or new_id()
@@ -199,33 +204,39 @@ class Runtime:
         seeds = [None if sampling.seed is None else sampling.seed + i for i in range(sampling.n)]
         return [self.submit(prompt, sampling.replace(n=1, seed=s), program_id=program_id) for s in seeds]
 
-    def generate(self, prompt: str | list[int] | list[str] | list[list[int]], **sampling_kwargs) -> dict | list:
+    def generate(self, prompt: Prompts | None = None, sampling_params: dict | list[dict] | None = None,
+                 input_ids: list[int] | list[list[int]] | None = None, **sampling_kwargs) -> dict | list:
         """Blocking generation. A single prompt gives a result dict (a list of n dicts when n > 1);
-        a list of prompts gives a list of those."""
-        sampling = SamplingParams.from_kwargs(**sampling_kwargs)
-        if _is_batch(prompt):
-            groups = [self._submit_all(p, sampling) for p in prompt]
-            return [_collect(g, sampling.n) for g in groups]
-        return _collect(self._submit_all(prompt, sampling), sampling.n)
+        a list of prompts gives a list of those. Sampling parameters come as keywords
+        (`rt.generate(p, max_new_tokens=8)`) or SGLang style, `sampling_params={...}` (one dict, or one per
+        prompt); the prompt as text or token ids, or as `input_ids=` instead."""
+        call = parse_generate_call(prompt, sampling_params, input_ids, sampling_kwargs)
+        groups = [self._submit_all(p, s) for p, s in zip(call.prompts, call.params)]
+        results = [_collect(g, s.n) for g, s in zip(groups, call.params)]
+        return results if call.batch else results[0]
 
-    def generate_stream(self, prompt: str | list[int], **sampling_kwargs) -> Iterator[str]:
-        """Yield text pieces as they are decoded (stop strings are never shown)."""
-        sampling = SamplingParams.from_kwargs(**sampling_kwargs)
-        if sampling.n != 1:
-            raise ValueError("streaming supports n=1 only")
-        handle = self.submit(prompt, sampling)
+    def generate_stream(self, prompt: str | list[int] | None = None, sampling_params: dict | None = None,
+                        input_ids: list[int] | None = None, **sampling_kwargs) -> Iterator[str]:
+        """Yield text pieces as they are decoded (stop strings are never shown); arguments as `generate`'s,
+        for one request with n=1."""
+        handle = self.submit(*_one_stream(prompt, sampling_params, input_ids, sampling_kwargs))
         yield from handle.iter_text()
 
-    async def async_generate(self, prompt: str | list[int], **sampling_kwargs) -> dict | list:
-        """Awaitable generation; the event loop stays free while the engine works."""
-        sampling = SamplingParams.from_kwargs(**sampling_kwargs)
-        handles = self._submit_all(prompt, sampling)
-        results = [await h.async_result() for h in handles]
-        return results[0] if sampling.n == 1 else results
+    async def async_generate(self, prompt: Prompts | None = None, sampling_params: dict | list[dict] | None = None,
+                             input_ids: list[int] | list[list[int]] | None = None, **sampling_kwargs) -> dict | list:
+        """Awaitable `generate` (same arguments and results); the event loop stays free while the engine works."""
+        call = parse_generate_call(prompt, sampling_params, input_ids, sampling_kwargs)
+        groups = [self._submit_all(p, s) for p, s in zip(call.prompts, call.params)]
+        results = []
+        for handles, params in zip(groups, call.params):
+            samples = [await h.async_result() for h in handles]
+            results.append(samples[0] if params.n == 1 else samples)
+        return results if call.batch else results[0]
 
-    async def async_generate_stream(self, prompt: str | list[int], **sampling_kwargs) -> AsyncIterator[str]:
-        """Async iterator of text pieces; the event loop stays free while the engine works."""
-        handle = self.submit(prompt, SamplingParams.from_kwargs(**sampling_kwargs))
+    async def async_generate_stream(self, prompt: str | list[int] | None = None, sampling_params: dict | None = None,
+                                    input_ids: list[int] | None = None, **sampling_kwargs) -> AsyncIterator[str]:
+        """Async iterator of text pieces (arguments as `generate_stream`'s); the event loop stays free."""
+        handle = self.submit(*_one_stream(prompt, sampling_params, input_ids, sampling_kwargs))
         async for piece in handle.aiter_text():
             yield piece
 
@@ -286,8 +297,14 @@ class Runtime:
         return extensions.resolve("report")(self, path, graphs=graphs, bench=bench)
 
 
-def _is_batch(prompt) -> bool:
-    return isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
+def _one_stream(prompt, sampling_params, input_ids, sampling_kwargs) -> tuple[str | list[int], SamplingParams]:
+    """The one (prompt, params) a streaming call takes: streams carry a single request with n=1."""
+    call = parse_generate_call(prompt, sampling_params, input_ids, sampling_kwargs)
+    if call.batch:
+        raise ValueError("streaming takes one prompt, not a batch")
+    if call.params[0].n != 1:
+        raise ValueError("streaming supports n=1 only")
+    return call.prompts[0], call.params[0]
 
 
 def _collect(handles: list[RequestHandle], n: int) -> dict | list:
