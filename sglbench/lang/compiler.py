@@ -20,8 +20,8 @@ from sglbench.lang.tracer import ProgramGraph, trace_program
 if TYPE_CHECKING:
     from sglbench.lang.function import SglFunction
 
-_EXPRESSION_KINDS = frozenset(
-    {"gen", "select", "role_begin", "role_end", "var_scope_begin", "var_scope_end", "image"})
+_EXPRESSION_KINDS = frozenset({"gen", "select", "role_begin", "role_end", "var_scope_begin", "var_scope_end",
+                               "image", "video", "separate_reasoning"})
 
 
 def replay(graph: ProgramGraph, arguments: dict[str, Any]) -> Body:
@@ -78,11 +78,12 @@ class CompiledFunction:
         body = replay(self.graph, self.program.resolve_arguments(arguments))
         return run_program(self.program.name, body, resolve_backend(backend or self.backend), defaults, stream)
 
-    def run_batch(self, batch_kwargs: list[dict[str, Any]], *, backend: Any = None, num_threads: int | str = "auto",
-                  progress_bar: bool = False, generator_style: bool = False,
+    def run_batch(self, batch_kwargs: list[dict[str, Any]] | list[tuple], *, backend: Any = None,
+                  num_threads: int | str = "auto", progress_bar: bool = False, generator_style: bool = False,
                   **options: Any) -> list[ProgramState] | Iterator[ProgramState]:
         defaults = self.program.sampling_defaults(options)
-        bodies = [replay(self.graph, self.program.resolve_arguments(kw)) for kw in self.program.check_batch(batch_kwargs)]
+        bodies = [replay(self.graph, self.program.resolve_arguments(kw, args))
+                  for args, kw in self.program.check_batch(batch_kwargs)]
         resolved = resolve_backend(backend or self.backend)
         self.program.precache(self.graph, resolved, len(bodies))
         return run_program_batch(self.program.name, bodies, resolved, defaults, num_threads, progress_bar,

@@ -35,11 +35,14 @@ from sglbench.lang.ir import (
     SglRoleEnd,
     SglSamplingParams,
     SglSelect,
+    SglSeparateReasoning,
     SglVariable,
     SglVarScopeBegin,
     SglVarScopeEnd,
+    SglVideo,
     as_expr,
 )
+from sglbench.lang.reasoning import reasoning_format, split_reasoning
 from sglbench.lang.state_api import StateGroupMethods, StateMethods, check_join_mode, fork_size
 from sglbench.lang.telemetry import ForkEdge, JoinEdge, ProgramTelemetry, call_record, register_run
 
@@ -93,15 +96,33 @@ class _SetVar:
 _END = object()
 
 
+def _replace_last(transcript: Transcript, old: str, new: str) -> None:
+    """Replace the last occurrence of old in the transcript, also in the closed message that holds it."""
+    at = transcript.text.rfind(old)
+    if at < 0 or old == new:
+        return
+    transcript.text = transcript.text[:at] + new + transcript.text[at + len(old):]
+    if transcript.role is not None and at >= transcript.role_begin:
+        return  # the open role's message is taken from the text when it ends
+    if transcript.role is not None:
+        transcript.role_begin += len(new) - len(old)
+    message = next((m for m in reversed(transcript.messages) if old in m["content"]), None)
+    if message is not None:
+        head, _, tail = message["content"].rpartition(old)
+        message["content"] = head + new + tail
+
+
 # ---------------------------------------------------------------------------- one program run
 class ProgramRun:
     """One execution of a program: its backend, defaults, telemetry and every state it created."""
 
-    def __init__(self, backend: BaseBackend, defaults: SglSamplingParams, stream: bool, name: str):
+    def __init__(self, backend: BaseBackend, defaults: SglSamplingParams, stream: bool, name: str,
+                 use_thread: bool = True):
         self.program_id = new_id()
         self.backend = backend
         self.defaults = defaults
         self.stream = stream
+        self.use_thread = use_thread  # False: each `s += ...` returns once it has run (SGLang's use_thread)
         self.chat_template = backend.get_chat_template()
         self.telemetry = ProgramTelemetry(self.program_id, name)
         self.body_error: BaseException | None = None
@@ -161,6 +182,7 @@ class StreamExecutor:
         self._variables: dict[str, Any] = {}
         self._meta_info: dict[str, Any] = {}
         self._partial: dict[str, str] = {}  # variables being streamed
+        self._chunks: dict[str, list[tuple[str, dict | None]]] = {}  # streamed variables' (delta, meta so far)
         self._assigned: list[str] = []  # variables set since the state began (or forked)
         self._scopes: dict[str, int] = {}
         self._fork_pos = 0  # text length when this state was forked
@@ -178,9 +200,24 @@ class StreamExecutor:
         with self._cond:
             if self._ended:
                 raise RuntimeError("this state has finished (its program returned or its fork was joined)")
-            self._queue.append(item)
-            self._pending += 1
-            self._last_active = time.monotonic()
+            self._enqueue(item)
+
+    def _enqueue(self, item: Any) -> None:
+        """Queue item for the worker (caller holds _cond)."""
+        self._queue.append(item)
+        self._pending += 1
+        self._last_active = time.monotonic()
+        self._cond.notify_all()
+
+    def set_var(self, name: str, value: Any) -> None:
+        """Set variable name after the work queued so far; on a finished state (SGLang allows it, e.g.
+        `state["x"] = int(state["x"])` after run() returns) once its remaining work is done."""
+        with self._cond:
+            if not self._ended:
+                self._enqueue(_SetVar(name, value))
+                return
+            self._cond.wait_for(lambda: self._finished)
+            self._set(name, value, self._meta_info.get(name))
             self._cond.notify_all()
 
     def end(self) -> None:
@@ -247,6 +284,21 @@ class StreamExecutor:
                     )
                 self._cond.wait(timeout - idle)
 
+    def wait_chunks(self, var: str, index: int) -> tuple[list[tuple[str, dict | None]], bool]:
+        """A variable's stream items (delta, meta_info so far or None) from index on, and whether they are
+        all; a variable set without streaming is one item (its value, its meta_info)."""
+        with self._cond:
+            while True:
+                done = var in self._variables and var not in self._partial
+                chunks = self._chunks.get(var)
+                if chunks is None and done:
+                    return ([(str(self._variables[var]), self._meta_info.get(var))] if index == 0 else []), True
+                if chunks is not None and (len(chunks) > index or done):
+                    return chunks[index:], done
+                if self._finished:
+                    return [], True
+                self._cond.wait()
+
     def wait_stream(self, var: str | None, pos: int) -> tuple[str, bool]:
         """Text after pos of the whole state (var None) or of variable var, and whether it is final."""
         with self._cond:
@@ -310,16 +362,20 @@ class StreamExecutor:
         elif isinstance(item, SglVariable):
             self._execute(as_expr(item.source.get_var(item.name)))
         elif isinstance(item, _SetVar):
-            self._update(lambda: self._set(item.name, item.value, None))
+            self._update(lambda: self._set(item.name, item.value, self._meta_info.get(item.name)))
+        elif isinstance(item, SglSeparateReasoning):
+            self._separate_reasoning(item)
         elif isinstance(item, _ForkPoint):
             self._fork_point(item)
         elif isinstance(item, _ForkStart):
             self._fork_start(item)
         elif isinstance(item, _Join):
             self._join(item)
-        elif isinstance(item, SglImage):
-            raise ValueError(f"sgl.image({item.path!r}): {self.run.backend!r} serves a text-only model; "
-                             "images need a vision-language model")
+        elif isinstance(item, (SglImage, SglVideo)):
+            call = f"sgl.image({item.path!r})" if isinstance(item, SglImage) else \
+                f"sgl.video({item.path!r}, {item.num_frames})"
+            raise ValueError(f"{call}: {self.run.backend!r} serves a text-only model; images and videos need a "
+                             "vision-language model, which sglbench does not run")
         else:
             raise TypeError(f"cannot execute {item!r}")
 
@@ -350,13 +406,16 @@ class StreamExecutor:
         ctx, started, name = self._context(), time.time(), expr.name
         if self.run.stream and params.n in (None, 1):
             pieces, meta = [], {}
+            if name is not None:
+                self._update(lambda: (self._partial.__setitem__(name, ""), self._chunks.__setitem__(name, [])))
             for delta, chunk_meta in self.run.backend.generate_stream(ctx, params):
                 pieces.append(delta)
                 meta = chunk_meta if chunk_meta is not None else meta
                 with self._cond:
                     self._transcript.fill(delta)
                     if name is not None:
-                        self._partial[name] = self._partial.get(name, "") + delta
+                        self._partial[name] += delta
+                        self._chunks[name].append((delta, chunk_meta))
                     self._cond.notify_all()
             comp: Any = "".join(pieces)
         else:
@@ -374,6 +433,23 @@ class StreamExecutor:
             self._transcript.fill(decision.decision)
             if expr.name is not None:
                 self._set(expr.name, decision.decision, decision.meta_info)
+            self._cond.notify_all()
+
+    def _separate_reasoning(self, item: SglSeparateReasoning) -> None:
+        """Split each named output into its reasoning and answer variables; the program's text keeps only the
+        answer, except when streaming (the reasoning was already streamed; SGLang then splits nothing)."""
+        fmt = reasoning_format(item.model_type)
+        with self._cond:
+            for name in item.names:
+                value = self._variables.get(name)
+                if not isinstance(value, str):
+                    raise ValueError(f"separate_reasoning: variable {name!r} holds {type(value).__name__}, not "
+                                     "one generated text (n > 1 samples cannot be split)")
+                reasoning, answer = split_reasoning(value, fmt)
+                self._set(name, answer, self._meta_info.get(name))
+                self._set(item.reasoning_name(name), reasoning, self._meta_info.get(name))
+                if not self.run.stream:
+                    _replace_last(self._transcript, value, answer)
             self._cond.notify_all()
 
     def _var_scope_end(self, name: str) -> None:
@@ -438,13 +514,18 @@ class ProgramState(StateMethods):
 
     def _add(self, expr: SglExpr) -> None:
         self._executor.submit(expr)
+        if not self._executor.run.use_thread:
+            self._executor.sync()
+            if self._executor.error is not None:
+                raise self._executor.error
 
     # variables
     def get_var(self, name: str) -> Any:
         return self._executor.get_var(name)
 
     def set_var(self, name: str, value: Any) -> None:
-        self._executor.submit(_SetVar(name, value))
+        """Set variable name, in program order; also allowed once the program has finished."""
+        self._executor.set_var(name, value)
 
     def __getitem__(self, name: str) -> Any:
         return self.get_var(name)
@@ -475,6 +556,8 @@ class ProgramState(StateMethods):
         self._executor.sync()
 
     def error(self) -> BaseException | None:
+        """The program's first error (its Python code's, else a state's), once this state's work is done."""
+        self._executor.sync()
         return self._executor.run.error()
 
     @property
@@ -489,8 +572,9 @@ class ProgramState(StateMethods):
     def state_id(self) -> str:
         return self._executor.sid
 
-    def fork(self, size: int = 1) -> ProgramStateGroup:
-        """size copies of this state as it is at this point of the program."""
+    def fork(self, size: int = 1, position_ids_offset: list[int] | None = None) -> ProgramStateGroup:
+        """size copies of this state as it is at this point of the program; returns at once.
+        position_ids_offset is accepted for SGLang's signature; its interpreter does not use it either."""
         size = fork_size(size)
         children = [self._executor.run.new_executor() for _ in range(size)]
         future: Future = Future()
@@ -500,37 +584,35 @@ class ProgramState(StateMethods):
         return ProgramStateGroup([ProgramState(c) for c in children], self)
 
     # streaming
-    def text_iter(self, var: str | None = None) -> Iterator[Any]:
+    def text_iter(self, var_name: str | None = None) -> Iterator[Any]:
         """Yield text as it is generated (run(stream=True)); otherwise the final text or value once."""
+        return self._stream(var_name, False)
+
+    async def text_async_iter(self, var_name: str | None = None,
+                              return_meta_data: bool = False) -> AsyncIterator[Any]:
+        """`text_iter` for asyncio. With return_meta_data and a var_name, (text, meta_info) pairs in SGLang's
+        streaming shape: each chunk's meta_info has the counts so far (completion_tokens, ...) and, with
+        logprobs, that chunk's own output_token_logprobs and their running total output_token_logprobs_length."""
+        loop = asyncio.get_running_loop()
+        chunks = self._stream(var_name, return_meta_data)
+        while (item := await loop.run_in_executor(None, next, chunks, _END)) is not _END:
+            yield item
+
+    def _stream(self, var_name: str | None, with_meta: bool) -> Iterator[Any]:
+        with_meta = with_meta and var_name is not None
         if not self._executor.run.stream:
-            yield self.text() if var is None else self.get_var(var)
+            value = self.text() if var_name is None else self.get_var(var_name)
+            yield (value, self._executor.meta_info(var_name)) if with_meta else value
+            return
+        if with_meta:
+            yield from _meta_chunks(self._executor, var_name)  # type: ignore[arg-type]
             return
         pos = 0
         while True:
-            chunk, final = self._executor.wait_stream(var, pos)
+            chunk, final = self._executor.wait_stream(var_name, pos)
             pos += len(chunk)
             if chunk:
                 yield chunk
-            if final:
-                return
-
-    async def text_async_iter(self, var: str | None = None, return_meta_data: bool = False) -> AsyncIterator[Any]:
-        """`text_iter` for asyncio; with return_meta_data and a var, yields (text, meta_info) pairs."""
-        loop = asyncio.get_running_loop()
-
-        def item(chunk: Any) -> Any:
-            return (chunk, self._executor.meta_info(var)) if return_meta_data and var is not None else chunk
-
-        if not self._executor.run.stream:
-            value = await loop.run_in_executor(None, self.text if var is None else lambda: self.get_var(var))
-            yield item(value)
-            return
-        pos = 0
-        while True:
-            chunk, final = await loop.run_in_executor(None, self._executor.wait_stream, var, pos)
-            pos += len(chunk)
-            if chunk:
-                yield item(chunk)
             if final:
                 return
 
@@ -559,15 +641,58 @@ class ProgramStateGroup(StateGroupMethods):
             child.end()
 
 
+# ---------------------------------------------------------------------------- streaming with meta_info
+_INCREMENTAL_META = ("output_token_logprobs", "output_top_logprobs", "output_token_ids_logprobs")
+
+
+def _chunk_meta(meta: dict | None, consumed: dict[str, int]) -> dict:
+    """A chunk's meta_info from the meta_info so far: the incremental lists cut to what is new since the
+    last chunk (consumed counts what earlier chunks had), plus SGLang's output_token_logprobs_length."""
+    out = dict(meta or {})
+    for key in _INCREMENTAL_META:
+        if isinstance(out.get(key), list):
+            out[key] = out[key][consumed.get(key, 0):]
+            consumed[key] = len(meta[key])  # type: ignore[index]
+    if "output_token_logprobs" in out:
+        out["output_token_logprobs_length"] = consumed["output_token_logprobs"]
+    return out
+
+
+def _meta_chunks(executor: StreamExecutor, var: str) -> Iterator[tuple[str, dict]]:
+    """A streamed variable as (text, meta_info) chunks whose text and logprobs agree: text waits for the
+    meta_info that covers it, and each chunk is held until the next, so that meta_info arriving without
+    text (e.g. the final token's) joins the last chunk."""
+    index, pending, consumed = 0, "", {}
+    held: tuple[str, dict | None] | None = None
+    while True:
+        items, final = executor.wait_chunks(var, index)
+        index += len(items)
+        for text, meta in items:
+            pending += text
+            if meta is None:
+                continue
+            if held is not None and held[0] and pending:
+                yield held[0], _chunk_meta(held[1], consumed)
+                held = None
+            held = (held[0] if held is not None and not pending else pending, meta)
+            pending = ""
+        if final:
+            break
+    if held is not None or pending:
+        text, meta = held if held is not None else ("", None)
+        if text + pending:
+            yield text + pending, _chunk_meta(meta, consumed)
+
+
 # ---------------------------------------------------------------------------- running programs
 Body = Callable[[ProgramState], Any]
 
 
 def run_program(name: str, body: Body, backend: BaseBackend, defaults: SglSamplingParams, stream: bool = False,
-                capture_errors: bool = False) -> ProgramState:
+                capture_errors: bool = False, use_thread: bool = True) -> ProgramState:
     """Run body(s) on a fresh state. Blocks until every state of the program finished, unless stream;
     an exception in body is re-raised unless capture_errors (then `state.error()` returns it)."""
-    run = ProgramRun(backend, defaults, stream, name)
+    run = ProgramRun(backend, defaults, stream, name, use_thread)
     state = ProgramState(run.new_executor())
 
     def execute() -> BaseException | None:
@@ -577,6 +702,9 @@ def run_program(name: str, body: Body, backend: BaseBackend, defaults: SglSampli
         except Exception as exc:
             error = exc
         run.close(error)
+        if global_config.verbosity >= 2:
+            run.wait()
+            print(state.text())
         return error
 
     if stream:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sglbench.lang.global_config import global_config
 from sglbench.runtime.sampling_params import FIELDS as SAMPLING_FIELDS
 
 if TYPE_CHECKING:
@@ -65,10 +66,12 @@ class SglSamplingParams:
     json_schema: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("stop", "stop_regex"):  # one string or several, as in SGLang
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, tuple(value))
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        elif self.stop is not None:
-            object.__setattr__(self, "stop", tuple(self.stop))
         if self.stop_token_ids is not None:
             object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if self.dtype is not None:
@@ -92,6 +95,14 @@ class SglSamplingParams:
         """base with every field that is set here (not None) overridden."""
         changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
         return dataclasses.replace(base, **changes)
+
+
+def decoding_options() -> dict[str, Any]:
+    """global_config's detokenization settings under the engine's names (those the engine defines): what every
+    backend sends beside a gen's own parameters, as SGLang's RuntimeEndpoint does."""
+    values = {"skip_special_tokens": global_config.skip_special_tokens_in_output,
+              "spaces_between_special_tokens": global_config.spaces_between_special_tokens_in_out}
+    return {name: value for name, value in values.items() if name in SAMPLING_FIELDS}
 
 
 class SglExpr:
@@ -136,6 +147,11 @@ class SglGen(SglExpr):
     name: str | None
     params: SglSamplingParams
 
+    @property
+    def sampling_params(self) -> SglSamplingParams:
+        """SGLang's name for params."""
+        return self.params
+
 
 @dataclass(frozen=True, eq=False)
 class SglSelect(SglExpr):
@@ -168,6 +184,25 @@ class SglVarScopeEnd(SglExpr):
 @dataclass(frozen=True, eq=False)
 class SglImage(SglExpr):
     path: str
+
+
+@dataclass(frozen=True, eq=False)
+class SglVideo(SglExpr):
+    path: str
+    num_frames: int
+
+
+@dataclass(frozen=True, eq=False)
+class SglSeparateReasoning(SglExpr):
+    """After the expression it follows: split each named gen/select's output into its reasoning (variable
+    `{name}_reasoning_content`) and its answer (variable `name`), by model_type's thinking markers."""
+
+    model_type: str
+    names: tuple[str, ...]
+
+    @staticmethod
+    def reasoning_name(name: str) -> str:
+        return f"{name}_reasoning_content"
 
 
 class _Placeholder(SglExpr):

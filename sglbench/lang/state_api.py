@@ -58,6 +58,19 @@ class StateMethods(ABC):
         yield
         self._add(SglVarScopeEnd(name))
 
+    @abstractmethod
+    def fork(self, size: int = 1, position_ids_offset: list[int] | None = None):
+        """size copies of this state at this point of the program, as a group to join."""
+
+    @contextmanager
+    def copy(self, position_ids_offset: list[int] | None = None) -> Iterator[Any]:
+        """`with s.copy() as c:` a fork of s to work on; joined (gather_variable) when the block ends."""
+        group = self.fork(1, position_ids_offset)
+        try:
+            yield group[0]
+        finally:
+            group.join()
+
 
 class StateGroupMethods:
     """Mixin for fork groups: `forks += x` adds x to every fork; x may be a list (one item per fork)
@@ -82,6 +95,11 @@ class StateGroupMethods:
 
     def __getitem__(self, i: int):
         return self.states[i]
+
+    def __setitem__(self, i: int, value: Any) -> None:
+        """What `forks[i] += x` ends with: storing back the same fork (a fork cannot be replaced)."""
+        if value is not self.states[i]:
+            raise TypeError(f"forks[{i}] can only be added to (forks[{i}] += ...), not replaced")
 
     def __len__(self) -> int:
         return len(self.states)

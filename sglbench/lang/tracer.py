@@ -26,9 +26,11 @@ from sglbench.lang.ir import (
     SglRoleBegin,
     SglRoleEnd,
     SglSelect,
+    SglSeparateReasoning,
     SglVariable,
     SglVarScopeBegin,
     SglVarScopeEnd,
+    SglVideo,
     TracingError,
     _Placeholder,
 )
@@ -61,7 +63,7 @@ class TraceNode:
 
     id: int
     kind: str  # text argument gen select role_begin role_end var_scope_begin var_scope_end variable set_var
-    #            image fork fork_item join
+    #            image video separate_reasoning fork fork_item join
     state: int
     label: str
     payload: Any = field(default=None, compare=False, repr=False)
@@ -157,12 +159,25 @@ def _label(expr: SglExpr) -> str:
         return f"var_scope {expr.name} {{"
     if isinstance(expr, SglVarScopeEnd):
         return f"}} {expr.name}"
+    if isinstance(expr, SglSeparateReasoning):
+        return f"separate_reasoning {' '.join(expr.names)} ({expr.model_type})"
+    if isinstance(expr, SglVideo):
+        return f"video {expr.path} x{expr.num_frames}"
     assert isinstance(expr, SglImage)
     return f"image {expr.path}"
 
 
+def _produced(expr: SglExpr) -> tuple[str, ...]:
+    """The variables an expression sets."""
+    if isinstance(expr, SglSeparateReasoning):
+        return (*expr.names, *map(expr.reasoning_name, expr.names))
+    name = getattr(expr, "name", None)
+    return () if name is None or isinstance(expr, SglVarScopeBegin) else (name,)
+
+
 _KINDS = {SglGen: "gen", SglSelect: "select", SglRoleBegin: "role_begin", SglRoleEnd: "role_end",
-          SglVarScopeBegin: "var_scope_begin", SglVarScopeEnd: "var_scope_end", SglImage: "image"}
+          SglVarScopeBegin: "var_scope_begin", SglVarScopeEnd: "var_scope_end", SglImage: "image",
+          SglVideo: "video", SglSeparateReasoning: "separate_reasoning"}
 
 
 @dataclass(frozen=True)
@@ -235,8 +250,7 @@ class TracerState(StateMethods):
             self._rec.edges.append(TraceEdge(expr.node, node, "data"))
         elif type(expr) in _KINDS:
             node = self._node(_KINDS[type(expr)], _label(expr), expr)
-            name = getattr(expr, "name", None)
-            if name is not None and not isinstance(expr, SglVarScopeBegin):
+            for name in _produced(expr):
                 self._produce(name, node)
         else:
             raise TypeError(f"cannot trace {expr!r}")
@@ -298,7 +312,7 @@ class TracerState(StateMethods):
     def get_meta_info(self, name: str) -> Any:
         return self._unknown("get_meta_info")
 
-    def fork(self, size: int = 1) -> TracerGroup:
+    def fork(self, size: int = 1, position_ids_offset: list[int] | None = None) -> TracerGroup:
         size = fork_size(size)
         group = self._rec.num_groups
         self._rec.num_groups += 1

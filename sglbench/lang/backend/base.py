@@ -35,7 +35,9 @@ class BaseBackend(ABC):
 
     @abstractmethod
     def generate_stream(self, ctx: CallContext, params: SglSamplingParams) -> Iterator[tuple[str, dict | None]]:
-        """Yield (text delta, None) as text is decoded, then ("", meta_info) once at the end."""
+        """Yield (text delta, meta_info so far or None) as text is decoded, then ("", meta_info) once at the
+        end. A meta_info so far covers every delta up to its own: counts so far and, with logprobs, every
+        output token's logprob so far (the interpreter cuts them into SGLang's per-chunk shape)."""
 
     @abstractmethod
     def select(self, ctx: CallContext, choices: list[str], temperature: float,
@@ -51,6 +53,16 @@ class BaseBackend(ABC):
 
     @abstractmethod
     def get_server_info(self) -> dict[str, Any]: ...
+
+    def get_model_name(self) -> str:
+        """The served model's name or path (SGLang's programs load its tokenizer from it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not tell its model's name")
+
+    @property
+    def endpoint(self) -> BaseBackend:
+        """The backend itself: SGLang programs reach the backend of a `Runtime` (set as the default backend)
+        as `global_config.default_backend.endpoint`, and sglbench stores that backend directly."""
+        return self
 
     def begin_program(self, program_id: str, name: str) -> None:  # noqa: B027 (optional hook)
         """Hint: a program run starts."""

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -34,8 +35,7 @@ from sglbench.lang.backend.prompt_tree import PromptTree
 from sglbench.lang.backend.scoring import decide, logprobs_with_text
 from sglbench.lang.chat_template import ChatTemplate
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
-from sglbench.lang.global_config import global_config
-from sglbench.lang.ir import SglSamplingParams
+from sglbench.lang.ir import SglSamplingParams, decoding_options
 from sglbench.runtime.sampling_params import sglang_request
 from sglbench.sequences import common_prefix_len
 
@@ -58,6 +58,25 @@ def _error_message(response: httpx.Response) -> str:
     return str(body)
 
 
+def _named_template(chat_template: ChatTemplate | str | None, name: str | None) -> ChatTemplate | str | None:
+    """chat_template, or what SGLang's chat_template_name names: only its plain "default" ships here."""
+    if name is None:
+        return chat_template
+    if chat_template is not None:
+        raise ValueError("give chat_template or chat_template_name, not both")
+    if name != "default":
+        raise ValueError(f"chat_template_name={name!r}: sglbench does not ship SGLang's named chat templates (only "
+                         "'default'); pass chat_template= the model's tokenizer folder or a ChatTemplate")
+    return name
+
+
+def _tls(verify: str | bool | None) -> ssl.SSLContext | bool:
+    """httpx's verify from SGLang's (requests') one: a CA bundle path, or a bool."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return True if verify is None else bool(verify)
+
+
 # ---------------------------------------------------------------------------- the backend
 class RuntimeEndpoint(BaseBackend):
     """Runs programs on an SGLang-compatible server: `sglbench serve` or SGLang's `launch_server`.
@@ -65,18 +84,22 @@ class RuntimeEndpoint(BaseBackend):
     >>> backend = RuntimeEndpoint("http://127.0.0.1:30000", api_key="secret")
     >>> sgl.set_default_backend(backend)
 
-    tokenizer_path: a local tokenizer folder of the served model (default: the server's model path when it
-    exists on this machine), used for the chat template and for logprob text. chat_template: a
+    The first four parameters are SGLang's: verify is a CA bundle path (or False) for https;
+    chat_template_name may only be "default" (SGLang's plain template: sglbench does not ship SGLang's named
+    templates). tokenizer_path: a local tokenizer folder of the served model (default: the server's model
+    path when it exists on this machine), used for the chat template and for logprob text. chat_template: a
     ChatTemplate or a tokenizer folder; default: the tokenizer's, else SGLang's plain template.
     """
 
-    def __init__(self, base_url: str, api_key: str | None = None, chat_template: ChatTemplate | str | None = None,
+    def __init__(self, base_url: str, api_key: str | None = None, verify: str | bool | None = None,
+                 chat_template_name: str | None = None, *, chat_template: ChatTemplate | str | None = None,
                  tokenizer_path: str | None = None, timeout: float = 300.0, max_workers: int = 16):
+        chat_template = _named_template(chat_template, chat_template_name)
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=self.base_url, headers=headers,
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, verify=_tls(verify),
                                     timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
                                     limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="sgl-endpoint")
@@ -148,7 +171,7 @@ class RuntimeEndpoint(BaseBackend):
     # ------------------------------------------------------------------ /generate
     def _body(self, text: str, p: SglSamplingParams) -> dict[str, Any]:
         """One /generate body; n is not sent (the client sends n requests that share the prompt)."""
-        values = {**p.engine_values(), "skip_special_tokens": global_config.skip_special_tokens_in_output}
+        values = {**p.engine_values(), **decoding_options()}
         values.pop("n", None)
         body: dict[str, Any] = {"text": text, **sglang_request(values)}
         if p.return_text_in_logprobs and self.tokenizer is None:
@@ -188,12 +211,27 @@ class RuntimeEndpoint(BaseBackend):
             return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _meta(self, meta: dict, params: SglSamplingParams) -> dict:
-        if params.return_text_in_logprobs and self.tokenizer is not None:
-            meta = dict(meta)
-            for key in ("input_token_logprobs", "output_token_logprobs", "output_top_logprobs"):
-                if meta.get(key):
-                    meta[key] = self._with_text(meta[key])
-        return meta
+        """A response's meta_info, logprobs with their text when asked."""
+        return self._merge_chunk({}, meta, params)
+
+    def _merge_chunk(self, so_far: dict, chunk: dict, params: SglSamplingParams) -> dict:
+        """The meta_info so far after one streamed chunk's, logprobs with their text when asked. SGLang
+        sends each chunk's own output logprobs (such chunks carry output_token_logprobs_length); a server
+        that sends all of them so far is read too."""
+        merged = {**so_far, **chunk}
+        merged.pop("output_token_logprobs_length", None)
+        for key in ("input_token_logprobs", "output_token_logprobs", "output_top_logprobs"):
+            if not isinstance(chunk.get(key), list):
+                continue
+            before = so_far.get(key, [])
+            if key == "input_token_logprobs":
+                new = [] if before else chunk[key]  # the prompt's: once
+            else:
+                new = chunk[key] if "output_token_logprobs_length" in chunk else chunk[key][len(before):]
+            if params.return_text_in_logprobs:
+                new = self._with_text(new)
+            merged[key] = before + new
+        return merged
 
     # ------------------------------------------------------------------ BaseBackend
     def generate(self, ctx: CallContext, params: SglSamplingParams) -> tuple[str | list[str], dict | list[dict]]:
@@ -213,7 +251,7 @@ class RuntimeEndpoint(BaseBackend):
         ticket = self.prompt_tree.send(ctx.text)
         meta = None
         try:
-            sent, first, so_far, last = time.time(), None, "", None
+            sent, first, so_far, last, merged = time.time(), None, "", None, {}
             with self._transport("/generate"), self._client.stream("POST", "/generate", json=body) as response:
                 if response.status_code >= 400:
                     response.read()
@@ -227,17 +265,20 @@ class RuntimeEndpoint(BaseBackend):
                     last = json.loads(data)
                     if "error" in last:
                         raise RuntimeError(f"{self.base_url} failed mid-stream: {last['error']}")
+                    chunk_meta = last.get("meta_info") or {}
+                    merged = self._merge_chunk(merged, chunk_meta, params)
                     text = last.get("text", "")
                     if len(text) > len(so_far):  # SGLang streams the text so far
                         first = first or time.time()
-                        yield text[len(so_far):], None
+                        # meta_info that counts the tokens so far covers this text; a bare one ({id}) does not
+                        yield text[len(so_far):], merged if "completion_tokens" in chunk_meta else None
                         so_far = text
             if last is None:
                 raise RuntimeError(f"{self.base_url}/generate closed the stream without a result")
-            meta = client_timings(last.get("meta_info", {}), sent, first, time.time())
+            meta = client_timings(merged, sent, first, time.time())
         finally:
             self.prompt_tree.done(ticket, meta)
-        yield "", self._meta(meta, params)
+        yield "", meta
 
     def select(self, ctx: CallContext, choices: list[str], temperature: float,
                choices_method: ChoicesSamplingMethod) -> ChoicesDecision:
@@ -281,6 +322,10 @@ class RuntimeEndpoint(BaseBackend):
 
     def get_chat_template(self) -> ChatTemplate:
         return self.chat_template
+
+    def get_model_name(self) -> str:
+        """The model path the server reports (/get_model_info), as SGLang's RuntimeEndpoint returns it."""
+        return str(self.model_info["model_path"])
 
     def flush_cache(self) -> bool:
         with self._transport("/flush_cache"):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from sglbench.lang.backend.base import BaseBackend, CallContext
@@ -53,6 +55,17 @@ def _usage_meta(usage: Any) -> dict[str, Any]:
     return meta
 
 
+@dataclass
+class TokenUsage:
+    """Tokens a backend's requests used so far, as the server reported them (SGLang's `token_usage`)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def reset(self) -> None:
+        self.prompt_tokens = self.completion_tokens = 0
+
+
 class OpenAI(BaseBackend):
     """Runs programs on an OpenAI-compatible server.
 
@@ -60,20 +73,27 @@ class OpenAI(BaseBackend):
     >>> sgl.set_default_backend(OpenAI("Qwen/Qwen2.5-7B-Instruct", base_url="http://host:8000/v1",
     ...                                api_key="EMPTY"))                                   # e.g. vLLM
 
-    is_chat_model: None guesses from the name (OpenAI's completion models, else chat). client_kwargs
-    go to `openai.OpenAI` (timeout, max_retries, organization, ...).
+    The first four parameters are SGLang's. is_chat_model: None guesses from the name (OpenAI's completion
+    models, else chat); is_azure: use `openai.AzureOpenAI` (pass its azure_endpoint, api_version, ...).
+    client_kwargs go to the client (timeout, max_retries, organization, ...). `token_usage` adds up the
+    tokens the server reports.
     """
 
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 is_chat_model: bool | None = None, chat_template: ChatTemplate | None = None,
+    def __init__(self, model_name: str, is_chat_model: bool | None = None, chat_template: ChatTemplate | None = None,
+                 is_azure: bool = False, *, base_url: str | None = None, api_key: str | None = None,
                  max_workers: int = 8, **client_kwargs: Any):
         import openai
 
-        self.model = model
-        self.is_chat_model = model not in COMPLETION_MODELS if is_chat_model is None else is_chat_model
+        self.model = self.model_name = model_name
+        self.is_chat_model = model_name not in COMPLETION_MODELS if is_chat_model is None else is_chat_model
         self.chat_template = chat_template or DEFAULT_CHAT_TEMPLATE
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or _env_key(base_url), **client_kwargs)
+        if base_url is not None:
+            client_kwargs["base_url"] = base_url
+        client = openai.AzureOpenAI if is_azure else openai.OpenAI
+        self.client = client(api_key=api_key or _env_key(base_url), **client_kwargs)
         self.base_url = str(self.client.base_url).rstrip("/")
+        self.token_usage = TokenUsage()
+        self._usage_lock = threading.Lock()
         self._openai = openai
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="sgl-openai")
         self.prompt_tree = PromptTree()
@@ -136,6 +156,13 @@ class OpenAI(BaseBackend):
                                                            stream=stream, **self._kwargs(p))
             return self.client.completions.create(model=self.model, prompt=ctx.text, stream=stream, **self._kwargs(p))
 
+    def _count(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """Add a response's usage to token_usage; returns it."""
+        with self._usage_lock:
+            self.token_usage.prompt_tokens += usage["prompt_tokens"]
+            self.token_usage.completion_tokens += usage["completion_tokens"]
+        return usage
+
     def _text(self, choice: Any) -> str:
         return (choice.message.content or "") if self.is_chat_model else choice.text
 
@@ -149,7 +176,7 @@ class OpenAI(BaseBackend):
             sent = time.time()
             response = self._create(ctx, params, stream=False)
             received = time.time()
-            usage = _usage_meta(response.usage)
+            usage = self._count(_usage_meta(response.usage))
             metas = [client_timings({"id": f"{response.id}-{c.index}" if (params.n or 1) > 1 else response.id,
                                      **(usage if i == 0 else {"prompt_tokens": 0, "completion_tokens": 0}),
                                      "finish_reason": {"type": c.finish_reason} if c.finish_reason else None},
@@ -182,7 +209,8 @@ class OpenAI(BaseBackend):
                         first = first or time.time()
                         yield piece, None
             finish = {"type": reason} if reason else None
-            meta = client_timings({"id": rid, **_usage_meta(usage), "finish_reason": finish}, sent, first, time.time())
+            meta = client_timings({"id": rid, **self._count(_usage_meta(usage)), "finish_reason": finish}, sent, first,
+                                  time.time())
         finally:
             self.prompt_tree.done(ticket, meta)
         yield "", meta
@@ -215,7 +243,8 @@ class OpenAI(BaseBackend):
                 # max_tokens=1: servers such as vLLM refuse 0; the sampled token is dropped below.
                 response = self.client.completions.create(model=self.model, prompt=text, max_tokens=1, echo=True,
                                                           logprobs=1, temperature=0)
-            meta = client_timings({"id": response.id, **_usage_meta(response.usage)}, sent, None, time.time())
+            meta = client_timings({"id": response.id, **self._count(_usage_meta(response.usage))}, sent, None,
+                                  time.time())
         finally:
             self.prompt_tree.done(ticket, meta)
         lp = response.choices[0].logprobs
@@ -232,6 +261,9 @@ class OpenAI(BaseBackend):
     def get_chat_template(self) -> ChatTemplate:
         return self.chat_template
 
+    def get_model_name(self) -> str:
+        return self.model_name
+
     def flush_cache(self) -> bool:
         """OpenAI-compatible servers offer no cache flush: always False."""
         return False
@@ -244,3 +276,19 @@ class OpenAI(BaseBackend):
 def _env_key(base_url: str | None) -> str | None:
     """OPENAI_API_KEY; for a custom base_url without one, "EMPTY" (local servers often need none)."""
     return os.environ.get("OPENAI_API_KEY") or (None if base_url is None else "EMPTY")
+
+
+CRUSOE_BASE_URL = "https://managed-inference-api-proxy.crusoecloud.com/v1/"
+
+
+class Crusoe(OpenAI):
+    """SGLang's backend for Crusoe's managed inference: its OpenAI-compatible API, the key from
+    api_key or CRUSOE_API_KEY."""
+
+    def __init__(self, model_name: str, api_key: str | None = None, base_url: str | None = None,
+                 chat_template: ChatTemplate | None = None, **kwargs: Any):
+        key = api_key or os.environ.get("CRUSOE_API_KEY")
+        if not key:
+            raise ValueError("sgl.Crusoe needs a Crusoe API key: pass api_key= or set CRUSOE_API_KEY")
+        super().__init__(model_name, chat_template=chat_template, api_key=key, base_url=base_url or CRUSOE_BASE_URL,
+                         **kwargs)

@@ -15,8 +15,7 @@ from sglbench.lang.backend.base import BaseBackend, CallContext
 from sglbench.lang.backend.scoring import decide, logprobs_with_text
 from sglbench.lang.chat_template import ChatTemplate, chat_template_from_tokenizer
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
-from sglbench.lang.global_config import global_config
-from sglbench.lang.ir import SglSamplingParams
+from sglbench.lang.ir import SglSamplingParams, decoding_options
 from sglbench.runtime.request import RequestHandle
 from sglbench.runtime.runtime import Runtime
 from sglbench.runtime.sampling_params import SamplingParams
@@ -69,8 +68,7 @@ class RuntimeBackend(BaseBackend):
         return self._wait(self._submit(ids, _PREFILL_ONLY, program_id))["meta_info"]
 
     def _sampling(self, p: SglSamplingParams) -> SamplingParams:
-        return SamplingParams.from_kwargs(
-            **p.engine_values(), skip_special_tokens=global_config.skip_special_tokens_in_output)
+        return SamplingParams.from_kwargs(**p.engine_values(), **decoding_options())
 
     def _with_text(self, logprobs: list) -> list:
         """(logprob, id) -> (logprob, id, text), also inside top-logprob lists."""
@@ -148,6 +146,10 @@ class RuntimeBackend(BaseBackend):
 
     def flush_cache(self) -> bool:
         return self.runtime.flush_cache()
+
+    def get_model_name(self) -> str:
+        """The model folder the runtime loaded."""
+        return self.runtime.model_info().model_path
 
     def get_server_info(self) -> dict[str, Any]:
         rt, info = self.runtime, self.runtime.model_info()
