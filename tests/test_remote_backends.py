@@ -220,9 +220,8 @@ def test_endpoint_errors(server, endpoint, rt):
     closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ConnectionError, match=re.escape(closed)):
         sgl.RuntimeEndpoint(closed)
-    with pytest.raises(ValueError, match=r"rejected the request: .*stop_regex"):
-        endpoint.generate(CallContext("Hi", (), "p", "s"),
-                          SglSamplingParams(max_new_tokens=2, stop_regex="!"))
+    with pytest.raises(ValueError, match=r"rejected the request: .*structural_tag"):  # known, not implemented
+        endpoint._generate({"text": "Hi", "sampling_params": {"max_new_tokens": 2, "structural_tag": "{}"}})
     assert endpoint.get_server_info()["model_info"]["is_generation"] is True
 
 

@@ -1,16 +1,21 @@
-"""Request bodies the HTTP server accepts: SGLang's native /generate and the OpenAI-compatible ones.
+"""Request bodies the HTTP server accepts: SGLang's native /generate and /abort_request, and the OpenAI-compatible ones.
 
-Unknown fields are refused (`extra="forbid"`), so a typo is a 400 that names it, never ignored.
+Unknown fields are refused (`extra="forbid"`), so a typo is a 400 that names it, never ignored. /generate takes
+SGLang's `GenerateReqInput` shapes: one prompt or a batch, with one value or a list (one per prompt) for
+sampling_params, the logprob fields and rid. Its other fields are accepted while they ask for nothing this server
+would have to do differently (null, false, 0, empty), and are a 400 naming them otherwise.
 """
 
 from __future__ import annotations
 
+import typing
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, create_model
 
+from sglbench.runtime.generate_args import per_request, split_prompts
 from sglbench.runtime.sampling_params import (
-    FIELDS,
     SamplingParams,
     openai_server_fields,
     sglang_top_level_fields,
@@ -18,24 +23,164 @@ from sglbench.runtime.sampling_params import (
 
 _STRICT = ConfigDict(extra="forbid")
 
+_TEXT_ONLY = "this server runs a text-only model"
+_ONE_PROCESS = "this server is one process (no prefill/decode disaggregation, no data-parallel ranks)"
+_NOT_REPORTED = "this engine does not report it"
 
-# SGLang's top-level sampling fields (return_logprob, logprob_start_len, top_logprobs_num), from their definition.
-_SGLangTopLevel = create_model("_SGLangTopLevel", __config__=_STRICT, **sglang_top_level_fields())
+# GenerateReqInput fields accepted only while off (null, false, 0, empty); the reason why each is refused when set.
+UNSUPPORTED_WHEN_SET: dict[str, str] = {
+    "input_embeds": "prompts are text or token ids here",
+    **dict.fromkeys(("image_data", "video_data", "audio_data", "modalities", "mm_hashes", "mm_content_hashes",
+                     "use_audio_in_video", "video_config", "max_dynamic_patch", "min_dynamic_patch",
+                     "image_max_dynamic_patch", "video_max_dynamic_patch", "images_config", "mm_processor_kwargs",
+                     "need_wait_for_mm_inputs", "num_items_assigned", "encoder_urls"), _TEXT_ONLY),
+    **dict.fromkeys(("lora_path", "lora_id"), "LoRA adapters are not supported"),
+    "custom_logit_processor": "custom logit processors are not supported",
+    "positional_embed_overrides": "embedding overrides are not supported",
+    **dict.fromkeys(("bootstrap_host", "bootstrap_port", "bootstrap_room", "bootstrap_pair_key", "decode_tp_size",
+                     "disagg_prefill_dp_rank", "routed_dp_rank", "data_parallel_rank", "kv_hints"), _ONE_PROCESS),
+    "session_params": "sessions (continued prompts) are not supported",
+    **dict.fromkeys(("return_hidden_states", "return_routed_experts", "routed_experts_start_len",
+                     "return_indexer_topk", "return_entropy", "return_sampling_mask", "sampling_logprobs_mode",
+                     "return_flat_raw_top_logprobs", "return_flat_raw_output_top_logprobs",
+                     "return_flat_raw_top_logprobs_b64", "return_prompt_token_ids", "return_bytes"), _NOT_REPORTED),
+    "watermark": "watermarking is not supported",
+    **dict.fromkeys(("require_reasoning", "max_thinking_tokens"), "reasoning budgets are not supported"),
+    "priority": "requests are scheduled by the cache-aware policy, without priorities",
+    **dict.fromkeys(("extra_key", "cache_salt"), "every request shares one radix cache (no cache namespaces)"),
+    **dict.fromkeys(("multi_item_delimiter_indices", "token_indices_to_pool"), "multi-item scoring is not supported"),
+    "background": "background responses are not supported",
+}
+
+# GenerateReqInput fields that only label, trace or log a request: accepted with any value, without effect here.
+PASSIVE_FIELDS = ("session_id", "log_metrics", "routing_key", "conversation_id", "http_worker_ipc", "no_logs",
+                  "custom_labels", "external_trace_header", "received_time")
+
+# The sampling fields SGLang carries beside sampling_params (return_logprob, logprob_start_len, ...): name -> type.
+TOP_LEVEL: dict[str, Any] = {name: hint for name, (hint, _) in sglang_top_level_fields().items()}
 
 
-class GenerateRequest(_SGLangTopLevel):
-    """SGLang's native /generate body; `sampling_params` is checked by `SamplingParams.from_kwargs`."""
+def _is_off(value: Any) -> bool:
+    """Whether a GenerateReqInput value asks for nothing: null, false, 0, empty, or a list/dict of those."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_off(v) for v in value)
+    if isinstance(value, dict):
+        return all(_is_off(v) for v in value.values())
+    return value is None or value is False or value == 0 or value == ""
 
-    text: str | None = None
-    input_ids: list[int] | None = None
-    sampling_params: dict[str, Any] = Field(default_factory=dict)
+
+def _takes_a_sequence(hint: Any) -> bool:
+    """Whether a field's own value is a list (token_ids_logprob), so a list of lists means one per prompt."""
+    return any(typing.get_origin(a) in (list, tuple) or a in (list, tuple) for a in (*typing.get_args(hint), hint))
+
+
+def _is_per_prompt(name: str, value: Any) -> bool:
+    """Whether a value is one per prompt: a list, or for a field whose own value is a list, a list of lists."""
+    if not isinstance(value, list):
+        return False
+    nested = name in TOP_LEVEL and _takes_a_sequence(TOP_LEVEL[name])
+    return not nested or (bool(value) and all(isinstance(v, (list, tuple)) for v in value))
+
+
+def _per_prompt(name: str, value: Any, count: int, batch: bool) -> list:
+    """One value per prompt: a per-prompt list as given (of the right length), any other value for every prompt."""
+    return per_request(value, count, batch, name) if _is_per_prompt(name, value) else [value] * count
+
+
+@dataclass(frozen=True)
+class GenerateItem:
+    """One prompt of a /generate body, with its own sampling parameters and request id."""
+
+    prompt: str | list[int]
+    params: SamplingParams
+    rid: str | None
+
+
+def _sampling_params(given: dict[str, Any], top: dict[str, Any]) -> SamplingParams:
+    """SamplingParams from one prompt's sampling_params dict and top-level fields (unknown names: TypeError)."""
+    misplaced = sorted(given.keys() & TOP_LEVEL.keys())
+    if misplaced:
+        raise ValueError(f"{misplaced} go at the top level of the /generate body, not in sampling_params")
+    return SamplingParams.from_kwargs(**given, **{k: v for k, v in top.items() if v is not None})
+
+
+_GenerateFields = create_model(
+    "_GenerateFields", __config__=_STRICT,
+    **{name: (hint | list[hint] | None, None) for name, hint in TOP_LEVEL.items()},
+    **{name: (Any, None) for name in (*UNSUPPORTED_WHEN_SET, *PASSIVE_FIELDS)},
+)
+
+
+class GenerateRequest(_GenerateFields):
+    """SGLang's native /generate body (its GenerateReqInput); `items()` checks and splits it into prompts."""
+
+    text: str | list[str] | None = None
+    input_ids: list[int] | list[list[int]] | None = None
+    sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None
+    return_text_in_logprobs: bool = False
     stream: bool = False
-    rid: str | None = None
+    rid: str | list[str] | None = None
 
-    def sampling(self) -> SamplingParams:
-        """The request's sampling parameters: its sampling_params and the top-level ones."""
-        top = {name: getattr(self, name) for name, spec in FIELDS.items() if spec.sglang == "request"}
-        return SamplingParams.from_kwargs(**self.sampling_params, **top)
+    @property
+    def _prompt_list(self) -> bool:
+        return isinstance(self.text, list) or (bool(self.input_ids) and isinstance(self.input_ids[0], list))
+
+    @property
+    def is_batch(self) -> bool:
+        """Whether the answer is a list: a list of prompts, or n > 1 samples of one (as SGLang answers)."""
+        sampling = self.sampling_params if isinstance(self.sampling_params, list) else [self.sampling_params or {}]
+        return self._prompt_list or any(p.get("n") not in (None, 1) for p in sampling)
+
+    def _prompts(self) -> list[str | list[int]]:
+        if (self.text is None) == (self.input_ids is None):
+            raise ValueError("give exactly one of 'text' and 'input_ids'")
+        return split_prompts(self.text, self.input_ids)[0]
+
+    def _check_supported(self) -> None:
+        for name, reason in UNSUPPORTED_WHEN_SET.items():
+            value = getattr(self, name)
+            if not _is_off(value):
+                raise ValueError(f"{name}={value!r} is not supported: {reason}")
+
+    def _rids(self, count: int) -> list[str | None]:
+        rid = self.rid
+        if rid is None:
+            rids: list[str | None] = [None] * count
+        elif isinstance(rid, str):
+            rids = [rid] if not self._prompt_list else [f"{rid}_{i}" for i in range(count)]
+        elif len(rid) != count:
+            raise ValueError(f"rid has {len(rid)} entries for {count} prompt(s)")
+        else:
+            rids = list(rid)
+        named = [r for r in rids if r is not None]
+        if len(set(named)) != len(named):
+            raise ValueError(f"duplicate rid(s) in one request: {sorted({r for r in named if named.count(r) > 1})}")
+        return rids
+
+    def items(self) -> list[GenerateItem]:
+        """One item per prompt, in order, each with its sampling parameters; ValueError/TypeError naming what is wrong."""
+        self._check_supported()
+        prompts = self._prompts()
+        count = len(prompts)
+        sampling = per_request(self.sampling_params or {}, count, self._prompt_list, "sampling_params")
+        tops = {name: _per_prompt(name, getattr(self, name), count, self._prompt_list) for name in TOP_LEVEL}
+        params = [_sampling_params(sampling[i], {k: v[i] for k, v in tops.items()}) for i in range(count)]
+        if len({p.n for p in params}) > 1:
+            raise ValueError("n must be the same in every sampling_params of one request")
+        listed = [name for name in TOP_LEVEL if _is_per_prompt(name, getattr(self, name))]
+        if params[0].n > 1 and listed:
+            raise ValueError(f"{listed[0]} cannot be a list (one per prompt) when n > 1, as in SGLang")
+        return [GenerateItem(p, s, r) for p, s, r in zip(prompts, params, self._rids(count))]
+
+
+class AbortRequest(BaseModel):
+    """SGLang's /abort_request body: one request id, or abort_all."""
+
+    model_config = _STRICT
+    rid: str | None = ""
+    abort_all: bool = False
+    finished_reason: dict[str, Any] | None = None
+    abort_message: str | None = None
 
 
 class _OpenAIBase(BaseModel):

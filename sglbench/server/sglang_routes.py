@@ -1,0 +1,216 @@
+"""SGLang's native routes, shaped as SGLang 0.5.23 answers them: /generate (one prompt or a batch, n samples,
+SSE streaming), /server_info, /model_info, /health_generate, /abort_request and /flush_cache (each also under its
+older /get_... name), so that SGLang's own clients (`RuntimeEndpoint`, its tools) read them unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+
+from sglbench.runtime.runtime import Runtime
+from sglbench.runtime.sampling_params import SamplingParams
+from sglbench.server.protocol import AbortRequest, GenerateItem, GenerateRequest
+from sglbench.server.serving import Serving, error, sse_response
+
+HEALTH_CHECK_TIMEOUT_S = 20.0  # as SGLang's /health_generate
+WEIGHT_VERSION = "default"  # SGLang's weight_version until an update names one
+
+
+# ---------------------------------------------------------------------------- responses in SGLang's shapes
+def sglang_finish_reason(reason: dict | None, completion_tokens: int) -> dict | None:
+    """SGLang's shape of a finish reason: {"type": "length", "length": N} (not "matched") for a length stop."""
+    if not reason or reason.get("type") != "length":
+        return reason
+    extra = {k: v for k, v in reason.items() if k not in ("type", "matched")}
+    return {"type": "length", "length": completion_tokens, **extra}
+
+
+def _sglang_entry(item: Any, text: Callable[[int], str | None]) -> list | None:
+    """(logprob, id) as SGLang's [logprob, id, text]; a position's list of them (top or token_ids logprobs)
+    likewise, and a position without any as None."""
+    if not item:
+        return None
+    if isinstance(item[0], (list, tuple)):
+        return [_sglang_entry(entry, text) for entry in item]
+    return [item[0], item[1], text(item[1])]
+
+
+def sglang_meta(meta: dict, params: SamplingParams, token_text: Callable[[int], str] | None) -> dict:
+    """meta_info in SGLang's keys and shapes: logprob entries as [logprob, token_id, text] (text None unless
+    return_text_in_logprobs), its finish_reason, weight_version, reasoning_tokens (0: no reasoning parser) and
+    output_token_logprobs_length; sglbench's timings are kept beside them."""
+    out = {"weight_version": WEIGHT_VERSION, "reasoning_tokens": 0, **meta,
+           "finish_reason": sglang_finish_reason(meta.get("finish_reason"), meta.get("completion_tokens", 0))}
+    text = token_text or (lambda _: None)
+    for key, value in meta.items():
+        if key.endswith("_logprobs") and isinstance(value, list):
+            out[key] = [_sglang_entry(item, text) for item in value]
+    if "output_token_logprobs" in out:
+        out["output_token_logprobs_length"] = len(out["output_token_logprobs"])
+    if params.return_logprob and params.top_logprobs_num and "input_top_logprobs" not in out:
+        # This engine ranks the top tokens of outputs only; prompt positions have none, as SGLang's first one.
+        out["input_top_logprobs"] = [None] * len(out.get("input_token_logprobs", []))
+    return out
+
+
+def sglang_result(result: dict, params: SamplingParams, token_text: Callable[[int], str] | None) -> dict:
+    return {**result, "meta_info": sglang_meta(result["meta_info"], params, token_text)}
+
+
+# ---------------------------------------------------------------------------- server and model information
+def _model_type(model_path: str) -> str | None:
+    """The model's Hugging Face model_type, from its config.json when the folder is on this machine."""
+    try:
+        return json.loads((Path(model_path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def model_info(serving: Serving) -> dict:
+    """SGLang's /model_info fields, then sglbench's own (architecture, context_length, vocab_size)."""
+    info = serving.rt.model_info()
+    return {
+        "model_path": info.model_path, "served_model_name": serving.served_name, "tokenizer_path": info.model_path,
+        "is_generation": True, "preferred_sampling_params": None, "weight_version": WEIGHT_VERSION,
+        "load_format": "auto", "reasoning_parser": None, "tool_call_parser": None, "disaggregation_mode": "null",
+        "has_image_understanding": False, "has_audio_understanding": False,
+        "model_type": _model_type(info.model_path), "architectures": [info.architecture],
+        "architecture": info.architecture, "context_length": info.context_length, "vocab_size": info.vocab_size,
+    }
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+
+
+def server_info(serving: Serving) -> dict:
+    """SGLang's /server_info: the runtime's arguments as resolved, the scheduler's limits and its live state."""
+    rt, info, m = serving.rt, serving.rt.model_info(), serving.rt.metrics()
+    used = m.pool_slots - m.pool_free - m.cache_evictable
+    return {
+        **{k: _plain(v) for k, v in dataclasses.asdict(rt.config).items()},
+        "model_path": info.model_path, "tokenizer_path": info.model_path, "served_model_name": serving.served_name,
+        "dtype": info.dtype.removeprefix("torch."), "device": info.device, "context_length": info.context_length,
+        "attention_backend": info.attention_backend, "tp_size": 1, "dp_size": 1, "pp_size": 1, "ep_size": 1,
+        "page_size": 1, "skip_tokenizer_init": False, "speculative_algorithm": None, "enable_lora": False,
+        "max_total_num_tokens": info.max_total_tokens, "max_req_input_len": info.context_length - 1,
+        "internal_states": [{"num_running_reqs": m.num_running, "num_waiting_reqs": m.num_waiting,
+                             "token_usage": used / m.pool_slots if m.pool_slots else 0.0,
+                             "cache_hit_rate": m.hit_rate, "num_finished_reqs": m.num_finished}],
+        "startup_time": serving.started, "version": "sglbench", "frontend": "python",
+    }
+
+
+# ---------------------------------------------------------------------------- /generate
+def _prompt_ids(rt: Runtime, prompt: str | list[int]) -> list[int]:
+    if not isinstance(prompt, str):
+        return prompt
+    if not prompt:
+        raise ValueError("prompt is empty: give a non-empty text or input_ids")
+    return rt.tokenizer.encode(prompt)
+
+
+def with_logprob_start(rt: Runtime, item: GenerateItem) -> GenerateItem:
+    """SGLang's logprob_start_len for an item that returns logprobs: -1 (or null) means the prompt's last token
+    only; a start past the prompt's end is refused."""
+    params = item.params
+    if not params.return_logprob:
+        return item
+    ids = _prompt_ids(rt, item.prompt)
+    if params.logprob_start_len > len(ids):
+        raise ValueError(f"logprob_start_len={params.logprob_start_len} is past the end of the prompt ({len(ids)} tokens)")
+    if params.logprob_start_len == -1 and not params.token_ids_logprob:
+        params = params.replace(logprob_start_len=len(ids) - 1)
+    return dataclasses.replace(item, prompt=ids, params=params)
+
+
+def add_sglang_routes(app: FastAPI, serving: Serving) -> None:
+    """Register SGLang's native routes for serving's runtime."""
+    rt = serving.rt
+
+    @functools.lru_cache(maxsize=65536)
+    def token_text(token_id: int) -> str:
+        return rt.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    @app.get("/model_info")
+    @app.get("/get_model_info")
+    async def get_model_info() -> dict:
+        return model_info(serving)
+
+    @app.get("/server_info")
+    @app.get("/get_server_info")
+    async def get_server_info() -> dict:
+        return server_info(serving)
+
+    @app.api_route("/flush_cache", methods=["GET", "POST"])
+    async def flush_cache() -> dict:
+        return {"success": rt.flush_cache()}
+
+    @app.get("/health_generate")
+    async def health_generate() -> Response:
+        """200 when the engine completes a one-token generation within SGLang's health-check timeout, else 503."""
+        if not rt.is_running:
+            return Response(status_code=503)
+        handle = serving.submit([0], SamplingParams(max_new_tokens=1, temperature=0), f"HEALTH_CHECK_{uuid.uuid4().hex}")
+        try:
+            result = await asyncio.wait_for(handle.async_result(), HEALTH_CHECK_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            serving.abort([handle])
+            return Response(status_code=503)
+        aborted = (result["meta_info"]["finish_reason"] or {}).get("type") == "abort"
+        return Response(status_code=503 if aborted else 200)
+
+    @app.post("/abort_request")
+    async def abort_request(body: AbortRequest) -> Response:
+        """Abort the request with this rid (or, with abort_all, every request this server runs); 200 either way."""
+        if body.abort_all:
+            serving.abort_all()
+        elif body.rid:
+            rt.abort(body.rid)
+        return Response(status_code=200)
+
+    @app.post("/concate_and_append_request")
+    async def concate_and_append(body: dict[str, Any]) -> dict:
+        """SGLang's client calls this when a program joins forks with mode="concate_and_append". The client
+        appends the forks' text to the joined state itself; this engine does not splice the forks' KV
+        into it, so the next request recomputes the appended text over the cached shared prefix."""
+        if not isinstance(body.get("src_rids"), list) or not isinstance(body.get("dst_rid"), str):
+            raise ValueError("concate_and_append_request takes {'src_rids': [str, ...], 'dst_rid': str}")
+        return {"success": True, "kv_spliced": False}
+
+    @app.api_route("/generate", methods=["POST", "PUT"])
+    async def generate(body: GenerateRequest, request: Request):
+        items = [with_logprob_start(rt, item) for item in body.items()]
+        handles = await serving.submit_all([(item.prompt, item.params, item.rid) for item in items])
+        params = [item.params for item in items for _ in range(item.params.n)]
+        text = token_text if body.return_text_in_logprobs else None
+        if body.stream:
+            return sse_response(_stream(serving, request, handles, params, text, body.is_batch))
+        results = await serving.results(request, handles)
+        if results is None:
+            return error(499, "client disconnected")
+        shaped = [sglang_result(r, p, text) for r, p in zip(results, params)]
+        return shaped if body.is_batch else shaped[0]
+
+
+async def _stream(serving: Serving, request: Request, handles: list, params: list[SamplingParams],
+                  token_text: Callable[[int], str] | None, batch: bool) -> AsyncIterator[dict]:
+    """SGLang's stream chunks: the text so far with meta_info {id, finish_reason: None} while decoding, the whole
+    result when done; in a batch each chunk names its request's position with "index"."""
+    so_far = [""] * len(handles)
+    async for i, piece, result in serving.events(request, handles):
+        if result is None:
+            so_far[i] += piece
+            chunk = {"text": so_far[i], "meta_info": {"id": handles[i].rid, "finish_reason": None}}
+        else:
+            chunk = sglang_result(result, params[i], token_text)
+        yield {**chunk, "index": i} if batch else chunk
