@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every endpoint but /health")
     sv.add_argument("--device", default="auto")
     sv.add_argument("--max-total-tokens", type=int, default=None)
+    sv.add_argument("--incremental-streaming-output", action="store_true",
+                    help="stream chunks carry only their new logprobs (SGLang's flag of the same name)")
     args, rest = parser.parse_known_args(argv)
     if args.command in ("quickstart", "serve") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         from sglbench.server.app import serve
 
         serve(args.model, host=args.host, port=args.port, api_key=args.api_key, device=args.device,
-              max_total_tokens=args.max_total_tokens)
+              max_total_tokens=args.max_total_tokens, incremental_streaming_output=args.incremental_streaming_output)
     else:
         from sglbench.bench.__main__ import main as bench_main
 

@@ -266,3 +266,26 @@ def test_openai_n_samples_still_share_the_prompt(client):
                                              "temperature": 0})
     assert r.status_code == 200 and [c["index"] for c in r.json()["choices"]] == [0, 1]
     assert r.json()["usage"]["completion_tokens"] <= 6
+
+
+# ---------------------------------------------------------------------------- streamed logprobs
+@pytest.mark.parametrize("incremental", [False, True])
+def test_stream_chunks_carry_token_counts_and_logprobs(rt, incremental):
+    """Each chunk says the output tokens so far and their logprob entries: all so far (SGLang's default) or,
+    with incremental_streaming_output, only those new since the previous chunk (the last chunk too)."""
+    with serving(build_app(rt, incremental_streaming_output=incremental)) as url, \
+            httpx.Client(base_url=url, timeout=120) as c:
+        chunks = sse_events(c, text="hello world", return_logprob=True, top_logprobs_num=2,
+                            sampling_params={"max_new_tokens": 12, **GREEDY})
+    assert len(chunks) >= 3 and chunks[-1]["meta_info"]["finish_reason"] is not None
+    total, seen = chunks[-1]["meta_info"]["completion_tokens"], 0
+    for chunk in chunks:
+        meta = chunk["meta_info"]
+        assert meta["output_token_logprobs_length"] == meta["completion_tokens"]
+        new = meta["output_token_logprobs"] if incremental else meta["output_token_logprobs"][seen:]
+        assert len(new) == meta["completion_tokens"] - seen
+        assert len(meta["output_top_logprobs"]) == len(meta["output_token_logprobs"])
+        assert all(len(entry) == 3 for entry in new)  # [logprob, token_id, text]
+        seen = meta["completion_tokens"]
+    assert seen == total == 12
+    assert_pool_full(rt)

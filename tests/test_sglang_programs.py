@@ -57,6 +57,11 @@ EXPECTED_MISSES: dict[str, tuple[str, type[BaseException], str]] = {
                          "`\"[\\w\\d\\s]*\"` allows any length and newlines, and SGLang's client sends that same regex, "
                          "so this is the model, not sglbench",
                          json.JSONDecodeError, "js_obj = json.loads("),
+    "test_gen_min_new_tokens": ("a model whose tokens re-encode to themselves: it re-tokenizes the answer and asks "
+                                "for >= 64 tokens; sglbench decodes >= 64 before the stop token, but the embedded "
+                                "model sometimes emits two tokens that the tokenizer would merge (e.g. 65 decoded, 63 "
+                                "re-encoded), so the recount can fall short",
+                                AssertionError, "assert len(token_ids) >= MIN_TOKENS"),
 }
 
 # Programs not run, in both modes, and why.
@@ -82,10 +87,6 @@ SKIP_IN_MODE = {
 
 # (mode, program) -> the sglbench gap that still makes it fail: strict xfails, removed as fixes land.
 GAPS: dict[tuple[str, str], str] = {
-    ("http", "test_stream_logprobs"):
-        "sglbench serve: streamed /generate chunks carry meta_info {id, finish_reason} only "
-        "(sglbench/server/sglang_routes.py _stream); SGLang's carry completion_tokens, this chunk's "
-        "output_token_logprobs and output_token_logprobs_length",
 }
 
 # (mode, program) pairs that hang when they fail (a variable that is never set), given a shorter timeout.
@@ -138,7 +139,7 @@ def runtime():
 def server(runtime):
     from sglbench.server.app import build_app
 
-    with serving(build_app(runtime, api_key=API_KEY)) as url:
+    with serving(build_app(runtime, api_key=API_KEY, incremental_streaming_output=True)) as url:  # as SGLang's CI
         yield url
 
 

@@ -237,9 +237,17 @@ class OutputProcessor:
 
     @staticmethod
     def stream(req: Request, upto: int) -> None:
-        """Push req's text up to `upto` characters to its handle (what was not pushed yet)."""
+        """Push req's text up to `upto` characters to its handle (what was not pushed yet), with the output
+        tokens so far and the logprob entries of the tokens since the previous piece."""
         if req.handle is not None and upto > req.emitted_len:
-            req.handle.push_delta(req.text[req.emitted_len : upto])
+            new: dict[str, list] = {}
+            if req.params.return_logprob:
+                start = req.emitted_tokens
+                new = {"output_token_logprobs": req.output_token_logprobs[start:],
+                       "output_top_logprobs": req.output_top_logprobs[start:],
+                       "output_token_ids_logprobs": req.output_token_ids_logprobs[start:]}
+                req.emitted_tokens = len(req.output_token_logprobs)
+            req.handle.push_delta(req.text[req.emitted_len : upto], len(req.output_ids), **new)
         req.emitted_len = max(req.emitted_len, upto)
 
 

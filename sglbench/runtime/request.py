@@ -51,6 +51,7 @@ class Request:
     # outputs
     text: str = ""
     emitted_len: int = 0
+    emitted_tokens: int = 0  # output tokens whose logprob entries went out with a streamed piece
     finish_reason: dict | None = None
     input_token_logprobs: list = field(default_factory=list)
     output_token_logprobs: list = field(default_factory=list)
@@ -113,6 +114,21 @@ class Request:
         return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": self.meta_info()}
 
 
+@dataclass(frozen=True)
+class StreamDelta:
+    """One streamed piece: new text, the output tokens so far, and the output logprob entries (token, top-k,
+    chosen ids) produced since the previous piece, so each chunk can carry exactly its own logprobs."""
+
+    text: str
+    completion_tokens: int
+    output_token_logprobs: tuple = ()
+    output_top_logprobs: tuple = ()
+    output_token_ids_logprobs: tuple = ()
+
+
+_DELTA_LOGPROB_KEYS = ("output_token_logprobs", "output_top_logprobs", "output_token_ids_logprobs")
+
+
 class RequestHandle:
     """Thread-safe view of a request for its caller: blocking result, a stream of text deltas, callbacks."""
 
@@ -127,9 +143,11 @@ class RequestHandle:
         self._lock = threading.Lock()
 
     # engine side
-    def push_delta(self, text: str) -> None:
+    def push_delta(self, text: str, completion_tokens: int = 0, **new_logprobs: list) -> None:
+        """Queue a streamed piece (new logprob entries by their meta_info names, see `StreamDelta`)."""
         if text:
-            self._deltas.put(text)
+            self._deltas.put(StreamDelta(text, completion_tokens, **{k: tuple(new_logprobs.get(k, ()))
+                                                                     for k in _DELTA_LOGPROB_KEYS}))
 
     def finish(self, result: dict) -> None:
         with self._lock:
@@ -169,24 +187,34 @@ class RequestHandle:
         self.add_done_callback(lambda result: loop.call_soon_threadsafe(resolve, result))
         return await future
 
-    async def aiter_text(self):
-        """Async iterator of text deltas (a helper thread reads the blocking stream)."""
+    async def aiter_deltas(self):
+        """Async iterator of `StreamDelta`s (a helper thread reads the blocking stream)."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
 
         def pump() -> None:
-            for piece in self.iter_text():
-                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            for delta in self.iter_deltas():
+                loop.call_soon_threadsafe(pieces.put_nowait, delta)
             loop.call_soon_threadsafe(pieces.put_nowait, self._END)
 
         threading.Thread(target=pump, name=f"sglbench-stream-{self.rid[:8]}", daemon=True).start()
-        while (piece := await pieces.get()) is not self._END:
-            yield piece
+        while (delta := await pieces.get()) is not self._END:
+            yield delta
 
-    def iter_text(self, timeout: float | None = None):
-        """Yield text deltas as they are produced, until the request finishes."""
+    async def aiter_text(self):
+        """Async iterator of text deltas."""
+        async for delta in self.aiter_deltas():
+            yield delta.text
+
+    def iter_deltas(self, timeout: float | None = None):
+        """Yield `StreamDelta`s as they are produced, until the request finishes."""
         while True:
             item = self._deltas.get(timeout=timeout)
             if item is self._END:
                 return
             yield item
+
+    def iter_text(self, timeout: float | None = None):
+        """Yield text deltas as they are produced, until the request finishes."""
+        for delta in self.iter_deltas(timeout):
+            yield delta.text

@@ -40,10 +40,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, bad_request)
 
 
-def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = None) -> FastAPI:
-    """The FastAPI application serving rt; with api_key set, every path but the health checks needs it."""
+def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = None,
+              incremental_streaming_output: bool = False) -> FastAPI:
+    """The FastAPI application serving rt; with api_key set, every path but the health checks needs it.
+    incremental_streaming_output (SGLang's server flag): /generate stream chunks carry only the logprob
+    entries new since the previous chunk, instead of all so far."""
     app = FastAPI(title="sglbench", docs_url=None, redoc_url=None)
-    serving = Serving(rt, model_name or Path(rt.config.model_path).name)
+    serving = Serving(rt, model_name or Path(rt.config.model_path).name,
+                      incremental_streaming_output=incremental_streaming_output)
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
@@ -74,12 +78,12 @@ def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = 
 
 
 def serve(model_path: str | None, host: str = "127.0.0.1", port: int = 30000, api_key: str | None = None,
-          **runtime_kwargs) -> None:
+          incremental_streaming_output: bool = False, **runtime_kwargs) -> None:
     """Start a Runtime and serve it until interrupted (loopback by default)."""
     import uvicorn
 
     rt = Runtime(model_path, **runtime_kwargs)
     try:
-        uvicorn.run(build_app(rt, api_key=api_key), host=host, port=port, log_level="warning")
+        uvicorn.run(build_app(rt, api_key=api_key, incremental_streaming_output=incremental_streaming_output), host=host, port=port, log_level="warning")
     finally:
         rt.shutdown()

@@ -47,8 +47,8 @@ def add_openai_routes(app: FastAPI, serving: Serving) -> None:
         handles = await serving.submit_all([(prompt, params, None)])
 
         async def payloads() -> AsyncIterator[dict]:
-            async for _, piece, result in serving.events(request, handles):
-                yield one_chunk(piece) if result is None else last_chunk(result)
+            async for _, delta, result in serving.events(request, handles):
+                yield one_chunk(delta.text) if result is None else last_chunk(result)
 
         return sse_response(payloads())
 

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from sglbench.runtime.request import RequestHandle
+from sglbench.runtime.request import RequestHandle, StreamDelta
 from sglbench.runtime.runtime import Runtime
 from sglbench.runtime.sampling_params import SamplingParams
 
@@ -55,6 +55,7 @@ class Serving:
     served_name: str
     started: float = field(default_factory=time.time)
     live: dict[str, RequestHandle] = field(default_factory=dict)
+    incremental_streaming_output: bool = False  # SGLang's flag: stream chunks carry only their new logprobs
 
     def submit(self, prompt: str | list[int], params: SamplingParams, rid: str | None = None) -> RequestHandle:
         """Submit one request (n=1); ValueError if rid names a request still running here."""
@@ -104,15 +105,16 @@ class Serving:
                 results.cancel()
                 return None
 
-    async def events(self, request: Request, handles: list[RequestHandle]) -> AsyncIterator[tuple[int, str, dict | None]]:
-        """(i, text piece, None) as request i decodes and (i, "", result) when it finishes, the requests interleaved;
+    async def events(self, request: Request, handles: list[RequestHandle]
+                     ) -> AsyncIterator[tuple[int, StreamDelta | None, dict | None]]:
+        """(i, StreamDelta, None) as request i decodes and (i, None, result) when it finishes, the requests interleaved;
         those unfinished when the client leaves (or the stream is closed) are aborted."""
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(i: int, handle: RequestHandle) -> None:
-            async for piece in handle.aiter_text():
-                queue.put_nowait((i, piece, None))
-            queue.put_nowait((i, "", await handle.async_result()))
+            async for delta in handle.aiter_deltas():
+                queue.put_nowait((i, delta, None))
+            queue.put_nowait((i, None, await handle.async_result()))
 
         tasks = [asyncio.ensure_future(pump(i, h)) for i, h in enumerate(handles)]
         running = len(handles)

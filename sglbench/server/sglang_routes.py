@@ -194,7 +194,8 @@ def add_sglang_routes(app: FastAPI, serving: Serving) -> None:
         params = [item.params for item in items for _ in range(item.params.n)]
         text = token_text if body.return_text_in_logprobs else None
         if body.stream:
-            return sse_response(_stream(serving, request, handles, params, text, body.is_batch))
+            return sse_response(_stream(serving, request, handles, params, text, body.is_batch,
+                                        serving.incremental_streaming_output))
         results = await serving.results(request, handles)
         if results is None:
             return error(499, "client disconnected")
@@ -203,14 +204,32 @@ def add_sglang_routes(app: FastAPI, serving: Serving) -> None:
 
 
 async def _stream(serving: Serving, request: Request, handles: list, params: list[SamplingParams],
-                  token_text: Callable[[int], str] | None, batch: bool) -> AsyncIterator[dict]:
-    """SGLang's stream chunks: the text so far with meta_info {id, finish_reason: None} while decoding, the whole
-    result when done; in a batch each chunk names its request's position with "index"."""
+                  token_text: Callable[[int], str] | None, batch: bool, incremental: bool) -> AsyncIterator[dict]:
+    """SGLang's stream chunks: the text so far, with meta_info {id, finish_reason: None, completion_tokens} and,
+    with return_logprob, the output logprob entries so far (incremental: only those new since the previous
+    chunk) and output_token_logprobs_length; the whole result when done (incremental: its logprob lists cut to
+    what is new). In a batch each chunk names its request's position with "index"."""
     so_far = [""] * len(handles)
-    async for i, piece, result in serving.events(request, handles):
+    sent = [{} for _ in handles]  # per request: logprob entries sent so far, by key
+    async for i, delta, result in serving.events(request, handles):
         if result is None:
-            so_far[i] += piece
-            chunk = {"text": so_far[i], "meta_info": {"id": handles[i].rid, "finish_reason": None}}
+            so_far[i] += delta.text
+            meta = {"id": handles[i].rid, "finish_reason": None, "completion_tokens": delta.completion_tokens}
+            if params[i].return_logprob:
+                for key in _STREAMED_LOGPROBS:
+                    sent[i][key] = sent[i].get(key, []) + list(getattr(delta, key))
+                    meta[key] = list(getattr(delta, key)) if incremental else sent[i][key]
+                meta = sglang_meta(meta, params[i], token_text)
+                meta["output_token_logprobs_length"] = len(sent[i]["output_token_logprobs"])
+                meta.pop("input_top_logprobs", None)
+            chunk = {"text": so_far[i], "meta_info": meta}
         else:
             chunk = sglang_result(result, params[i], token_text)
+            if incremental and params[i].return_logprob:
+                for key in _STREAMED_LOGPROBS:
+                    if key in chunk["meta_info"]:
+                        chunk["meta_info"][key] = chunk["meta_info"][key][len(sent[i].get(key, [])):]
         yield {**chunk, "index": i} if batch else chunk
+
+
+_STREAMED_LOGPROBS = ("output_token_logprobs", "output_top_logprobs", "output_token_ids_logprobs")

@@ -215,11 +215,12 @@ class RuntimeEndpoint(BaseBackend):
         return self._merge_chunk({}, meta, params)
 
     def _merge_chunk(self, so_far: dict, chunk: dict, params: SglSamplingParams) -> dict:
-        """The meta_info so far after one streamed chunk's, logprobs with their text when asked. SGLang
-        sends each chunk's own output logprobs (such chunks carry output_token_logprobs_length); a server
-        that sends all of them so far is read too."""
+        """The meta_info so far after one streamed chunk's, logprobs with their text when asked. A chunk's
+        output lists hold either its own new entries (SGLang's incremental streaming) or all so far (its
+        default); output_token_logprobs_length, when sent, counts all so far, so the new ones are the last
+        `length - seen` either way."""
         merged = {**so_far, **chunk}
-        merged.pop("output_token_logprobs_length", None)
+        total = merged.pop("output_token_logprobs_length", None)
         for key in ("input_token_logprobs", "output_token_logprobs", "output_top_logprobs"):
             if not isinstance(chunk.get(key), list):
                 continue
@@ -227,7 +228,8 @@ class RuntimeEndpoint(BaseBackend):
             if key == "input_token_logprobs":
                 new = [] if before else chunk[key]  # the prompt's: once
             else:
-                new = chunk[key] if "output_token_logprobs_length" in chunk else chunk[key][len(before):]
+                count = len(chunk[key]) - len(before) if total is None else max(total - len(before), 0)
+                new = chunk[key][len(chunk[key]) - count:] if count > 0 else []
             if params.return_text_in_logprobs:
                 new = self._with_text(new)
             merged[key] = before + new

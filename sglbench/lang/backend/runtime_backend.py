@@ -23,6 +23,7 @@ from sglbench.sequences import common_prefix_len
 
 _RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 _PREFILL_ONLY = SamplingParams(max_new_tokens=0)
+_STREAMED_LOGPROBS = ("output_token_logprobs", "output_top_logprobs", "output_token_ids_logprobs")
 
 
 def choice_start(prompt_ids: list[int], full_ids: list[int]) -> int:
@@ -103,8 +104,16 @@ class RuntimeBackend(BaseBackend):
         if sampling.n != 1:
             raise ValueError("streaming supports n=1 only")
         handle = self._submit(self.tokenizer.encode(ctx.text), sampling, ctx.program_id)
-        for delta in handle.iter_text():
-            yield delta, None
+        so_far: dict[str, list] = {key: [] for key in _STREAMED_LOGPROBS}
+        for delta in handle.iter_deltas():
+            meta = None
+            if sampling.return_logprob:  # the meta_info so far, so each chunk can carry its own logprobs
+                for key in _STREAMED_LOGPROBS:
+                    so_far[key] += self._with_text(list(getattr(delta, key))) if params.return_text_in_logprobs \
+                        else list(getattr(delta, key))
+                meta = {"id": handle.rid, "completion_tokens": delta.completion_tokens,
+                        **{key: list(value) for key, value in so_far.items()}}
+            yield delta.text, meta
         yield "", self._meta(self._wait(handle), params)
 
     def select(self, ctx: CallContext, choices: list[str], temperature: float,
