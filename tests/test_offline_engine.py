@@ -249,3 +249,16 @@ def test_runtime_generate_refuses_ambiguous_calls(llm):
         list(rt.generate_stream(PROMPTS[:2], max_new_tokens=2))
     with pytest.raises(ValueError, match="prompt is empty"):
         rt.generate([], max_new_tokens=2)
+
+
+def test_results_have_sglangs_meta_shapes(llm):
+    """The same shapes as `sglbench serve` answers: [logprob, id, text] entries, a length stop as its length."""
+    out = llm.generate("Q: What is 2 + 3?\nA:", {"max_new_tokens": 3, "temperature": 0, "ignore_eos": True},
+                       return_logprob=True, top_logprobs_num=2)
+    meta = out["meta_info"]
+    assert meta["finish_reason"] == {"type": "length", "length": 3}
+    assert all(len(entry) == 3 and entry[2] is None for entry in meta["output_token_logprobs"])
+    assert meta["output_token_logprobs_length"] == 3 and len(meta["output_top_logprobs"][0]) == 2
+    last = list(llm.generate("Hi", {"max_new_tokens": 2, "temperature": 0, "ignore_eos": True},
+                             return_logprob=True, stream=True))[-1]
+    assert last["meta_info"]["finish_reason"] == {"type": "length", "length": 2}

@@ -19,12 +19,19 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sglbench.runtime.generate_args import merge_sampling, parse_generate_call, per_request, split_prompts
+from sglbench.runtime.generate_args import (
+    GenerateCall,
+    merge_sampling,
+    parse_generate_call,
+    per_request,
+    split_prompts,
+)
 from sglbench.runtime.model_resolution import resolve_model_path
 from sglbench.runtime.request import RequestHandle
 from sglbench.runtime.runtime import Runtime
-from sglbench.runtime.sampling_params import FIELDS
+from sglbench.runtime.sampling_params import FIELDS, SamplingParams
 from sglbench.runtime.server_args import ServerArgs
+from sglbench.runtime.sglang_shapes import sglang_result
 
 # generate() arguments SGLang has that this engine cannot honour: only their defaults (None, False, empty) pass.
 UNSUPPORTED: dict[str, str] = {
@@ -99,9 +106,9 @@ class Engine:
                        "custom_logit_processor": custom_logit_processor, **more}
         params = self._sampling(prompt, sampling_params, input_ids, options, unsupported)
         if stream:
-            handles, batch = self._submit(prompt, params, input_ids)
-            return self._stream(handles, batch)
-        return _flatten(self.runtime.generate(prompt, sampling_params=params, input_ids=input_ids))
+            return self._stream(*self._submit(prompt, params, input_ids))
+        call = parse_generate_call(prompt, params, input_ids)
+        return _shaped(self.runtime.generate(prompt, sampling_params=params, input_ids=input_ids), call)
 
     async def async_generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
                              input_ids: list[int] | list[list[int]] | None = None, image_data: Any = None,
@@ -117,9 +124,9 @@ class Engine:
         }, {"image_data": image_data, "lora_path": lora_path, "return_hidden_states": return_hidden_states,
             "custom_logit_processor": custom_logit_processor, **more})
         if stream:
-            handles, batch = self._submit(prompt, params, input_ids)
-            return self._astream(handles, batch)
-        return _flatten(await self.runtime.async_generate(prompt, sampling_params=params, input_ids=input_ids))
+            return self._astream(*self._submit(prompt, params, input_ids))
+        call = parse_generate_call(prompt, params, input_ids)
+        return _shaped(await self.runtime.async_generate(prompt, sampling_params=params, input_ids=input_ids), call)
 
     def _sampling(self, prompt: Any, sampling_params: Any, input_ids: Any, options: dict[str, Any],
                   unsupported: dict[str, Any]) -> dict | list[dict]:
@@ -133,30 +140,34 @@ class Engine:
                   for i, sp in enumerate(given)]
         return merged if batch else merged[0]
 
-    def _submit(self, prompt: Any, params: dict | list[dict], input_ids: Any) -> tuple[list[RequestHandle], bool]:
-        """One handle per sample (n of each prompt in a row) and whether the chunks need an "index"."""
+    def _submit(self, prompt: Any, params: dict | list[dict], input_ids: Any
+                ) -> tuple[list[RequestHandle], list[SamplingParams], bool]:
+        """One handle per sample (n of each prompt in a row), its params, and whether the chunks need an "index"."""
         call = parse_generate_call(prompt, params, input_ids)
-        handles = []
+        handles, per_handle = [], []
         for text, sp in zip(call.prompts, call.params):
-            seeds = [None if sp.seed is None else sp.seed + i for i in range(sp.n)]
-            handles += [self.runtime.submit(text, sp.replace(n=1, seed=s)) for s in seeds]
-        return handles, call.batch or len(handles) > 1
+            for i in range(sp.n):
+                one = sp.replace(n=1, seed=None if sp.seed is None else sp.seed + i)
+                handles.append(self.runtime.submit(text, one))
+                per_handle.append(one)
+        return handles, per_handle, call.batch or len(handles) > 1
 
-    def _stream(self, handles: list[RequestHandle], batch: bool) -> Iterator[dict]:
+    def _stream(self, handles: list[RequestHandle], params: list[SamplingParams], batch: bool) -> Iterator[dict]:
         pieces: queue.Queue = queue.Queue()
         _pump(handles, pieces.put)
-        chunks = _Chunks(handles, batch)
+        chunks = _Chunks(handles, params, batch)
         try:
             while not chunks.finished:
                 yield chunks.next(*pieces.get())
         finally:
             self._abort_unfinished(handles)
 
-    async def _astream(self, handles: list[RequestHandle], batch: bool) -> AsyncIterator[dict]:
+    async def _astream(self, handles: list[RequestHandle], params: list[SamplingParams],
+                       batch: bool) -> AsyncIterator[dict]:
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
         _pump(handles, lambda item: loop.call_soon_threadsafe(pieces.put_nowait, item))
-        chunks = _Chunks(handles, batch)
+        chunks = _Chunks(handles, params, batch)
         try:
             while not chunks.finished:
                 yield chunks.next(*await pieces.get())
@@ -221,8 +232,8 @@ class Engine:
 class _Chunks:
     """SGLang's stream chunks for some requests: the text so far while decoding, then the full result."""
 
-    def __init__(self, handles: list[RequestHandle], batch: bool):
-        self.handles, self.batch = handles, batch
+    def __init__(self, handles: list[RequestHandle], params: list[SamplingParams], batch: bool):
+        self.handles, self.params, self.batch = handles, params, batch
         self.texts = [""] * len(handles)
         self.left = len(handles)
 
@@ -234,7 +245,7 @@ class _Chunks:
         handle = self.handles[index]
         if piece is _DONE:
             self.left -= 1
-            chunk = dict(handle.result())
+            chunk = sglang_result(handle.result(), self.params[index], None)
         else:
             self.texts[index] += piece
             chunk = {"text": self.texts[index], "meta_info": {"id": handle.rid, "finish_reason": None}}
@@ -295,11 +306,13 @@ def _has_value(value: Any) -> bool:
     return value is not None
 
 
-def _flatten(results: dict | list) -> dict | list[dict]:
-    """SGLang's shape: a batch (or n > 1) is one flat list, the n samples of each prompt in a row."""
-    if isinstance(results, dict):
-        return results
-    return [r for group in results for r in (group if isinstance(group, list) else [group])]
+def _shaped(results: dict | list, call: GenerateCall) -> dict | list[dict]:
+    """SGLang's shapes: each result's meta_info as SGLang's, and a batch (or n > 1) one flat list with the n
+    samples of each prompt in a row."""
+    groups = results if call.batch else [results]
+    out = [sglang_result(r, sp, None) for group, sp in zip(groups, call.params)
+           for r in (group if isinstance(group, list) else [group])]
+    return out if call.batch or len(out) > 1 else out[0]
 
 
 def _version() -> str:
