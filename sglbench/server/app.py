@@ -10,6 +10,7 @@ requests, which frees their KV slots. Bad input is a 400 {"error": {"message": .
 from __future__ import annotations
 
 import dataclasses
+import hmac
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -40,21 +41,35 @@ def _add_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, bad_request)
 
 
+def _check_api_key(api_key: str | None) -> None:
+    """An empty key would silently serve without authentication: refuse it."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key is empty: give a real key, or none to serve without authentication")
+
+
+def _key_matches(request: Request, api_key: str) -> bool:
+    """Whether the request carries the key ('Authorization: Bearer KEY' or 'X-API-Key: KEY'), compared in
+    constant time so response timing tells nothing about how much of a guess was right."""
+    expected = api_key.encode()
+    bearer = request.headers.get("authorization", "")
+    given = [bearer[7:] if bearer[:7].lower() == "bearer " else "", request.headers.get("x-api-key", "")]
+    return any(hmac.compare_digest(g.encode(), expected) for g in given)
+
+
 def build_app(rt: Runtime, api_key: str | None = None, model_name: str | None = None,
               incremental_streaming_output: bool = False) -> FastAPI:
     """The FastAPI application serving rt; with api_key set, every path but the health checks needs it.
     incremental_streaming_output (SGLang's server flag): /generate stream chunks carry only the logprob
     entries new since the previous chunk, instead of all so far."""
+    _check_api_key(api_key)
     app = FastAPI(title="sglbench", docs_url=None, redoc_url=None)
     serving = Serving(rt, model_name or Path(rt.config.model_path).name,
                       incremental_streaming_output=incremental_streaming_output)
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if api_key and request.url.path not in OPEN_PATHS:
-            bearer = request.headers.get("authorization", "")
-            if bearer != f"Bearer {api_key}" and request.headers.get("x-api-key") != api_key:
-                return error(401, "missing or wrong API key", "authentication_error")
+        if api_key and request.url.path not in OPEN_PATHS and not _key_matches(request, api_key):
+            return error(401, "missing or wrong API key", "authentication_error")
         return await call_next(request)
 
     _add_error_handlers(app)
@@ -82,6 +97,7 @@ def serve(model_path: str | None, host: str = "127.0.0.1", port: int = 30000, ap
     """Start a Runtime and serve it until interrupted (loopback by default)."""
     import uvicorn
 
+    _check_api_key(api_key)  # before the model loads
     rt = Runtime(model_path, **runtime_kwargs)
     try:
         uvicorn.run(build_app(rt, api_key=api_key, incremental_streaming_output=incremental_streaming_output), host=host, port=port, log_level="warning")
