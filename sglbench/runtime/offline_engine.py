@@ -29,36 +29,18 @@ from sglbench.runtime.generate_args import (
 from sglbench.runtime.model_resolution import resolve_model_path
 from sglbench.runtime.request import RequestHandle
 from sglbench.runtime.runtime import Runtime
-from sglbench.runtime.sampling_params import FIELDS, SamplingParams
+from sglbench.runtime.sampling_params import SamplingParams
 from sglbench.runtime.server_args import ServerArgs
+from sglbench.runtime.sglang_request_fields import PASSIVE_FIELDS, UNSUPPORTED_WHEN_SET, is_off
 from sglbench.runtime.sglang_shapes import sglang_result
 
 # generate() arguments SGLang has that this engine cannot honour: only their defaults (None, False, empty) pass.
-UNSUPPORTED: dict[str, str] = {
-    "image_data": "this engine serves text-only models",
-    "audio_data": "this engine serves text-only models",
-    "video_data": "this engine serves text-only models",
-    "lora_path": "LoRA adapters are not supported",
-    "custom_logit_processor": "custom logit processors are not supported",
-    "return_hidden_states": "hidden states are not returned",
-    "return_routed_experts": "routed experts are not returned",
-    "require_reasoning": "there is no reasoning parser",
+# What sgl.Engine refuses beyond the GenerateReqInput fields it shares with the server (sglang_request_fields).
+ENGINE_REFUSED: dict[str, str] = {
     "rid": "request ids are assigned by the engine (see meta_info['id'])",
     "session_id": "sessions are not supported (the radix cache shares common prefixes anyway)",
-    "session_params": "sessions are not supported (the radix cache shares common prefixes anyway)",
-    "priority": "there is no priority scheduling",
-    "cache_salt": "the radix cache has no namespaces",
-    "mm_hashes": "this engine serves text-only models",
-    "mm_content_hashes": "this engine serves text-only models",
-    "bootstrap_host": "prefill/decode disaggregation needs several servers",
-    "bootstrap_port": "prefill/decode disaggregation needs several servers",
-    "bootstrap_room": "prefill/decode disaggregation needs several servers",
-    "routed_dp_rank": "there is one engine (no data parallelism)",
-    "data_parallel_rank": "there is one engine (no data parallelism)",
-    "disagg_prefill_dp_rank": "prefill/decode disaggregation needs several servers",
-    "kv_hints": "there is no hierarchical cache",
 }
-IGNORED = frozenset({"external_trace_header", "routed_experts_start_len"})  # tracing and expert-routing extras
+UNSUPPORTED: dict[str, str] = {**UNSUPPORTED_WHEN_SET, **ENGINE_REFUSED}
 _DONE = object()  # a handle's stream ended
 
 
@@ -271,39 +253,28 @@ def _pump(handles: list[RequestHandle], put: Callable[[tuple[int, Any]], object]
 
 
 def _check_unsupported(arguments: dict[str, Any]) -> None:
-    unknown = sorted(set(arguments) - UNSUPPORTED.keys() - IGNORED)
+    unknown = sorted(set(arguments) - UNSUPPORTED.keys() - set(PASSIVE_FIELDS))
     if unknown:
         raise TypeError(f"generate() got unexpected keyword argument(s) {unknown}")
-    given = sorted(k for k, v in arguments.items() if k in UNSUPPORTED and _has_value(v))
+    given = sorted(k for k, v in arguments.items() if k in UNSUPPORTED and not is_off(v))
     if given:
         raise NotImplementedError("; ".join(f"{k}: {UNSUPPORTED[k]}" for k in given))
 
 
 def _option_values(name: str, value: Any, count: int, batch: bool) -> list:
-    """A per-request option's value for each request; an option the runtime lacks is NotImplementedError."""
+    """A per-request option's value for each request."""
     if name == "token_ids_logprob":  # a list of ids is one value; a batch may give one list per prompt
         nested = isinstance(value, list) and bool(value) and isinstance(value[0], list)
         value = (value or None) if not nested else value
         values = per_request(value, count, batch, name) if nested else [value] * count
     else:
         values = per_request(value, count, batch, name)
-    if name not in FIELDS and any(_given(v) for v in values):
-        raise NotImplementedError(f"{name} is not supported by this engine")
     return values
 
 
 def _given(value: Any) -> bool:
     """Set by the caller: not None/False (0 is a value: logprob_start_len=0 starts at the prompt's first token)."""
     return value is not None and value is not False
-
-
-def _has_value(value: Any) -> bool:
-    """A real value: not None/False/empty, nor a list of those (a batch's "no image" placeholders)."""
-    if isinstance(value, (list, tuple, dict)):
-        return any(_has_value(v) for v in (value.values() if isinstance(value, dict) else value))
-    if isinstance(value, (bool, int, str)):
-        return bool(value)  # routed_dp_rank=0 is the one engine there is
-    return value is not None
 
 
 def _shaped(results: dict | list, call: GenerateCall) -> dict | list[dict]:

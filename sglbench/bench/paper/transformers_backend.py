@@ -122,8 +122,11 @@ class TransformersBackend(BaseBackend):
     def flush_cache(self) -> bool:
         return True  # nothing is cached between calls
 
+    def get_model_name(self) -> str:
+        return getattr(self.model, "name_or_path", "")
+
     def get_server_info(self) -> dict[str, Any]:
-        return {"backend": "transformers", "model_path": getattr(self.model, "name_or_path", ""),
+        return {"backend": "transformers", "model_path": self.get_model_name(),
                 "device": str(self.model.device), "dtype": str(self.model.dtype), "batch_size": self.batch_size}
 
     # ------------------------------------------------------------------ batching
