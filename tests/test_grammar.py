@@ -135,6 +135,19 @@ def test_jump_forward_equals_token_by_token_on_forced_output(rt, rt_no_jump):
     assert decode_tokens(rt_no_jump) - before[1] == len(stepped["output_ids"]) - 1  # the first comes from prefill
 
 
+def test_jump_forward_leaves_the_last_forced_token_to_the_model(rt, rt_no_jump):
+    """A generic object forces `{` first; jumping that token alone showed the model a boundary it never saw
+    (it writes `{"` as one token) and derailed it into `{": ": 26, ...`. The last forced token is sampled."""
+    ids = rt.tokenizer.encode_plain(rt.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Give me Alice's record as JSON."}]))
+    params = {"max_new_tokens": 80, "temperature": 0, "json_schema": '{"type": "object"}'}
+    jumped = rt.generate(input_ids=ids, sampling_params=params)
+    stepped = rt_no_jump.generate(input_ids=ids, sampling_params=params)
+    assert jumped["text"] == stepped["text"]
+    if rt.config.model_path == str(DEFAULT_CHECKPOINT):
+        assert json.loads(jumped["text"])["name"] == "Alice"
+
+
 def test_jump_forward_saves_decode_steps_on_partly_forced_output(rt, rt_no_jump):
     prompts = [f"Person {i}:" for i in range(4)]
     decoded = {}

@@ -171,9 +171,22 @@ class OutputProcessor:
             return False
         limit = min(req.params.max_new_tokens, self.context_length - 1 - len(req.input_ids))
         jump = plan_jump(self.tokenizer, req.output_ids, forced, limit)
-        if jump is None or not constraint.matcher.replace_tail(req.output_ids[jump.keep :], list(jump.tokens)):
+        old_tail = req.output_ids[jump.keep :] if jump is not None else []
+        if jump is None or not constraint.matcher.replace_tail(old_tail, list(jump.tokens)):
             return False
-        new_ids = req.output_ids[: jump.keep] + list(jump.tokens)
+        tokens = list(jump.tokens)
+        if not constraint.matcher.must_stop() and jump.keep + len(tokens) < limit:
+            # More follows the forced text: leave its last token to the sampler, which (under the mask) may
+            # spell it merged with what follows, e.g. `{"` where a jump over `{` alone would show the model
+            # a token boundary it never saw in training and derail it.
+            held = tokens[:-1]
+            grows = len(self.tokenizer.decode(held, skip_special_tokens=False)) > len(
+                self.tokenizer.decode(old_tail, skip_special_tokens=False))
+            constraint.matcher.replace_tail(tokens, held if grows else old_tail)
+            if not grows:
+                return False
+            tokens = held
+        new_ids = req.output_ids[: jump.keep] + tokens
         computed = req.kv_len - len(req.input_ids)  # output tokens whose K/V is in the pool
         resumed = req.row >= 0 and common_prefix_len(req.output_ids, new_ids) < computed
         if resumed:
