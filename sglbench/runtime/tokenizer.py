@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2  # transformers renders chat templates with it
 import regex  # a dependency of transformers: its partial matching holds back streamed text
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from sglbench.runtime.grammar import xgrammar_regex  # the one restatement of Python's regex dialect
 
@@ -17,6 +19,11 @@ try:
     from re import _parser as _sre_parse
 except ImportError:  # Python 3.10
     import sre_parse as _sre_parse  # type: ignore[no-redef]
+
+
+# Names a request's template kwargs may not take: Hugging Face's apply_chat_template reads them itself.
+_HF_CHAT_TEMPLATE_PARAMETERS = frozenset(inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters
+                                         ) - {"self", "kwargs"}
 
 
 class Tokenizer:
@@ -59,9 +66,22 @@ class Tokenizer:
     def chat_template(self) -> str | None:
         return getattr(self.hf, "chat_template", None)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        with self._lock:
-            return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None,
+                            continue_final_message: bool = False, **template_kwargs) -> str:
+        """The prompt text of messages through the model's own chat template; tools and template_kwargs (e.g.
+        enable_thinking) reach the Jinja template. continue_final_message leaves the last message open (no
+        generation prompt then). ValueError when the template refuses the messages, saying why."""
+        reserved = sorted(set(template_kwargs) & _HF_CHAT_TEMPLATE_PARAMETERS)
+        if reserved:
+            raise ValueError(f"chat template kwargs {reserved} are apply_chat_template's own parameters, not template "
+                             "variables")
+        try:
+            with self._lock:
+                return self.hf.apply_chat_template(
+                    messages, tools=tools, tokenize=False, continue_final_message=continue_final_message,
+                    add_generation_prompt=add_generation_prompt and not continue_final_message, **template_kwargs)
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"the model's chat template refused these messages: {exc}") from exc
 
 
 @dataclass(frozen=True)
