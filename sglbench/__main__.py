@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     sv.add_argument("--max-total-tokens", type=int, default=None)
     sv.add_argument("--incremental-streaming-output", action="store_true",
                     help="stream chunks carry only their new logprobs (SGLang's flag of the same name)")
+    sv.add_argument("--tool-call-parser", default=None,
+                    help="tool-call format of chat completions: hermes (Qwen2.5/Qwen3), llama3, mistral, or none "
+                         "(default: from the model folder)")
+    sv.add_argument("--reasoning-parser", default=None,
+                    help="split <think> reasoning into reasoning_content: qwen3, deepseek-r1, ..., or none "
+                         "(default: qwen3 when the chat template writes <think>)")
     args, rest = parser.parse_known_args(argv)
     if args.command in ("quickstart", "serve") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -72,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         from sglbench.server.app import serve
 
         serve(args.model, host=args.host, port=args.port, api_key=args.api_key, device=args.device,
-              max_total_tokens=args.max_total_tokens, incremental_streaming_output=args.incremental_streaming_output)
+              max_total_tokens=args.max_total_tokens, incremental_streaming_output=args.incremental_streaming_output,
+              tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser)
     else:
         from sglbench.bench.__main__ import main as bench_main
 

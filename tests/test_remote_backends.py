@@ -231,9 +231,14 @@ def test_openai_completion_programs_match_in_process(completion, expected):
     st = few_shot.run(question=QUESTIONS[1], backend=completion, temperature=0, stream=True)
     assert "".join(st.text_iter("answer")) == expected["few_shot"][1]
     fails(number.run(backend=completion, temperature=0), ValueError, r"gen\(regex=...\) needs constrained decoding")
-    # sglbench serve returns no prompt logprobs for echo=True: select says so.
-    fails(judge.run(statement="Rivers flow uphill.", method=sgl.token_length_normalized, backend=completion),
-          ValueError, "no prompt logprobs for echo=True")
+    # select scores the choices with the server's echo=True prompt logprobs, as in process.
+    for method, (verdict, want) in zip(METHODS[:2], expected["verdicts"][:2]):
+        st = ok(judge.run(statement="Rivers flow uphill.", method=method, backend=completion))
+        assert st["verdict"] == verdict
+        assert st.get_meta_info("verdict")["normalized_prompt_logprobs"] == pytest.approx(
+            want["normalized_prompt_logprobs"], abs=1e-3)
+    fails(judge.run(statement="Rivers flow uphill.", method=METHODS[2], backend=completion), ValueError,
+          "scores each choice without its prompt")
 
 
 def test_openai_chat_program_matches_in_process(chat, expected):

@@ -116,6 +116,8 @@ class Spec:
     openai: its name in the OpenAI API; openai_extra: its name in the request body of servers that
       take it beyond the API (vLLM, SGLang), sent only when it differs from the default;
       openai_missing: why the OpenAI API cannot carry it (set only where a user may ask for it).
+    serve_extra: whether `sglbench serve`'s OpenAI routes take it in the body under its own name, beyond
+      the API (as SGLang's server takes regex, ebnf, stop_regex...); openai_extra fields are taken too.
     json_type: the type a JSON body carries when it differs from the field's (stop: str | list[str]).
     runtime: whether this engine implements it (a value other than the default is a NotImplementedError);
       runtime_missing: what to use instead.
@@ -128,6 +130,7 @@ class Spec:
     openai: str | None = None
     openai_extra: str | None = None
     openai_missing: str = ""
+    serve_extra: bool = False
     json_type: Any = None
     runtime: bool = True
     runtime_missing: str = ""
@@ -160,18 +163,20 @@ class SamplingParams:
     stop: tuple[str, ...] = _param((), convert=_strings, openai="stop", json_type=str | list[str])
     stop_token_ids: tuple[int, ...] = _param((), convert=_ints, openai_extra="stop_token_ids")
     stop_regex: tuple[str, ...] = _param((), convert=_stop_regexes, openai_missing=_CONSTRAINED,
-                                         json_type=str | list[str])
+                                         serve_extra=True, json_type=str | list[str])
     ignore_eos: bool = _param(False, openai_extra="ignore_eos")
     n: int = _param(1, rule="a positive integer", valid=_int_at_least(1), openai="n")
     seed: int | None = _param(None, rule=_SEED_RULE, valid=_is_seed, sglang=None, openai="seed")
-    skip_special_tokens: bool = _param(True)
+    skip_special_tokens: bool = _param(True, serve_extra=True)
     return_logprob: bool = _param(False, sglang="request", openai_missing=_NO_LOGPROBS)
     logprob_start_len: int = _param(-1, rule="-1 (none) or >= 0", valid=lambda v: v >= -1, sglang="request",
                                     openai_missing=_NO_LOGPROBS)
     top_logprobs_num: int = _param(0, rule=">= 0", valid=lambda v: v >= 0, sglang="request",
                                    openai_missing=_NO_LOGPROBS)
-    regex: str | None = _param(None, rule="a string", valid=lambda v: isinstance(v, str), openai_missing=_CONSTRAINED)
-    json_schema: str | None = _param(None, convert=normalize_json_schema, openai_missing=_CONSTRAINED)
+    regex: str | None = _param(None, rule="a string", valid=lambda v: isinstance(v, str), openai_missing=_CONSTRAINED,
+                               serve_extra=True)
+    json_schema: str | None = _param(None, convert=normalize_json_schema, openai_missing=_CONSTRAINED,
+                                     serve_extra=True, json_type=str | dict[str, Any])
     # SGLang's further fields (its srt/sampling/sampling_params.py and GenerateReqInput)
     repetition_penalty: float = _param(1.0, rule="in (0, 2]", valid=lambda v: 0 < v <= 2,
                                        openai_extra="repetition_penalty")
@@ -181,7 +186,7 @@ class SamplingParams:
     sampling_seed: int | None = _param(None, rule=_SEED_RULE, valid=_is_seed, openai_extra="seed")
     spaces_between_special_tokens: bool = _param(True, openai_extra="spaces_between_special_tokens")
     ebnf: str | None = _param(None, rule="a string", valid=lambda v: isinstance(v, str),
-                              openai_missing=_CONSTRAINED)
+                              openai_missing=_CONSTRAINED, serve_extra=True)
     # Returned with return_logprob (ignored without, as SGLang), like top_logprobs_num.
     token_ids_logprob: tuple[int, ...] = _param((), convert=_ints, sglang="request",
                                                 openai_missing=_NO_LOGPROBS)
@@ -341,8 +346,28 @@ def openai_server_fields() -> dict[str, tuple[Any, Any]]:
             if spec.openai is not None and spec.openai != "max_tokens"}
 
 
-def from_openai(body: Mapping[str, Any], **overrides: Any) -> SamplingParams:
-    """SamplingParams from an OpenAI request body's standard sampling fields (plus overrides)."""
+def _openai_server_names() -> dict[str, str]:
+    """Body name -> field name of every sampling field sglbench serve's OpenAI routes take: the API's
+    standard names first, then the extras (SGLang's server names; a name the API already uses is not reused)."""
     names = {spec.openai: name for name, spec in FIELDS.items() if spec.openai is not None}
+    for name, spec in FIELDS.items():
+        key = spec.openai_extra or (name if spec.serve_extra else None)
+        if key is not None and key not in names:
+            names[key] = name
+    return names
+
+
+def openai_server_extra_fields() -> dict[str, tuple[Any, Any]]:
+    """The fields beyond the OpenAI API that the server takes in an OpenAI body (top_k, min_p, regex,
+    json_schema, ebnf, stop_token_ids...), as pydantic field definitions; None means the default."""
+    hints = typing.get_type_hints(SamplingParams)
+    standard = {spec.openai for spec in FIELDS.values() if spec.openai is not None}
+    return {key: ((FIELDS[name].json_type or hints[name]) | None, None)
+            for key, name in _openai_server_names().items() if key not in standard}
+
+
+def from_openai(body: Mapping[str, Any], **overrides: Any) -> SamplingParams:
+    """SamplingParams from an OpenAI request body's sampling fields, standard and extra (plus overrides)."""
+    names = _openai_server_names()
     kwargs = {names[k]: v for k, v in body.items() if k in names and names[k] not in overrides}
     return SamplingParams.from_kwargs(**kwargs, **overrides)

@@ -1,6 +1,7 @@
 """Request bodies the HTTP server accepts: SGLang's native /generate and /abort_request, and the OpenAI-compatible ones.
 
-Unknown fields are refused (`extra="forbid"`), so a typo is a 400 that names it, never ignored. /generate takes
+In SGLang's native bodies unknown fields are refused (`extra="forbid"`), so a typo is a 400 that names it; the
+OpenAI bodies ignore them with a warning in the log, as the servers that clients of that API meet do. /generate takes
 SGLang's `GenerateReqInput` shapes: one prompt or a batch, with one value or a list (one per prompt) for
 sampling_params, the logprob fields and rid. Its other fields are accepted while they ask for nothing this server
 would have to do differently (null, false, 0, empty), and are a 400 naming them otherwise.
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 from sglbench.runtime.generate_args import per_request, split_prompts
 from sglbench.runtime.sampling_params import (
     SamplingParams,
+    openai_server_extra_fields,
     openai_server_fields,
     sglang_top_level_fields,
 )
@@ -142,35 +144,65 @@ class AbortRequest(BaseModel):
     abort_message: str | None = None
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's stream_options: include_usage adds a last chunk with the usage and no choices."""
+
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's and SGLang's: every chunk carries the usage so far
+
+
 class _OpenAIBase(BaseModel):
-    model_config = _STRICT
+    """What both OpenAI routes take besides sampling. Unknown fields are ignored with a warning in the log, as
+    SGLang's and vLLM's servers do (clients add fields faster than servers learn them); malformed known ones are
+    a 400 naming the field."""
+
+    model_config = ConfigDict(extra="allow")
     model: str
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = None
+    metadata: dict[str, Any] | None = None  # stored by OpenAI; accepted and unused here
+    store: bool | None = None
+    service_tier: str | None = None
+    response_format: dict[str, Any] | None = None
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
 
 
-# The standard OpenAI sampling fields (temperature, top_p, n, stop, seed, penalties), from their definition.
-_OpenAISampling = create_model("_OpenAISampling", __base__=_OpenAIBase, **openai_server_fields())
+# The OpenAI sampling fields (temperature, top_p, n, stop, seed, penalties) and the extras SGLang's server takes in
+# the same body (top_k, min_p, regex, json_schema, ebnf, ...), from their one definition.
+_OpenAISampling = create_model("_OpenAISampling", __base__=_OpenAIBase, **openai_server_fields(),
+                               **openai_server_extra_fields())
 
 
 class CompletionRequest(_OpenAISampling):
-    """OpenAI /v1/completions."""
+    """OpenAI /v1/completions: one prompt or several, as text or token ids."""
 
-    prompt: str | list[int]
-    max_tokens: int = 16
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16
     logprobs: int | None = None
     echo: bool = False
-
-
-class ChatMessage(BaseModel):
-    model_config = _STRICT
-    role: str
-    content: str
+    suffix: str | None = None
+    best_of: int | None = None
 
 
 class ChatCompletionRequest(_OpenAISampling):
-    """OpenAI /v1/chat/completions."""
+    """OpenAI /v1/chat/completions, with tools, reasoning and SGLang's chat extras. Messages are checked and
+    normalized by `chat_messages.normalize_messages`, which names the message and field at fault."""
 
-    messages: list[ChatMessage]
+    messages: list[dict[str, Any]]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    reasoning_effort: str | None = None  # accepted; the model's template decides how it reasons
+    separate_reasoning: bool = True  # SGLang's: reasoning_content apart from content when a reasoning parser is set
+    stream_reasoning: bool = True  # SGLang's: stream reasoning_content deltas (False: send it at the end)
+    chat_template_kwargs: dict[str, Any] | None = None
+    continue_final_message: bool = False

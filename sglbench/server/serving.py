@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,9 +15,14 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from sglbench.lang.reasoning import ReasoningFormat
 from sglbench.runtime.request import RequestHandle, StreamDelta
 from sglbench.runtime.runtime import Runtime
 from sglbench.runtime.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+MAX_SAMPLES_PER_REQUEST = 256  # prompts x n of one HTTP request: a bound, so one body cannot flood the queue
 
 # One request to submit: its prompt (text or token ids), sampling parameters (n samples) and request id.
 Job = tuple[str | list[int], SamplingParams, str | None]
@@ -35,8 +41,12 @@ def sse_response(payloads: AsyncIterator[Any]) -> StreamingResponse:
     """A text/event-stream of the payloads ("data: {...}" each), ended by "data: [DONE]" as SGLang and OpenAI do."""
 
     async def body() -> AsyncIterator[str]:
-        async for payload in payloads:
-            yield _sse(payload)
+        try:
+            async for payload in payloads:
+                yield _sse(payload)
+        except Exception as exc:  # headers are sent: the error goes in the stream, as SGLang does
+            logger.exception("stream failed")
+            yield _sse({"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error"}})
         yield _sse("[DONE]")
 
     return StreamingResponse(body(), media_type="text/event-stream")
@@ -56,29 +66,45 @@ class Serving:
     started: float = field(default_factory=time.time)
     live: dict[str, RequestHandle] = field(default_factory=dict)
     incremental_streaming_output: bool = False  # SGLang's flag: stream chunks carry only their new logprobs
+    tool_format: Any = None  # the ToolCallFormat chat completions parse tool calls with (None: no tools)
+    reasoning_format: ReasoningFormat | None = None  # splits reasoning_content off chat answers (None: kept inline)
+    metrics: Any = None  # a ServerMetrics that observes every request this server finishes (or None)
 
-    def submit(self, prompt: str | list[int], params: SamplingParams, rid: str | None = None) -> RequestHandle:
-        """Submit one request (n=1); ValueError if rid names a request still running here."""
+    def submit(self, prompt: str | list[int], params: SamplingParams, rid: str | None = None,
+               stream: bool | None = False) -> RequestHandle:
+        """Submit one request (n=1); ValueError if rid names a request still running here. Its result is
+        observed into the metrics when it finishes, as a streamed one or not (stream=None: not at all)."""
         if rid is not None and rid in self.live:
             raise ValueError(f"rid {rid!r} is already in use by a running request")
         handle = self.rt.submit(prompt, params, rid=rid)
         self.live[handle.rid] = handle
-        handle.add_done_callback(lambda _: self.live.pop(handle.rid, None))
+
+        def finished(result: dict) -> None:
+            self.live.pop(handle.rid, None)
+            if self.metrics is not None and stream is not None:
+                self.metrics.observe(result, is_streaming=stream)
+
+        handle.add_done_callback(finished)
         return handle
 
-    async def submit_all(self, jobs: list[Job]) -> list[RequestHandle]:
+    async def submit_all(self, jobs: list[Job], stream: bool = False) -> list[RequestHandle]:
         """Every job's params.n handles, job by job (sample i of a job with rid R is R_i). Prompts with n > 1 are
         prefilled first, together, so that their samples share the prompt's KV. If a job is refused, the
         requests already submitted are aborted."""
+        total = sum(params.n for _, params, _ in jobs)
+        if total > MAX_SAMPLES_PER_REQUEST:
+            raise ValueError(f"this request asks for {total} samples (prompts x n); the most one request may ask "
+                             f"for is {MAX_SAMPLES_PER_REQUEST}")
         handles: list[RequestHandle] = []
         try:
             if not self.rt.config.disable_radix_cache:
-                handles = [self.submit(prompt, SamplingParams(max_new_tokens=0)) for prompt, p, _ in jobs if p.n > 1]
+                handles = [self.submit(prompt, SamplingParams(max_new_tokens=0), stream=None)
+                           for prompt, p, _ in jobs if p.n > 1]
                 await asyncio.gather(*(h.async_result() for h in handles))
             handles = []
             for prompt, params, rid in jobs:
                 rids = [rid] if params.n == 1 else [None if rid is None else f"{rid}_{i}" for i in range(params.n)]
-                handles += [self.submit(prompt, _sample(params, i), r) for i, r in enumerate(rids)]
+                handles += [self.submit(prompt, _sample(params, i), r, stream) for i, r in enumerate(rids)]
         except BaseException:
             self.abort(handles)
             raise
@@ -103,6 +129,7 @@ class Serving:
             if await request.is_disconnected():
                 self.abort(handles)
                 results.cancel()
+                results.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no log noise
                 return None
 
     async def events(self, request: Request, handles: list[RequestHandle]

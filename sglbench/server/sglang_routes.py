@@ -149,7 +149,7 @@ def add_sglang_routes(app: FastAPI, serving: Serving) -> None:
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(body: GenerateRequest, request: Request):
         items = [with_logprob_start(rt, item) for item in body.items()]
-        handles = await serving.submit_all([(item.prompt, item.params, item.rid) for item in items])
+        handles = await serving.submit_all([(item.prompt, item.params, item.rid) for item in items], body.stream)
         params = [item.params for item in items for _ in range(item.params.n)]
         text = token_text if body.return_text_in_logprobs else None
         if body.stream:
