@@ -24,6 +24,7 @@ except ImportError:  # Python 3.10
 # Names a request's template kwargs may not take: Hugging Face's apply_chat_template reads them itself.
 _HF_CHAT_TEMPLATE_PARAMETERS = frozenset(inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters
                                          ) - {"self", "kwargs"}
+_SANITIZES = "sanitize_control_tokens" in _HF_CHAT_TEMPLATE_PARAMETERS  # transformers 5.x
 
 
 class Tokenizer:
@@ -82,6 +83,29 @@ class Tokenizer:
                     add_generation_prompt=add_generation_prompt and not continue_final_message, **template_kwargs)
         except jinja2.TemplateError as exc:
             raise ValueError(f"the model's chat template refused these messages: {exc}") from exc
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None,
+                    continue_final_message: bool = False, **template_kwargs) -> list[int]:
+        """The prompt ids of messages through the chat template, with the control tokens (`<|system|>`, `</s>`,
+        ...) that messages or tools contain encoded as ordinary text, so a user cannot forge another role: only
+        the markers the template writes are tokens. Needs transformers' sanitize_control_tokens (5.x); on
+        older releases the rendered text is encoded as it is."""
+        if not _SANITIZES:
+            return self.encode_plain(self.apply_chat_template(
+                messages, add_generation_prompt, tools, continue_final_message, **template_kwargs))
+        reserved = sorted(set(template_kwargs) & _HF_CHAT_TEMPLATE_PARAMETERS)
+        if reserved:
+            raise ValueError(f"chat template kwargs {reserved} are apply_chat_template's own parameters, not template "
+                             "variables")
+        try:
+            with self._lock:
+                ids = self.hf.apply_chat_template(
+                    messages, tools=tools, tokenize=True, return_dict=False, sanitize_control_tokens=True,
+                    continue_final_message=continue_final_message,
+                    add_generation_prompt=add_generation_prompt and not continue_final_message, **template_kwargs)
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"the model's chat template refused these messages: {exc}") from exc
+        return list(ids)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 from sglbench.lang.reasoning import ReasoningFormat, ReasoningStream, prompt_opens_reasoning, split_reasoning
 from sglbench.runtime.sampling_params import GRAMMAR_KINDS, SamplingParams, from_openai
 from sglbench.runtime.tokenizer import Tokenizer
-from sglbench.server.chat_messages import render_chat_prompt
+from sglbench.server.chat_messages import encode_chat_prompt
 from sglbench.server.openai_shapes import chat_logprobs, finish_reason, response_format_constraint
 from sglbench.server.protocol import ChatCompletionRequest
 from sglbench.server.tool_calls import ToolCallFormat, check_tools
@@ -78,10 +78,10 @@ def plan_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, context_length:
         asked = [*given, *(["response_format"] if body.response_format else []), *(["tool_choice"] if tools and
                                                                                  choice != "auto" else [])]
         raise ValueError(f"{' and '.join(asked)} each constrain the output: give one")
-    prompt = render_chat_prompt(tokenizer, body.messages, tools=tools or None,
-                                template_kwargs=body.chat_template_kwargs,
-                                continue_final_message=body.continue_final_message)
-    prompt_ids = tokenizer.encode_plain(prompt)  # the template holds bos itself
+    prompt_ids = encode_chat_prompt(tokenizer, body.messages, tools=tools or None,
+                                    template_kwargs=body.chat_template_kwargs,
+                                    continue_final_message=body.continue_final_message)
+    prompt_tail = tokenizer.decode(prompt_ids[-16:], skip_special_tokens=False)  # where the reasoning may open
     limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     if limit is None:  # as the OpenAI API: up to the context length
         limit = max(1, context_length - len(prompt_ids))
@@ -90,7 +90,7 @@ def plan_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, context_length:
         params = params.replace(skip_special_tokens=False)  # the call marker is a special token: keep its text
     separate = reasoning if (reasoning is not None and body.separate_reasoning) else None
     return ChatPlan(prompt_ids, params, tools, tool_format if tools else None, separate,
-                    separate is not None and prompt_opens_reasoning(prompt, separate),
+                    separate is not None and prompt_opens_reasoning(prompt_tail, separate),
                     body.top_logprobs or 0, body.logprobs, body.parallel_tool_calls,
                     bool(tools) and choice != "auto")
 

@@ -28,6 +28,9 @@ class ChatTemplateTokenizer(Protocol):
                             tools: list[dict] | None = None, continue_final_message: bool = False,
                             **template_kwargs: Any) -> str: ...
 
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None,
+                    continue_final_message: bool = False, **template_kwargs: Any) -> list[int]: ...
+
 
 def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
@@ -158,12 +161,9 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
     return [_normalize_message(message, i) for i, message in enumerate(messages)]
 
 
-def render_chat_prompt(tokenizer: ChatTemplateTokenizer, messages: list[dict], tools: list[dict] | None = None,
-                       template_kwargs: dict[str, Any] | None = None, continue_final_message: bool = False) -> str:
-    """The prompt text of an OpenAI chat request through the model's own chat template. tools are OpenAI tool dicts
-    (`{"type": "function", "function": {...}}`, what HF templates read); template_kwargs are the request's
-    chat_template_kwargs (e.g. `{"enable_thinking": False}`); continue_final_message leaves the final assistant
-    message open for the model to continue instead of adding a generation prompt."""
+def _template_inputs(messages: list[dict], tools: list[dict] | None, template_kwargs: dict[str, Any] | None,
+                     continue_final_message: bool) -> tuple[list[dict], dict[str, Any]]:
+    """Checked, normalized messages and the template kwargs of a chat request (ValueError naming the field)."""
     normalized = normalize_messages(messages)
     if continue_final_message and normalized[-1]["role"] != "assistant":
         raise ValueError(f"continue_final_message needs an assistant message last; messages[{len(normalized) - 1}] "
@@ -176,6 +176,25 @@ def render_chat_prompt(tokenizer: ChatTemplateTokenizer, messages: list[dict], t
     clash = sorted(set(template_kwargs) & _OWN_ARGUMENTS)
     if clash:
         raise ValueError(f"chat_template_kwargs may not set {clash}: the request sets them in its own fields")
+    return normalized, template_kwargs
+
+
+def render_chat_prompt(tokenizer: ChatTemplateTokenizer, messages: list[dict], tools: list[dict] | None = None,
+                       template_kwargs: dict[str, Any] | None = None, continue_final_message: bool = False) -> str:
+    """The prompt text of an OpenAI chat request through the model's own chat template. tools are OpenAI tool dicts
+    (`{"type": "function", "function": {...}}`, what HF templates read); template_kwargs are the request's
+    chat_template_kwargs (e.g. `{"enable_thinking": False}`); continue_final_message leaves the final assistant
+    message open for the model to continue instead of adding a generation prompt."""
+    normalized, kwargs = _template_inputs(messages, tools, template_kwargs, continue_final_message)
     return tokenizer.apply_chat_template(normalized, add_generation_prompt=not continue_final_message,
-                                         tools=tools or None, continue_final_message=continue_final_message,
-                                         **template_kwargs)
+                                         tools=tools or None, continue_final_message=continue_final_message, **kwargs)
+
+
+def encode_chat_prompt(tokenizer: ChatTemplateTokenizer, messages: list[dict], tools: list[dict] | None = None,
+                       template_kwargs: dict[str, Any] | None = None, continue_final_message: bool = False
+                       ) -> list[int]:
+    """The prompt ids of the same rendering as `render_chat_prompt`, with control tokens inside the messages and
+    tools encoded as text (see `Tokenizer.encode_chat`): what the server sends to the engine."""
+    normalized, kwargs = _template_inputs(messages, tools, template_kwargs, continue_final_message)
+    return tokenizer.encode_chat(normalized, add_generation_prompt=not continue_final_message,
+                                 tools=tools or None, continue_final_message=continue_final_message, **kwargs)

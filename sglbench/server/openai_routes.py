@@ -74,7 +74,7 @@ def add_openai_routes(app: FastAPI, serving: Serving) -> None:
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "sglbench",
-                                            "created": int(serving.started), "root": rt.config.model_path,
+                                            "created": int(serving.started), "root": served_name,
                                             "max_model_len": rt.model_info().context_length}]}
 
     # ------------------------------------------------------------------------------------ completions
