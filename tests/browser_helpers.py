@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from sglbench.server.background import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = (
@@ -72,13 +73,6 @@ def save_screenshot(page: Any, path: Path, **options: Any) -> Path:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, Path(artifacts) / path.name)
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kernel_pids(runtime_dir: Path) -> dict[int, list[str]]:

@@ -4,13 +4,11 @@ batches, an app served on loopback."""
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import torch
-import uvicorn
+
+from sglbench.server.background import BackgroundServer
 
 
 def hf_greedy(model, input_ids: list[int], new_tokens: int) -> list[int]:
@@ -69,25 +67,8 @@ EXTEND_CASES = {
 GQA = {1: 2, 4: 2, 8: 1}  # group -> kv_heads (keeps the interpreter's program count small)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(app) -> Iterator[str]:
     """app on a loopback port in a thread; yields its base URL, stops it afterwards."""
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with BackgroundServer(app) as server:
+        yield server.url

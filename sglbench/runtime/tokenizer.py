@@ -8,6 +8,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2  # transformers renders chat templates with it
 import regex  # a dependency of transformers: its partial matching holds back streamed text
@@ -72,17 +73,8 @@ class Tokenizer:
         """The prompt text of messages through the model's own chat template; tools and template_kwargs (e.g.
         enable_thinking) reach the Jinja template. continue_final_message leaves the last message open (no
         generation prompt then). ValueError when the template refuses the messages, saying why."""
-        reserved = sorted(set(template_kwargs) & _HF_CHAT_TEMPLATE_PARAMETERS)
-        if reserved:
-            raise ValueError(f"chat template kwargs {reserved} are apply_chat_template's own parameters, not template "
-                             "variables")
-        try:
-            with self._lock:
-                return self.hf.apply_chat_template(
-                    messages, tools=tools, tokenize=False, continue_final_message=continue_final_message,
-                    add_generation_prompt=add_generation_prompt and not continue_final_message, **template_kwargs)
-        except jinja2.TemplateError as exc:
-            raise ValueError(f"the model's chat template refused these messages: {exc}") from exc
+        return self._render(messages, add_generation_prompt, tools, continue_final_message, template_kwargs,
+                            tokenize=False)
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None,
                     continue_final_message: bool = False, **template_kwargs) -> list[int]:
@@ -93,19 +85,23 @@ class Tokenizer:
         if not _SANITIZES:
             return self.encode_plain(self.apply_chat_template(
                 messages, add_generation_prompt, tools, continue_final_message, **template_kwargs))
+        return list(self._render(messages, add_generation_prompt, tools, continue_final_message, template_kwargs,
+                                 tokenize=True, return_dict=False, sanitize_control_tokens=True))
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None,
+                continue_final_message: bool, template_kwargs: dict, **hf_kwargs) -> Any:
         reserved = sorted(set(template_kwargs) & _HF_CHAT_TEMPLATE_PARAMETERS)
         if reserved:
             raise ValueError(f"chat template kwargs {reserved} are apply_chat_template's own parameters, not template "
                              "variables")
         try:
             with self._lock:
-                ids = self.hf.apply_chat_template(
-                    messages, tools=tools, tokenize=True, return_dict=False, sanitize_control_tokens=True,
-                    continue_final_message=continue_final_message,
-                    add_generation_prompt=add_generation_prompt and not continue_final_message, **template_kwargs)
+                return self.hf.apply_chat_template(
+                    messages, tools=tools, continue_final_message=continue_final_message,
+                    add_generation_prompt=add_generation_prompt and not continue_final_message, **hf_kwargs,
+                    **template_kwargs)
         except jinja2.TemplateError as exc:
             raise ValueError(f"the model's chat template refused these messages: {exc}") from exc
-        return list(ids)
 
 
 @dataclass(frozen=True)
