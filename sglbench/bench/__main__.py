@@ -10,6 +10,7 @@ WORKLOADS = {
     "fewshot": "sglbench.bench.fewshot",
     "json": "sglbench.bench.json_decode",
     "kernels": "sglbench.bench.kernels",
+    "soak": "sglbench.bench.soak",
     "mmlu": "sglbench.bench.paper.mmlu",
     "hellaswag": "sglbench.bench.paper.hellaswag",
     "tree-of-thought": "sglbench.bench.paper.tree_of_thought",

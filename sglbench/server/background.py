@@ -6,10 +6,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sglbench.runtime.runtime import Runtime
-from sglbench.server.app import build_app
+if TYPE_CHECKING:  # torch-free at import: clients and benchmarks use free_port without loading the engine
+    from sglbench.runtime.runtime import Runtime
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,4 +58,6 @@ def serve_in_background(rt: Runtime, host: str = "127.0.0.1", port: int | None =
                         **app_kwargs: Any) -> BackgroundServer:
     """Serve rt over HTTP (SGLang-native and OpenAI-compatible) from a thread; app_kwargs go to `build_app`
     (api_key, model_name, tool_call_parser, reasoning_parser, ...)."""
+    from sglbench.server.app import build_app
+
     return BackgroundServer(build_app(rt, **app_kwargs), host, port)
