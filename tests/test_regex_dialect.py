@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from xgrammar.testing import _is_grammar_accept_string
 
 import sglbench as sgl
-from sglbench.runtime.grammar import GrammarSpec, xgrammar_regex
+from sglbench.runtime.regex_dialect import xgrammar_regex
+from sglbench.runtime.sampling_params import GrammarSpec
 from tests.helpers import assert_pool_full
 
 SGLANG_IP = r"((25[0-5]|2[0-4]\d|[01]?\d\d?).){3}(25[0-5]|2[0-4]\d|[01]?\d\d?)"  # SGLang's: an unescaped `.`

@@ -14,7 +14,7 @@ import jinja2  # transformers renders chat templates with it
 import regex  # a dependency of transformers: its partial matching holds back streamed text
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from sglbench.runtime.grammar import xgrammar_regex  # the one restatement of Python's regex dialect
+from sglbench.runtime.regex_dialect import xgrammar_regex  # the one restatement of Python's regex dialect
 
 try:
     from re import _parser as _sre_parse

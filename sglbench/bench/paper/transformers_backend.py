@@ -29,7 +29,8 @@ from sglbench.lang.backend.scoring import decide
 from sglbench.lang.chat_template import ChatTemplate, chat_template_from_tokenizer
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.ir import SglSamplingParams
-from sglbench.runtime.grammar import tokenizer_info, xgrammar_regex
+from sglbench.runtime.grammar import tokenizer_info
+from sglbench.runtime.regex_dialect import xgrammar_regex
 from sglbench.runtime.sampling_params import GrammarSpec, SamplingParams
 
 GATHER_S = 0.01  # a batch closes once no call arrived for this long
