@@ -11,12 +11,19 @@ the request lifecycle (add, retract, finish):
 
 Memory comes from one KV pool shared by running requests and the radix cache; when it runs short
 the cache evicts, then requests are retracted.
+
+Faults: a request's parameters are checked before it is queued (`validate_prompt`, `validate_params`);
+whatever still raises inside a step fails the request that causes it and nothing else (`_isolated`,
+`_sample`). A finished request's result is delivered by `publish`, after the metrics record is rebuilt,
+so a caller reading `metrics()` after its result sees its request counted.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -30,10 +37,13 @@ from sglbench.runtime.model_runner import ModelRunner
 from sglbench.runtime.models.loader import resolve_dtype
 from sglbench.runtime.output_processor import OutputProcessor
 from sglbench.runtime.records import CacheEvent, EngineMetrics
-from sglbench.runtime.request import ReqState, Request
+from sglbench.runtime.request import ReqState, Request, RequestHandle
+from sglbench.runtime.sample_rewind import SampleMark
 from sglbench.runtime.sampling_params import SamplingParams
 from sglbench.runtime.scheduler import PrefixMatch, Scheduler, SchedulerConfig
 from sglbench.runtime.tokenizer import Tokenizer
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,8 @@ class Engine:
             finish=self._finish, requeue=self._requeue,
         )
         self._by_rid: dict[str, Request] = {}
+        self._matchers: dict[str, GrammarMatcher] = {}  # rid -> grammar state of a constrained request
+        self._deliveries: list[tuple[RequestHandle, dict]] = []  # results `publish` hands to their callers
         self._stats = {"prefill_tokens": 0, "decode_tokens": 0, "num_steps": 0, "num_finished": 0,
                        "num_retractions": 0}
         self.metrics = self._build_metrics()
@@ -104,7 +116,8 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
     def validate_prompt(self, input_ids: list[int], max_new_tokens: int) -> None:
-        """Raise ValueError for a prompt this engine can never serve (called before submission)."""
+        """Raise ValueError for a prompt this engine can never serve (called before submission). A prompt that
+        fits leaves room for one new token at least; generation stops at the context ("length")."""
         if not input_ids:
             raise ValueError("prompt is empty: give a non-empty text or input_ids")
         vocab = self.model_config.vocab_size
@@ -122,7 +135,8 @@ class Engine:
     def validate_params(self, params: SamplingParams) -> None:
         """Raise for sampling parameters this engine cannot honour, before submission, so a step never
         raises for them: unimplemented ones (NotImplementedError), token ids outside the vocabulary, more
-        top logprobs than tokens (ValueError)."""
+        top logprobs than tokens (ValueError). `SamplingParams` itself checks types and ranges (seeds are
+        64-bit ints, stop strings are strings...); a top_k beyond the vocabulary means no restriction."""
         params.check_implemented()
         vocab = self.model_config.vocab_size
         checked = {"stop_token_ids": params.stop_token_ids, "token_ids_logprob": params.token_ids_logprob,
@@ -137,13 +151,24 @@ class Engine:
 
     def add_request(self, req: Request, matcher: GrammarMatcher | None = None) -> None:
         """Queue req. A constrained request brings its grammar matcher (compiled on the caller's
-        thread, see `Runtime.submit`) or gets one here; text its grammar forces at once is appended now."""
-        self.outputs.register(req, matcher)
+        thread, see `Runtime.submit`) or gets one here; text its grammar forces at once is appended now.
+        Anything that raises here fails req alone."""
+        if req.rid in self._by_rid:  # `Runtime.submit` refuses these; never let one take another's place
+            self._reject(req, {"type": "abort", "message": f"request id {req.rid!r} is already in use"})
+            return
         self._by_rid[req.rid] = req
-        self.scheduler.add(req)
-        self.events.emit("request.arrived", rid=req.rid, prompt_tokens=len(req.input_ids), program_id=req.program_id)
-        if req.params.grammar is not None:
-            self.outputs.advance_forced(req)
+        try:
+            if req.params.grammar is not None:
+                matcher = matcher or self.grammars.matcher(req.params.grammar)
+                self._matchers[req.rid] = matcher
+            self.outputs.register(req, matcher)
+            self.scheduler.add(req)
+            self.events.emit("request.arrived", rid=req.rid, prompt_tokens=len(req.input_ids),
+                             program_id=req.program_id)
+            if matcher is not None:
+                self.outputs.advance_forced(req)
+        except Exception as exc:
+            self._fail(req, exc)
 
     def abort(self, rid: str, message: str = "aborted by the caller") -> None:
         req = self._by_rid.get(rid)
@@ -153,7 +178,7 @@ class Engine:
 
     def abort_all(self, message: str) -> None:
         """Finish every request in flight with an abort (the runtime is shutting down)."""
-        for req in self.scheduler.requests():
+        for req in list(self._by_rid.values()):
             self.abort(req.rid, message)
 
     def has_work(self) -> bool:
@@ -213,58 +238,140 @@ class Engine:
 
     # ------------------------------------------------------------------ stepping
     def step(self) -> None:
-        """Run one batch. Errors inside a batch abort that batch's requests and nothing else."""
+        """Run one batch, then publish. A fault inside it fails the request that causes it and nothing else."""
         plan = self.scheduler.plan_prefill(self._admit, self._match)
         if plan:
-            self._guarded([r for r, _ in plan], lambda: self._run_extend(plan))
+            self._run_extend(plan)
         else:
             reqs = self._prepare_decode()
             if reqs:
-                self._guarded(reqs, lambda: self._run_decode(reqs))
+                self._run_decode(reqs)
             elif self.scheduler.running:
                 # Only part-prefilled requests, all short of memory: free one so the others can go on.
                 self._retract(self.scheduler.running[-1])
         self._stats["num_steps"] += 1
-        self.refresh_metrics()
+        self.publish()
 
-    def _guarded(self, reqs: list[Request], run) -> None:
+    def _fail(self, req: Request, exc: BaseException) -> None:
+        """End req with an abort naming exc; its new K/V may be half written, so none of it is cached."""
+        self.events.emit("engine.error", message=repr(exc), rids=[req.rid])
+        self._finish(req, {"type": "abort", "message": f"engine error: {exc!r}"}, cache_kv=False)
+
+    def _isolated(self, reqs: list[Request], run: Callable[[list[int]], R]) -> list[tuple[list[int], R]]:
+        """run(indices into reqs) for the whole batch; when it raises, for each request alone, failing the
+        ones that still raise. Returns (indices, result) for each run that succeeded. For a model forward,
+        which changes no request and rewrites only the batch's own new KV slots."""
+        everyone = list(range(len(reqs)))
         try:
-            run()
-        except Exception as exc:  # keep serving: only this batch's requests fail
-            self.events.emit("engine.error", message=repr(exc), rids=[r.rid for r in reqs])
-            for r in reqs:
-                if not r.finished:  # their new K/V may be half written: never cache it
-                    self._finish(r, {"type": "abort", "message": f"engine error: {exc!r}"}, cache_kv=False)
+            return [(everyone, run(everyone))]
+        except Exception as exc:
+            if len(reqs) == 1:
+                self._fail(reqs[0], exc)
+                return []
+            self.events.emit("engine.isolate", message=repr(exc), rids=[r.rid for r in reqs])
+        done = []
+        for i in everyone:
+            try:
+                done.append(([i], run([i])))
+            except Exception as exc:
+                self._fail(reqs[i], exc)
+        return done
 
     def _run_extend(self, plan: list[tuple[Request, int]]) -> None:
-        batch, layout = self.runner.prepare_extend(plan, self.req_to_token)
-        logits = self.runner.run(batch)  # [rows, vocab]
-        self._stats["prefill_tokens"] += layout.num_tokens
-        self.events.emit("batch.step", mode="prefill", batch_size=len(plan), tokens=layout.num_tokens)
-        to_sample = []
-        for i, (req, n) in enumerate(layout.plan):
-            req.kv_len += n
-            self.kv.cache_computed_prefix(req)
-            if i in layout.prompt_rows:
-                self.outputs.record_prompt_logprobs(req, logits, layout.prompt_rows[i])
-            if i in layout.sample_rows:
-                if req.params.max_new_tokens == 0:
-                    self._finish(req, {"type": "length", "matched": None})
-                else:
-                    to_sample.append((req, layout.sample_rows[i]))
+        def forward(indices: list[int]):
+            batch, layout = self.runner.prepare_extend([plan[i] for i in indices], self.req_to_token)
+            return layout, self.runner.run(batch)  # logits [rows, vocab]
+
+        parts = self._isolated([r for r, _ in plan], forward)
+        num_tokens = sum(layout.num_tokens for _, (layout, _) in parts)
+        self._stats["prefill_tokens"] += num_tokens
+        self.events.emit("batch.step", mode="prefill", batch_size=len(plan), tokens=num_tokens)
+        to_sample: list[Request] = []
+        sample_logits = []  # [k, vocab] per part
+        for _, (layout, logits) in parts:
+            rows = []
+            for i, (req, n) in enumerate(layout.plan):
+                try:
+                    req.kv_len += n
+                    self.kv.cache_computed_prefix(req)
+                    if i in layout.prompt_rows:
+                        self.outputs.record_prompt_logprobs(req, logits, layout.prompt_rows[i])
+                except Exception as exc:
+                    self._fail(req, exc)
+                    continue
+                if i in layout.sample_rows:
+                    if req.params.max_new_tokens == 0:
+                        self._finish(req, {"type": "length", "matched": None})
+                    else:
+                        to_sample.append(req)
+                        rows.append(layout.sample_rows[i])
+            if rows:
+                sample_logits.append(logits[torch.tensor(rows, device=logits.device)])
         if to_sample:
-            rows = torch.tensor([r for _, r in to_sample], device=logits.device)
-            self.outputs.sample_and_append([r for r, _ in to_sample], logits[rows])
+            self._sample(to_sample, sample_logits[0] if len(sample_logits) == 1 else torch.cat(sample_logits))
 
     def _run_decode(self, reqs: list[Request]) -> None:
-        logits = self.runner.run(self.runner.prepare_decode(reqs, self.req_to_token))  # [batch, vocab]
-        for r in reqs:
+        parts = self._isolated(reqs, lambda indices: self.runner.run(
+            self.runner.prepare_decode([reqs[i] for i in indices], self.req_to_token)))  # [batch, vocab]
+        ran = [reqs[i] for indices, _ in parts for i in indices]
+        for r in ran:
             r.kv_len += 1
-        self._stats["decode_tokens"] += len(reqs)
-        self.events.emit("batch.step", mode="decode", batch_size=len(reqs), tokens=len(reqs))
-        self.outputs.sample_and_append(reqs, logits)
+        self._stats["decode_tokens"] += len(ran)
+        self.events.emit("batch.step", mode="decode", batch_size=len(ran), tokens=len(ran))
+        if ran:
+            self._sample(ran, parts[0][1] if len(parts) == 1 else torch.cat([logits for _, logits in parts]))
+
+    def _sample(self, reqs: list[Request], logits: torch.Tensor) -> None:
+        """Sample, append and check each request's next token from its logits row ([reqs, vocab]). When the
+        batched call raises, the requests it did not reach are put back as they were and rerun one at a time,
+        so only the request at fault fails (see `SampleMark`)."""
+        reqs, logits = self._with_grammar_masks(reqs, logits)
+        if len(reqs) <= 1:
+            try:
+                if reqs:
+                    self.outputs.sample_and_append(reqs, logits)
+            except Exception as exc:
+                self._fail(reqs[0], exc)
+            return
+        marks = SampleMark.take(reqs, self._matchers)
+        try:
+            self.outputs.sample_and_append(reqs, logits)
+            return
+        except Exception as exc:
+            error = exc
+        progressed = marks.progressed(reqs)
+        if progressed and not reqs[progressed[-1]].finished:
+            # The call handles requests in order, each completely: it raised while handling the last one it reached.
+            self._fail(reqs[progressed[-1]], error)
+        self.events.emit("engine.isolate", message=repr(error), rids=[r.rid for r in reqs])
+        for i in marks.rewind_generators(reqs, progressed):
+            try:
+                marks.rewind_grammar(i)
+                self.outputs.sample_and_append([reqs[i]], logits[i : i + 1])
+            except Exception as exc:
+                self._fail(reqs[i], exc)
+
+    def _with_grammar_masks(self, reqs: list[Request], logits: torch.Tensor) -> tuple[list[Request], torch.Tensor]:
+        """Compute each constrained request's next-token mask now (the sampler reads it, cached), failing the
+        requests whose grammar raises; the others and their logits rows."""
+        if not self._matchers:
+            return reqs, logits
+        keep = []
+        for i, req in enumerate(reqs):
+            matcher = self._matchers.get(req.rid)
+            try:
+                if matcher is not None:
+                    matcher.allowed_tokens()
+            except Exception as exc:
+                self._fail(req, exc)
+                continue
+            keep.append(i)
+        if len(keep) == len(reqs):
+            return reqs, logits
+        return [reqs[i] for i in keep], logits[torch.tensor(keep, dtype=torch.int64, device=logits.device)]
 
     def _finish(self, req: Request, reason: dict, cache_kv: bool = True) -> None:
+        """End req: free (or cache) its KV, forget it, and queue its result for `publish`."""
         if req.finished:
             return
         self.kv.release(req, insert=cache_kv)
@@ -274,6 +381,7 @@ class Engine:
         req.timings.finished = time.time()
         self.outputs.stream(req, len(req.text))
         self._by_rid.pop(req.rid, None)
+        self._matchers.pop(req.rid, None)
         jump_forward_tokens = self.outputs.release(req)
         self._stats["num_finished"] += 1
         self.events.emit(
@@ -284,7 +392,21 @@ class Engine:
             result = req.result()
             if jump_forward_tokens is not None:
                 result["meta_info"]["jump_forward_tokens"] = jump_forward_tokens
-            req.handle.finish(result)
+            self._deliveries.append((req.handle, result))
+
+    def _reject(self, req: Request, reason: dict) -> None:
+        """End a request the engine never took in (it holds nothing here)."""
+        req.state, req.finish_reason, req.timings.finished = ReqState.FINISHED, reason, time.time()
+        if req.handle is not None:
+            self._deliveries.append((req.handle, req.result()))
+
+    def publish(self) -> None:
+        """Publish a new metrics record, then deliver the results of the requests finished since the last
+        call: whoever reads `metrics()` after their result finds them counted."""
+        self.refresh_metrics()
+        deliveries, self._deliveries = self._deliveries, []
+        for handle, result in deliveries:
+            handle.finish(result)
 
     # ------------------------------------------------------------------ inspection
     def refresh_metrics(self) -> None:

@@ -165,6 +165,7 @@ class GrammarMatcher:
         self._stop = torch.tensor(stop_token_ids, dtype=torch.int64)
         self._allowed: torch.Tensor | None = None  # mask of the current state, computed on demand
         self._refused = 0  # tokens of the current mask the matcher refused (see `refuse`)
+        self.accepted = 0  # tokens accepted so far (rolled-back ones not counted)
 
     def allowed_tokens(self) -> torch.Tensor:
         """Bool [vocab] on the CPU: the tokens the grammar accepts next (stop tokens once it can end)."""
@@ -184,7 +185,15 @@ class GrammarMatcher:
         if not self._matcher.accept_token(token):
             return False
         self._allowed = None
+        self.accepted += 1
         return True
+
+    def rollback(self, n: int) -> None:
+        """Undo the last n accepted tokens (to rerun a step a fault interrupted)."""
+        if n:
+            self._matcher.rollback(n)
+            self._allowed = None
+            self.accepted -= n
 
     def refuse(self, token: int) -> torch.Tensor:
         """This state's mask without token, which it allowed but the matcher refused: xgrammar 0.2's masks
@@ -242,11 +251,10 @@ class GrammarMatcher:
     def replace_tail(self, old: list[int], new: list[int]) -> bool:
         """Swap the last accepted tokens old for new (retokenized, longer text). False, with the state
         unchanged, when the grammar refuses new (e.g. it holds a special token)."""
-        self._matcher.rollback(len(old))
-        self._allowed = None
+        self.rollback(len(old))
         for i, token in enumerate(new):
-            if not self._matcher.accept_token(token):
-                self._matcher.rollback(i)
+            if not self.try_accept(token):
+                self.rollback(i)
                 for t in old:
                     self.accept(t)
                 return False

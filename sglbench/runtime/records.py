@@ -122,3 +122,21 @@ class ModelInfo:
     device: str
     attention_backend: str  # the attention kernels in use: 'torch' or 'triton'
     max_total_tokens: int  # KV pool slots
+
+
+@dataclass(frozen=True)
+class RuntimeHealth:
+    """Whether the runtime takes requests: state "running", "shutting_down" or "stopped", and why not (what a
+    server's /health reports)."""
+
+    state: str
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def stopped(self) -> bool:
+        """Whether it takes no new request (shutting down or stopped)."""
+        return self.state != "running"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import queue
 import threading
 import time
@@ -14,6 +15,8 @@ from typing import Any
 import torch
 
 from sglbench.runtime.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 
 class ReqState(enum.Enum):
@@ -113,6 +116,12 @@ class Request:
     def result(self) -> dict:
         return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": self.meta_info()}
 
+    def abandoned_result(self, message: str) -> dict:
+        """The result of a request the engine will never finish (it stopped): what it has, ended by an abort."""
+        result = self.result()
+        result["meta_info"]["finish_reason"] = {"type": "abort", "message": message}
+        return result
+
 
 @dataclass(frozen=True)
 class StreamDelta:
@@ -149,14 +158,22 @@ class RequestHandle:
             self._deltas.put(StreamDelta(text, completion_tokens, **{k: tuple(new_logprobs.get(k, ()))
                                                                      for k in _DELTA_LOGPROB_KEYS}))
 
-    def finish(self, result: dict) -> None:
+    def finish(self, result: dict) -> bool:
+        """Deliver the result (once: a later call is ignored and returns False). A callback that raises is
+        logged, never passed on: it runs on the engine thread, which must not die of a caller's bug."""
         with self._lock:
+            if self._done.is_set():
+                return False
             self._result = result
             self._done.set()
-            callbacks = list(self._callbacks)
+            callbacks, self._callbacks = self._callbacks, []
         self._deltas.put(self._END)
         for cb in callbacks:
-            cb(result)
+            try:
+                cb(result)
+            except Exception:
+                logger.exception("a done-callback of request %s raised", self.rid)
+        return True
 
     # caller side
     def done(self) -> bool:

@@ -1,15 +1,23 @@
 """`Runtime`: the in-kernel engine. One daemon thread owns the Engine; every other thread (notebook
-cells, widget callbacks) only enqueues commands and reads immutable snapshots."""
+cells, widget callbacks) only enqueues commands and reads immutable snapshots.
+
+Its life is a state (`health()`): running, shutting down (from the moment `shutdown()` starts: nothing new is
+taken), stopped (after shutdown, or when the engine thread died: `health().reason` says why). However the
+engine thread ends, every request still in flight finishes with an abort naming the reason: no caller waits
+forever.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import logging
 import queue
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +27,13 @@ from sglbench.ids import new_id
 from sglbench.runtime import extensions
 from sglbench.runtime.engine import Engine, EngineConfig, EngineMetrics
 from sglbench.runtime.generate_args import parse_generate_call
+from sglbench.runtime.grammar import GrammarMatcher
 from sglbench.runtime.model_resolution import resolve_model_path
-from sglbench.runtime.records import ModelInfo
+from sglbench.runtime.records import ModelInfo, RuntimeHealth
 from sglbench.runtime.request import Request, RequestHandle
-from sglbench.runtime.sampling_params import SamplingParams
+from sglbench.runtime.sampling_params import RequestLimits, SamplingParams, check_no_lone_surrogate
 
+logger = logging.getLogger(__name__)
 Prompts = str | list[int] | list[str] | list[list[int]]
 _instance_counter = itertools.count()
 _STOP = object()  # sentinel command: leave the engine loop
@@ -39,9 +49,140 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _engine_loop(engine: Engine, commands: queue.Queue, stopped: threading.Event) -> None:
-    """Drain commands, step while there is work, block briefly when idle. Runs on the engine thread."""
-    while not stopped.is_set():
+SHUTTING_DOWN = "the runtime is shutting down"  # the abort message of what is in flight at shutdown
+SHUT_DOWN = "the runtime has been shut down"
+
+
+@dataclass(frozen=True)
+class _Submit:
+    """The engine-thread command that queues one request."""
+
+    req: Request
+    matcher: GrammarMatcher | None
+
+    def __call__(self, engine: Engine) -> None:
+        engine.add_request(self.req, self.matcher)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """The engine-thread command that runs fn(engine) for `Runtime.call` and sets its future."""
+
+    fn: Callable[[Engine], Any]
+    future: concurrent.futures.Future
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            self.future.set_result(self.fn(engine))
+        except BaseException as exc:
+            self.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+
+class _Lifecycle:
+    """The runtime's state, shared by the threads that submit and the engine thread (not the Runtime itself,
+    so a Runtime nobody holds is still collected). Commands are queued under its lock, so none lands behind
+    the end of the engine loop unseen; the requests in flight are kept by id, so their ids are unique and,
+    however the loop ends, each one finishes."""
+
+    def __init__(self, commands: queue.Queue):
+        self._lock = threading.Lock()
+        self._commands = commands
+        self.health = RuntimeHealth("running")
+        self._live: dict[str, Request] = {}
+
+    def check_open(self) -> None:
+        """RuntimeError with the reason unless new requests are taken."""
+        if self.health.stopped:
+            raise RuntimeError(self.health.reason)
+
+    def submit(self, req: Request, matcher: GrammarMatcher | None) -> None:
+        """Queue req, unless the runtime takes no requests (RuntimeError) or its id is in flight (ValueError)."""
+        with self._lock:
+            self.check_open()
+            other = self._live.get(req.rid)
+            if other is not None and not (other.handle is not None and other.handle.done()):
+                raise ValueError(f"request id {req.rid!r} is already in use by a request in flight")
+            self._live[req.rid] = req
+            self._commands.put(_Submit(req, matcher))
+        assert req.handle is not None
+        req.handle.add_done_callback(lambda _: self._forget(req))
+
+    def _forget(self, req: Request) -> None:
+        with self._lock:
+            if self._live.get(req.rid) is req:
+                del self._live[req.rid]
+
+    def call(self, command: _Call) -> None:
+        """Queue command while the engine thread runs (also while shutting down); RuntimeError once stopped."""
+        with self._lock:
+            if self.health.state == "stopped":
+                raise RuntimeError(self.health.reason)
+            self._commands.put(command)
+
+    def put(self, command: Callable[[Engine], None]) -> None:
+        """Queue a command nobody waits for (an abort); dropped once stopped."""
+        with self._lock:
+            if self.health.state != "stopped":
+                self._commands.put(command)
+
+    def begin_shutdown(self) -> None:
+        with self._lock:
+            if self.health.ok:
+                self.health = RuntimeHealth("shutting_down", SHUTTING_DOWN)
+
+    def close(self, engine: Engine | None, fault: BaseException | None) -> None:
+        """Mark the runtime stopped and finish every request in flight: the engine's with an abort, then those
+        still queued, then any handle left. Runs on the engine thread as its loop ends (or, engine None, on the
+        thread that gave up waiting for a stuck one)."""
+        if fault is None:
+            reason, message = SHUT_DOWN, SHUTTING_DOWN
+        else:
+            reason = message = f"the runtime's engine thread stopped: {type(fault).__name__}: {fault}"
+        with self._lock:
+            if self.health.state != "stopped":
+                self.health = RuntimeHealth("stopped", reason)
+        if engine is not None:
+            try:
+                engine.abort_all(message)
+                engine.publish()
+            except Exception:
+                logger.exception("aborting the requests in flight failed; their handles are ended directly")
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, _Submit) and command.req.handle is not None:
+                command.req.handle.finish(command.req.abandoned_result(message))
+            elif isinstance(command, _Call):
+                command.future.set_exception(RuntimeError(reason))
+        with self._lock:
+            left = list(self._live.values())
+        for req in left:
+            if req.handle is not None and not req.handle.done():
+                req.handle.finish(req.abandoned_result(message))
+
+
+def _engine_loop(engine: Engine, commands: queue.Queue, life: _Lifecycle) -> None:
+    """Run the engine until the stop command or a fault, then close the lifecycle. Runs on the engine thread."""
+    fault: BaseException | None = None
+    try:
+        _serve(engine, commands)
+    except BaseException as exc:
+        fault = exc
+        if isinstance(exc, Exception):
+            logger.error("the engine thread stopped", exc_info=exc)
+    finally:
+        life.close(engine, fault)
+    if fault is not None and not isinstance(fault, Exception):
+        raise fault  # KeyboardInterrupt, SystemExit...: everything is finished; let it go on
+
+
+def _serve(engine: Engine, commands: queue.Queue) -> None:
+    """Drain commands, step while there is work, block while idle; return at the stop command."""
+    while True:
         try:
             cmd = commands.get(block=not engine.has_work())
         except queue.Empty:
@@ -49,18 +190,16 @@ def _engine_loop(engine: Engine, commands: queue.Queue, stopped: threading.Event
         handled = cmd is not None
         while cmd is not None:
             if cmd is _STOP:
-                stopped.set()
-                break
+                return
             cmd(engine)
             try:
                 cmd = commands.get_nowait()
             except queue.Empty:
                 cmd = None
-        if not stopped.is_set() and engine.has_work():
+        if engine.has_work():
             engine.step()
         elif handled:
-            engine.refresh_metrics()  # commands (abort, add) changed counts with no step to follow
-    engine.abort_all("the runtime was shut down")
+            engine.publish()  # commands (abort, add) changed counts and maybe finished requests with no step to follow
 
 
 class Runtime:
@@ -87,6 +226,7 @@ class Runtime:
         chunked_prefill_size: int = 2048,
         random_seed: int = 0,
         disable_jump_forward: bool = False,
+        limits: RequestLimits | None = None,
     ):
         if model_path is None:
             from sglbench.default_model import default_model_path
@@ -101,24 +241,26 @@ class Runtime:
             max_prefill_tokens=max_prefill_tokens, chunked_prefill_size=chunked_prefill_size, random_seed=random_seed,
             jump_forward=not disable_jump_forward,
         )
+        self.limits = limits or RequestLimits()  # what one request may ask (stop strings, top logprobs...)
         self.engine = Engine(self.config)
         self.tokenizer = self.engine.tokenizer
         self._commands: queue.Queue = queue.Queue()
-        self._stopped = threading.Event()
+        self._life = _Lifecycle(self._commands)
         self._thread = threading.Thread(
-            target=_engine_loop, args=(self.engine, self._commands, self._stopped),
+            target=_engine_loop, args=(self.engine, self._commands, self._life),
             name=f"sglbench-engine-{next(_instance_counter)}", daemon=True,
         )
         self._thread.start()
-        self._finalizer = weakref.finalize(self, _stop_thread, self._commands, self._thread)
+        self._finalizer = weakref.finalize(self, _stop_thread, self._commands, self._thread, self._life)
         self._on_shutdown: list[Callable[[], object]] = []
         # Objects higher layers keep one of per runtime (the viz dashboard), by key; they live as long as it.
         self.attachments: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
-        """Run the `on_shutdown` callbacks, then stop the engine thread (aborting unfinished requests)
-        and free the model and KV pool."""
+        """Refuse new requests at once, run the `on_shutdown` callbacks, then stop the engine thread (requests
+        in flight finish with an abort, "the runtime is shutting down") and free the model and KV pool."""
+        self._life.begin_shutdown()
         callbacks, self._on_shutdown = self._on_shutdown, []
         try:
             for callback in callbacks:
@@ -137,7 +279,15 @@ class Runtime:
 
     @property
     def is_running(self) -> bool:
-        return self._thread.is_alive()
+        """Whether the engine thread serves (also while shutdown runs its callbacks); False once it stopped."""
+        return self._thread.is_alive() and self._life.health.state != "stopped"
+
+    def health(self) -> RuntimeHealth:
+        """running / shutting_down / stopped, and why it takes no requests (e.g. the engine thread's fault)."""
+        health = self._life.health
+        if health.ok and not self._thread.is_alive():
+            return RuntimeHealth("stopped", "the runtime's engine thread stopped")
+        return health
 
     def __enter__(self) -> Runtime:
         return self
@@ -154,17 +304,8 @@ class Runtime:
     # ------------------------------------------------------------------ engine-thread calls
     def call(self, fn: Callable[[Engine], Any], timeout: float | None = 60.0) -> Any:
         """Run fn(engine) on the engine thread between steps and return its result."""
-        if not self.is_running:
-            raise RuntimeError("the runtime has been shut down")
         future: concurrent.futures.Future = concurrent.futures.Future()
-
-        def run(engine: Engine) -> None:
-            try:
-                future.set_result(fn(engine))
-            except Exception as exc:
-                future.set_exception(exc)
-
-        self._commands.put(run)
+        self._life.call(_Call(fn, future))
         return future.result(timeout)
 
     # ------------------------------------------------------------------ submission
@@ -172,26 +313,35 @@ class Runtime:
         self, prompt: str | list[int], sampling: SamplingParams, rid: str | None = None, program_id: str | None = None
     ) -> RequestHandle:
         """Validate and enqueue one request (n is handled by `generate`); returns its handle at once.
-        A regex or JSON schema is compiled here, on the caller's thread: a bad one raises ValueError."""
-        if not self.is_running:
-            raise RuntimeError("the runtime has been shut down")
+
+        Everything the request brings is checked here, on the caller's thread, against the model and
+        `self.limits` (ValueError naming the problem), and a regex or JSON schema is compiled here: nothing
+        it asks can fail inside the engine's step. rid, when given, must not be in flight (ValueError).
+        RuntimeError once shutdown has begun or the engine thread stopped."""
+        self._life.check_open()
+        if not isinstance(sampling, SamplingParams):
+            raise TypeError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        if rid is not None and not (isinstance(rid, str) and rid):
+            raise ValueError(f"rid must be a non-empty string, got {rid!r}")
         input_ids = self._to_ids(prompt)
         self.engine.validate_prompt(input_ids, sampling.max_new_tokens)
         self.engine.validate_params(sampling)
+        self.limits.check(sampling)
         spec = sampling.grammar
         matcher = self.engine.grammars.matcher(spec) if spec is not None else None
         rid = rid or new_id()
         handle = RequestHandle(rid)
         req = Request(rid=rid, input_ids=input_ids, params=sampling, handle=handle, program_id=program_id)
-        self._commands.put(lambda engine: engine.add_request(req, matcher))
+        self._life.submit(req, matcher)
         return handle
 
     def _to_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt is empty: give a non-empty text or input_ids")
+            check_no_lone_surrogate(prompt, "prompt")
             return self.tokenizer.encode(prompt)
-        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return list(prompt)
         raise TypeError(f"prompt must be a str or a list of token ids, got {type(prompt).__name__}")
 
@@ -199,6 +349,9 @@ class Runtime:
         """One handle per sample; with n > 1 the prompt is prefilled once first so samples share it."""
         if sampling.n == 1:
             return [self.submit(prompt, sampling, program_id=program_id)]
+        if sampling.seed is not None and sampling.seed + sampling.n > 2**63:
+            raise ValueError(f"seed={sampling.seed} with n={sampling.n}: sample i takes seed + i, which must stay "
+                             "below 2**63")
         if not self.config.disable_radix_cache:
             self.submit(prompt, sampling.replace(n=1, max_new_tokens=0, min_new_tokens=0, return_logprob=False)).result()
         seeds = [None if sampling.seed is None else sampling.seed + i for i in range(sampling.n)]
@@ -241,7 +394,7 @@ class Runtime:
             yield piece
 
     def abort(self, rid: str) -> None:
-        self._commands.put(lambda engine: engine.abort(rid))
+        self._life.put(lambda engine: engine.abort(rid))
 
     # ------------------------------------------------------------------ inspection
     def model_info(self) -> ModelInfo:
@@ -312,7 +465,10 @@ def _collect(handles: list[RequestHandle], n: int) -> dict | list:
     return results[0] if n == 1 else results
 
 
-def _stop_thread(commands: queue.Queue, thread: threading.Thread) -> None:
+def _stop_thread(commands: queue.Queue, thread: threading.Thread, life: _Lifecycle) -> None:
+    """Stop the engine loop and wait for it; if it is stuck in a step, end the requests in flight anyway."""
     commands.put(_STOP)
     if thread is not threading.current_thread():
         thread.join(timeout=30)
+        if thread.is_alive():
+            life.close(None, None)

@@ -35,6 +35,9 @@ def apply_grammar_masks(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.T
 
 # Adjusted logits are clamped to this: finite at any temperature (>= 1e-6), so sampling never meets inf/nan.
 _LOGIT_LIMIT = 1e30
+# Temperatures are clamped to this (beyond it the distribution is uniform anyway): float32 holds it, so a
+# forbidden token's -inf divided by it stays -inf rather than becoming nan.
+_MAX_TEMPERATURE = 1e30
 
 
 def apply_penalties(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
@@ -72,7 +75,8 @@ def sample(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
         return next_ids
     idx = torch.tensor(stochastic, device=logits.device)
     sub = logits[idx]  # [s, vocab]
-    temps = torch.tensor([rows[i].params.temperature for i in stochastic], device=logits.device)[:, None]
+    temps = torch.tensor([min(rows[i].params.temperature, _MAX_TEMPERATURE) for i in stochastic],
+                         device=logits.device)[:, None]  # [s, 1]
     probs = torch.softmax(sub / temps, dim=-1)
     probs = _filter_probs(probs, [rows[i].params for i in stochastic])
     for j, i in enumerate(stochastic):
@@ -81,13 +85,14 @@ def sample(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
 
 
 def _filter_probs(probs: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-    """top_k, top_p and min_p filtering on sorted probabilities; the top token always survives."""
+    """top_k, top_p and min_p filtering on sorted probabilities; the top token always survives. A top_k
+    beyond the vocabulary keeps every token."""
     if all(p.top_k == -1 and p.top_p >= 1 and p.min_p <= 0 for p in params):
         return probs
     sorted_p, order = probs.sort(dim=-1, descending=True)  # [s, vocab]
     vocab = probs.shape[-1]
     rank = torch.arange(vocab, device=probs.device)[None, :]
-    top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=probs.device)[:, None]
+    top_k = torch.tensor([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params], device=probs.device)[:, None]
     top_p = torch.tensor([p.top_p for p in params], device=probs.device)[:, None]
     min_p = torch.tensor([p.min_p for p in params], device=probs.device)[:, None]
     drop = rank >= top_k

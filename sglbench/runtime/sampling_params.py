@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -49,20 +50,62 @@ def normalize_json_schema(schema: str | dict) -> str:
     return schema
 
 
-def _strings(value: Any) -> tuple[str, ...]:
-    """stop: one string or several, empty ones dropped."""
-    if isinstance(value, str):
-        value = (value,)
-    return tuple(s for s in (value or ()) if s)
+def lone_surrogate_at(text: str) -> int | None:
+    """The index of the first lone UTF-16 surrogate (U+D800..U+DFFF) in text, or None: such a string is not
+    valid Unicode, so no tokenizer or UTF-8 encoder takes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
-def _ints(value: Any) -> tuple[int, ...]:
-    return tuple(int(t) for t in (value or ()))
+def check_no_lone_surrogate(text: str, what: str) -> None:
+    """ValueError naming `what` when text holds a lone surrogate (see `lone_surrogate_at`)."""
+    at = lone_surrogate_at(text)
+    if at is not None:
+        raise ValueError(f"{what} contains a lone surrogate (U+D800..U+DFFF) at position {at}")
+
+
+def _text_list(name: str) -> Callable[[Any], tuple[str, ...]]:
+    """stop, stop_regex: one string or a list of them, empty ones dropped; anything else is a ValueError
+    naming the field (a stop of [1] used to fail inside a batch)."""
+
+    def convert(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a string or a list of strings, got {value!r}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ValueError(f"{name} must be a string or a list of strings, got {item!r} at index {i}")
+            check_no_lone_surrogate(item, f"{name}[{i}]")
+        return tuple(s for s in value if s)
+
+    return convert
+
+
+_strings = _text_list("stop")
+
+
+def _token_ids(name: str) -> Callable[[Any], tuple[int, ...]]:
+    """stop_token_ids, token_ids_logprob: a list of token ids (integers >= 0; not floats, strings or bools).
+    The vocabulary bound is the engine's (`Engine.validate_params`)."""
+
+    def convert(value: Any) -> tuple[int, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list of token ids, got {value!r}")
+        bad = [t for t in value if not _is_int(t) or t < 0]
+        if bad:
+            raise ValueError(f"{name} must be a list of token ids (integers >= 0), got {bad[:5]}")
+        return tuple(int(t) for t in value)
+
+    return convert
 
 
 def _stop_regexes(value: Any) -> tuple[str, ...]:
     """stop_regex: one Python regex or several, each checked here so a bad one fails at submission."""
-    patterns = _strings(value)
+    patterns = _text_list("stop_regex")(value)
     for pattern in patterns:
         try:
             compiled = re.compile(pattern)
@@ -98,8 +141,18 @@ def _logit_bias(value: Any) -> dict[int, float]:
     return bias
 
 
+def _is_int(value: Any) -> bool:
+    """An integer (numpy's too), bools excluded (True is not a token id or a count)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number, bools excluded: NaN and inf would reach the sampler's tensors."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _is_seed(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    return _is_int(value) and -(2**63) <= value < 2**63
 
 
 _SEED_RULE = "an integer in [-2**63, 2**63)"  # SGLang's; torch.Generator takes it and seed + i for n > 1
@@ -121,6 +174,8 @@ class Spec:
     json_type: the type a JSON body carries when it differs from the field's (stop: str | list[str]).
     runtime: whether this engine implements it (a value other than the default is a NotImplementedError);
       runtime_missing: what to use instead.
+    kind: "int", "number" or "bool" when the value must be one, checked before the rule ("top_k must be an integer,
+      got 1.5"): a float where an int belongs, or NaN, would fail later inside the engine's step.
     """
 
     rule: str = ""
@@ -134,6 +189,11 @@ class Spec:
     json_type: Any = None
     runtime: bool = True
     runtime_missing: str = ""
+    kind: Literal["int", "number", "bool"] | None = None
+
+
+_KIND_NAMES = {"int": "an integer", "number": "a finite number", "bool": "true or false"}
+_KIND_CHECKS = {"int": _is_int, "number": _is_number, "bool": lambda v: isinstance(v, bool)}
 
 
 def _param(default: Any, **spec: Any) -> Any:
@@ -141,7 +201,7 @@ def _param(default: Any, **spec: Any) -> Any:
 
 
 def _int_at_least(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+    return lambda v: _is_int(v) and v >= low
 
 
 _CONSTRAINED = "needs constrained decoding, which the OpenAI API does not offer"
@@ -152,45 +212,53 @@ _NO_LOGPROBS = "is not supported on the OpenAI backend"
 class SamplingParams:
     """Per-request decoding settings, named as in SGLang's sampling params (the one definition)."""
 
-    max_new_tokens: int = _param(128, rule="a non-negative integer", valid=_int_at_least(0), openai="max_tokens")
-    min_new_tokens: int = _param(0, rule="a non-negative integer", valid=_int_at_least(0), openai_extra="min_tokens")
-    temperature: float = _param(1.0, rule=">= 0", valid=lambda v: v >= 0, openai="temperature")
-    top_p: float = _param(1.0, rule="in (0, 1]", valid=lambda v: 0 < v <= 1, openai="top_p")
-    top_k: int = _param(-1, rule="-1 (off) or >= 1", valid=lambda v: v == -1 or v >= 1, openai_extra="top_k")
-    min_p: float = _param(0.0, rule="in [0, 1]", valid=lambda v: 0 <= v <= 1, openai_extra="min_p")
-    frequency_penalty: float = _param(0.0, rule="in [-2, 2]", valid=lambda v: -2 <= v <= 2, openai="frequency_penalty")
-    presence_penalty: float = _param(0.0, rule="in [-2, 2]", valid=lambda v: -2 <= v <= 2, openai="presence_penalty")
+    max_new_tokens: int = _param(128, rule="a non-negative integer", valid=_int_at_least(0), openai="max_tokens",
+                                 kind="int")
+    min_new_tokens: int = _param(0, rule="a non-negative integer", valid=_int_at_least(0), openai_extra="min_tokens",
+                                 kind="int")
+    temperature: float = _param(1.0, rule=">= 0", valid=lambda v: v >= 0, openai="temperature", kind="number")
+    top_p: float = _param(1.0, rule="in (0, 1]", valid=lambda v: 0 < v <= 1, openai="top_p", kind="number")
+    # Larger than the vocabulary means no restriction (the sampler clamps it).
+    top_k: int = _param(-1, rule="-1 (off) or >= 1", valid=lambda v: v == -1 or v >= 1, openai_extra="top_k",
+                        kind="int")
+    min_p: float = _param(0.0, rule="in [0, 1]", valid=lambda v: 0 <= v <= 1, openai_extra="min_p", kind="number")
+    frequency_penalty: float = _param(0.0, rule="in [-2, 2]", valid=lambda v: -2 <= v <= 2, openai="frequency_penalty",
+                                      kind="number")
+    presence_penalty: float = _param(0.0, rule="in [-2, 2]", valid=lambda v: -2 <= v <= 2, openai="presence_penalty",
+                                     kind="number")
     stop: tuple[str, ...] = _param((), convert=_strings, openai="stop", json_type=str | list[str])
-    stop_token_ids: tuple[int, ...] = _param((), convert=_ints, openai_extra="stop_token_ids")
+    stop_token_ids: tuple[int, ...] = _param((), convert=_token_ids("stop_token_ids"), openai_extra="stop_token_ids")
     stop_regex: tuple[str, ...] = _param((), convert=_stop_regexes, openai_missing=_CONSTRAINED,
                                          serve_extra=True, json_type=str | list[str])
-    ignore_eos: bool = _param(False, openai_extra="ignore_eos")
-    n: int = _param(1, rule="a positive integer", valid=_int_at_least(1), openai="n")
-    seed: int | None = _param(None, rule=_SEED_RULE, valid=_is_seed, sglang=None, openai="seed")
-    skip_special_tokens: bool = _param(True, serve_extra=True)
-    return_logprob: bool = _param(False, sglang="request", openai_missing=_NO_LOGPROBS)
+    ignore_eos: bool = _param(False, openai_extra="ignore_eos", kind="bool")
+    n: int = _param(1, rule="a positive integer", valid=_int_at_least(1), openai="n", kind="int")
+    seed: int | None = _param(None, rule=_SEED_RULE, valid=_is_seed, sglang=None, openai="seed", kind="int")
+    skip_special_tokens: bool = _param(True, serve_extra=True, kind="bool")
+    return_logprob: bool = _param(False, sglang="request", openai_missing=_NO_LOGPROBS, kind="bool")
     logprob_start_len: int = _param(-1, rule="-1 (none) or >= 0", valid=lambda v: v >= -1, sglang="request",
-                                    openai_missing=_NO_LOGPROBS)
+                                    openai_missing=_NO_LOGPROBS, kind="int")
+    # At most the vocabulary (`Engine.validate_params`) and `RequestLimits.max_top_logprobs_num`.
     top_logprobs_num: int = _param(0, rule=">= 0", valid=lambda v: v >= 0, sglang="request",
-                                   openai_missing=_NO_LOGPROBS)
+                                   openai_missing=_NO_LOGPROBS, kind="int")
     regex: str | None = _param(None, rule="a string", valid=lambda v: isinstance(v, str), openai_missing=_CONSTRAINED,
                                serve_extra=True)
     json_schema: str | None = _param(None, convert=normalize_json_schema, openai_missing=_CONSTRAINED,
                                      serve_extra=True, json_type=str | dict[str, Any])
     # SGLang's further fields (its srt/sampling/sampling_params.py and GenerateReqInput)
     repetition_penalty: float = _param(1.0, rule="in (0, 2]", valid=lambda v: 0 < v <= 2,
-                                       openai_extra="repetition_penalty")
-    no_stop_trim: bool = _param(False, openai_extra="no_stop_trim")
+                                       openai_extra="repetition_penalty", kind="number")
+    no_stop_trim: bool = _param(False, openai_extra="no_stop_trim", kind="bool")
     logit_bias: Mapping[int, float] | None = _param(None, convert=_logit_bias, openai="logit_bias",
                                                     json_type=dict[str, float])
-    sampling_seed: int | None = _param(None, rule=_SEED_RULE, valid=_is_seed, openai_extra="seed")
-    spaces_between_special_tokens: bool = _param(True, openai_extra="spaces_between_special_tokens")
+    sampling_seed: int | None = _param(None, rule=_SEED_RULE, valid=_is_seed, openai_extra="seed", kind="int")
+    spaces_between_special_tokens: bool = _param(True, openai_extra="spaces_between_special_tokens", kind="bool")
     ebnf: str | None = _param(None, rule="a string", valid=lambda v: isinstance(v, str),
                               openai_missing=_CONSTRAINED, serve_extra=True)
     # Returned with return_logprob (ignored without, as SGLang), like top_logprobs_num.
-    token_ids_logprob: tuple[int, ...] = _param((), convert=_ints, sglang="request",
+    token_ids_logprob: tuple[int, ...] = _param((), convert=_token_ids("token_ids_logprob"), sglang="request",
                                                 openai_missing=_NO_LOGPROBS)
-    stream_interval: int | None = _param(None, rule="a positive integer", valid=_int_at_least(1))  # k tokens
+    stream_interval: int | None = _param(None, rule="a positive integer", valid=_int_at_least(1),
+                                         kind="int")  # k tokens
     # Data for a custom logit processor, which this runtime does not run (nor SGLang without one): unused.
     custom_params: Mapping[str, Any] | None = _param(None, rule="a dict",
                                                      valid=lambda v: isinstance(v, Mapping))
@@ -198,7 +266,7 @@ class SamplingParams:
         None, openai_missing=_CONSTRAINED, runtime=False,
         runtime_missing="constrain the output with regex=, json_schema= or ebnf= instead")
     beam_width: int = _param(
-        1, rule="a positive integer", valid=_int_at_least(1), runtime=False,
+        1, rule="a positive integer", valid=_int_at_least(1), runtime=False, kind="int",
         runtime_missing="beam search is not implemented; sample with n=... or score with select()")
     watermark: Mapping[str, Any] | bool | None = _param(
         None, runtime=False, runtime_missing="this runtime does not watermark its output")
@@ -209,11 +277,13 @@ class SamplingParams:
             if value is None and f.default is not None:  # None means the default
                 object.__setattr__(self, f.name, f.default)
                 continue
-            if value is None or value == f.default:
+            if value is None or _is_default(value, f.default):
                 continue
             if spec.convert is not None:
                 value = spec.convert(value)
                 object.__setattr__(self, f.name, value)
+            if spec.kind is not None and not _KIND_CHECKS[spec.kind](value):
+                raise ValueError(f"{f.name} must be {_KIND_NAMES[spec.kind]}, got {value!r}")
             if spec.valid is not None and not spec.valid(value):
                 raise ValueError(f"{f.name} must be {spec.rule}, got {value!r}")
         if self.min_new_tokens > self.max_new_tokens:
@@ -273,6 +343,11 @@ class SamplingParams:
         return dataclasses.replace(self, **changes)
 
 
+def _is_default(value: Any, default: Any) -> bool:
+    """value is the field's default, of the same type (-1.0 is not top_k's default -1: it is checked)."""
+    return value is default or (type(value) is type(default) and value == default)
+
+
 FIELDS: dict[str, Spec] = {f.name: f.metadata["spec"] for f in dataclasses.fields(SamplingParams)}
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
 UNIMPLEMENTED: tuple[str, ...] = tuple(name for name, spec in FIELDS.items() if not spec.runtime)
@@ -285,6 +360,38 @@ def _refuse_unimplemented(values: Mapping[str, Any]) -> None:
         if value is not None and value != DEFAULTS[name]:
             raise NotImplementedError(f"{name}={value!r}: {name} is not available in this runtime; "
                                       f"{FIELDS[name].runtime_missing}")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on what one request may ask, beyond what the model allows, so that no request makes every
+    step slow for the others (10,000 stop strings slowed a co-batched request 5.6x) or its answer huge
+    (top_logprobs_num=4096 for 200 tokens gave 21.6 MB). `Runtime.submit` checks them; None: no limit."""
+
+    max_stop_strings: int | None = 64  # entries of stop, and of stop_regex
+    max_stop_string_length: int | None = 1024  # characters of one stop string or stop regex
+    max_top_logprobs_num: int | None = 64
+    max_token_ids_logprob: int | None = 1024  # entries of token_ids_logprob
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise ValueError(f"RequestLimits.{f.name} must be a positive integer or None, got {value!r}")
+
+    def check(self, params: SamplingParams) -> None:
+        """ValueError naming the first limit params exceed and how to raise it."""
+        longest = max(map(len, params.stop + params.stop_regex), default=0)
+        checks = [(len(params.stop), "stop has {} strings", "max_stop_strings"),
+                  (len(params.stop_regex), "stop_regex has {} patterns", "max_stop_strings"),
+                  (longest, "a stop string or regex has {} characters", "max_stop_string_length"),
+                  (params.top_logprobs_num, "top_logprobs_num is {}", "max_top_logprobs_num"),
+                  (len(params.token_ids_logprob), "token_ids_logprob has {} ids", "max_token_ids_logprob")]
+        for value, what, limit_name in checks:
+            limit = getattr(self, limit_name)
+            if limit is not None and value > limit:
+                raise ValueError(f"{what.format(value)}, over this runtime's limit of {limit} ({limit_name}; "
+                                 f"raise it with RequestLimits({limit_name}=...), or None for no limit)")
 
 
 # ---------------------------------------------------------------------------- derived translations
