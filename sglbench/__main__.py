@@ -69,17 +69,53 @@ def main(argv: list[str] | None = None) -> None:
     sv.add_argument("--reasoning-parser", default=None,
                     help="split <think> reasoning into reasoning_content: qwen3, deepseek-r1, ..., or none "
                          "(default: qwen3 when the chat template writes <think>)")
+    limits = sv.add_argument_group("limits", "what one request or client may ask; refusals name the flag to raise")
+    limits.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body, in MiB (413)")
+    limits.add_argument("--max-prompt-tokens", type=int, default=None,
+                        help="most tokens in one prompt (400; default: the model's context length)")
+    limits.add_argument("--max-samples-per-request", type=int, default=256,
+                        help="most samples (prompts x n) one request may ask for (400)")
+    limits.add_argument("--max-concurrent-requests", type=int, default=256,
+                        help="most requests in flight per API key, or per client address without a key (429)")
+    limits.add_argument("--max-stop-strings", type=int, default=64, help="most stop strings (and stop regexes) (400)")
+    limits.add_argument("--max-stop-string-length", type=int, default=1024,
+                        help="most characters in one stop string or stop regex (400)")
+    limits.add_argument("--max-top-logprobs-num", type=int, default=64, help="most top logprobs per token (400)")
+    limits.add_argument("--max-token-ids-logprob", type=int, default=1024,
+                        help="most entries of token_ids_logprob (400)")
+    sv.add_argument("--show-model-path", action="store_true",
+                    help="report the model folder's path in /model_info and /server_info, as SGLang does (its "
+                         "clients on this machine load the tokenizer from it); default: only the model's name")
+    sv.add_argument("--shutdown-timeout", type=float, default=10.0,
+                    help="seconds in-flight requests may finish after SIGTERM/SIGINT before they are aborted")
     args, rest = parser.parse_known_args(argv)
     if args.command in ("quickstart", "serve") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "quickstart":
         quickstart(args.report)
     elif args.command == "serve":
+        from sglbench.runtime.sampling_params import RequestLimits
         from sglbench.server.app import serve
+        from sglbench.server.limits import MIB, ServerLimits
 
-        serve(args.model, host=args.host, port=args.port, api_key=args.api_key, device=args.device,
-              max_total_tokens=args.max_total_tokens, incremental_streaming_output=args.incremental_streaming_output,
-              tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser)
+        try:
+            limits = ServerLimits(max_body_bytes=round(args.max_body_mb * MIB), max_prompt_tokens=args.max_prompt_tokens,
+                                  max_samples_per_request=args.max_samples_per_request,
+                                  max_concurrent_requests=args.max_concurrent_requests)
+            request_limits = RequestLimits(max_stop_strings=args.max_stop_strings,
+                                           max_stop_string_length=args.max_stop_string_length,
+                                           max_top_logprobs_num=args.max_top_logprobs_num,
+                                           max_token_ids_logprob=args.max_token_ids_logprob)
+        except ValueError as exc:
+            parser.error(str(exc))
+        try:
+            serve(args.model, host=args.host, port=args.port, api_key=args.api_key, device=args.device,
+                  max_total_tokens=args.max_total_tokens, incremental_streaming_output=args.incremental_streaming_output,
+                  tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser, limits=limits,
+                  shutdown_timeout=args.shutdown_timeout, show_model_path=args.show_model_path,
+                  request_limits=request_limits)
+        except KeyboardInterrupt:  # SIGINT: the server has drained and stopped; no traceback
+            sys.exit(130)
     else:
         from sglbench.bench.__main__ import main as bench_main
 

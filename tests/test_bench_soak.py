@@ -143,7 +143,7 @@ def test_hanging_up_is_the_clients_choice_and_a_timeout_is_a_failure():
 
 def test_a_refused_connection_is_a_failure():
     async def go():
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{soak._free_port()}") as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{soak.free_port()}") as client:
             return await soak.send(client, soak.Call("good", "p", "/health", method="GET"), 5.0)
 
     outcome = asyncio.run(go())

@@ -110,7 +110,7 @@ def rt(runtime):
 @pytest.fixture(scope="module")
 def endpoint(runtime):
     """sglbench serve on loopback, reached by SGLang's RuntimeEndpoint(base_url, api_key, verify, chat_template_name)."""
-    with serving(build_app(runtime, api_key=API_KEY, model_name="tiny")) as url:
+    with serving(build_app(runtime, api_key=API_KEY, model_name="tiny", show_model_path=True)) as url:
         backend = sgl.RuntimeEndpoint(url, API_KEY, None, "default")
         yield backend
         backend.close()

@@ -17,10 +17,11 @@ from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime
 from sglbench.runtime.sampling_params import SamplingParams
 from sglbench.server.app import build_app
+from sglbench.server.background import free_port
 from sglbench.viz.adapters import graph_from_telemetry
 from sglbench.viz.client_tree import PromptTreeView, RemoteLatencyView, latencies_from_runs
 from sglbench.viz.tree import render_tree
-from tests.helpers import assert_pool_full, free_port, serving
+from tests.helpers import assert_pool_full, serving
 
 API_KEY = "test-key"
 FEW_SHOT = "Q: What is 1 + 1?\nA: 2\n\nQ: What is 2 + 2?\nA: 4\n\nQ: What is 3 + 3?\nA: 6\n\n"
@@ -41,7 +42,8 @@ def rt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(rt):
-    with serving(build_app(rt, api_key=API_KEY, model_name="tiny")) as url:
+    # sgl.RuntimeEndpoint loads the served folder's tokenizer and chat template, as SGLang's does: show the path
+    with serving(build_app(rt, api_key=API_KEY, model_name="tiny", show_model_path=True)) as url:
         yield url
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -39,7 +40,7 @@ def test_the_server_and_the_language_backend_report_the_engine_as_before(rt):
     with TestClient(build_app(rt)) as client:
         model = client.get("/get_model_info").json()
         server = client.get("/get_server_info").json()
-    ours = {"model_path": rt.config.model_path, "architecture": engine.model_config.architecture,
+    ours = {"model_path": Path(rt.config.model_path).name, "architecture": engine.model_config.architecture,
             "is_generation": True, "context_length": engine.context_length, "vocab_size": engine.model_config.vocab_size}
     assert {k: model[k] for k in ours} == ours  # beside SGLang's own fields
     assert server["max_total_num_tokens"] == engine.pool.num_slots and server["version"] == "sglbench"

@@ -139,7 +139,7 @@ def runtime():
 def server(runtime):
     from sglbench.server.app import build_app
 
-    with serving(build_app(runtime, api_key=API_KEY, incremental_streaming_output=True)) as url:  # as SGLang's CI
+    with serving(build_app(runtime, api_key=API_KEY, incremental_streaming_output=True, show_model_path=True)) as url:  # as SGLang's CI
         yield url
 
 

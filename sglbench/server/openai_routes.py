@@ -92,7 +92,8 @@ def add_openai_routes(app: FastAPI, serving: Serving) -> None:
             raise ValueError(f"logprobs must be in [0, {MAX_COMPLETION_LOGPROBS}], got {k}")
         extra = ({"return_logprob": True, "top_logprobs_num": k, "logprob_start_len": 0 if body.echo else -1}
                  if k is not None else {})
-        params = from_openai(body.model_dump(), max_new_tokens=body.max_tokens, **extra)
+        params = await run_in_threadpool(lambda: from_openai(body.model_dump(), max_new_tokens=body.max_tokens,
+                                                             **extra))  # compiles stop regexes
         prompts = _prompts(body.prompt)
         prompt_ids = await run_in_threadpool(lambda: [tokenizer.encode(p) if isinstance(p, str) else p
                                                       for p in prompts])

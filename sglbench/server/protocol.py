@@ -9,6 +9,8 @@ would have to do differently (null, false, 0, empty), and are a 400 naming them 
 
 from __future__ import annotations
 
+import json
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,39 @@ from sglbench.runtime.sampling_params import (
 from sglbench.runtime.sglang_request_fields import PASSIVE_FIELDS, UNSUPPORTED_WHEN_SET, is_off
 
 _STRICT = ConfigDict(extra="forbid")
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how a JSON body spells a UTF-16 surrogate
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins a proper pair into one character
+
+
+def _lone_surrogate_at(value: Any, path: str) -> tuple[str, int, str] | None:
+    """The first string in value holding a lone surrogate: (field path, character index, the surrogate)."""
+    if isinstance(value, str):
+        found = _LONE_SURROGATE.search(value)
+        return (path or "body", found.start(), found.group()) if found else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        hit = _lone_surrogate_at(key, f"{where} (a key)") or _lone_surrogate_at(item, where)
+        if hit:
+            return hit
+    return None
+
+
+def lone_surrogate_problem(body: bytes) -> str | None:
+    """A 400 message naming the field of a JSON body whose string has a lone UTF-16 surrogate ("\\ud800"), which
+    no tokenizer can encode; None for any other body (a malformed one is left to the JSON parser)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        hit = _lone_surrogate_at(json.loads(body), "")
+    except (ValueError, RecursionError):  # not JSON, or nested too deep: the body parser answers for it
+        return None
+    if hit is None:
+        return None
+    path, index, char = hit
+    return (f"{path}: has a lone UTF-16 surrogate \\u{ord(char):04x} at character {index}; JSON strings must be "
+            "valid Unicode (a character beyond U+FFFF is written as a surrogate pair)")
 
 # The sampling fields SGLang carries beside sampling_params (return_logprob, logprob_start_len, ...): name -> type.
 TOP_LEVEL: dict[str, Any] = {name: hint for name, (hint, _) in sglang_top_level_fields().items()}

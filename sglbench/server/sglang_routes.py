@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from sglbench.runtime.runtime import Runtime
 from sglbench.runtime.sampling_params import SamplingParams
 from sglbench.runtime.sglang_shapes import WEIGHT_VERSION, sglang_meta, sglang_result
 from sglbench.server.protocol import AbortRequest, GenerateItem, GenerateRequest
-from sglbench.server.serving import Serving, error, sse_response
+from sglbench.server.serving import Serving, error, public_model_name, sse_response
 
 HEALTH_CHECK_TIMEOUT_S = 20.0  # as SGLang's /health_generate
 
@@ -34,11 +34,19 @@ def _model_type(model_path: str) -> str | None:
         return None
 
 
+def _model_path(serving: Serving, model_path: str) -> str:
+    """The model_path clients see: the model's name (its folder's name, or its Hugging Face id), not where it
+    lies on this machine, unless the server was asked to show it (SGLang's clients on this machine load the
+    tokenizer from it)."""
+    return model_path if serving.show_model_path else public_model_name(model_path)
+
+
 def model_info(serving: Serving) -> dict:
     """SGLang's /model_info fields, then sglbench's own (architecture, context_length, vocab_size)."""
     info = serving.rt.model_info()
+    name = _model_path(serving, info.model_path)
     return {
-        "model_path": info.model_path, "served_model_name": serving.served_name, "tokenizer_path": info.model_path,
+        "model_path": name, "served_model_name": serving.served_name, "tokenizer_path": name,
         "is_generation": True, "preferred_sampling_params": None, "weight_version": WEIGHT_VERSION,
         "load_format": "auto", "reasoning_parser": None, "tool_call_parser": None, "disaggregation_mode": "null",
         "has_image_understanding": False, "has_audio_understanding": False,
@@ -55,9 +63,10 @@ def server_info(serving: Serving) -> dict:
     """SGLang's /server_info: the runtime's arguments as resolved, the scheduler's limits and its live state."""
     rt, info, m = serving.rt, serving.rt.model_info(), serving.rt.metrics()
     used = m.pool_slots - m.pool_free - m.cache_evictable
+    name = _model_path(serving, info.model_path)
     return {
         **{k: _plain(v) for k, v in dataclasses.asdict(rt.config).items()},
-        "model_path": info.model_path, "tokenizer_path": info.model_path, "served_model_name": serving.served_name,
+        "model_path": name, "tokenizer_path": name, "served_model_name": serving.served_name,
         "dtype": info.dtype.removeprefix("torch."), "device": info.device, "context_length": info.context_length,
         "attention_backend": info.attention_backend, "tp_size": 1, "dp_size": 1, "pp_size": 1, "ep_size": 1,
         "page_size": 1, "skip_tokenizer_init": False, "speculative_algorithm": None, "enable_lora": False,
@@ -70,21 +79,13 @@ def server_info(serving: Serving) -> dict:
 
 
 # ---------------------------------------------------------------------------- /generate
-def _prompt_ids(rt: Runtime, prompt: str | list[int]) -> list[int]:
-    if not isinstance(prompt, str):
-        return prompt
-    if not prompt:
-        raise ValueError("prompt is empty: give a non-empty text or input_ids")
-    return rt.tokenizer.encode(prompt)
-
-
-def with_logprob_start(rt: Runtime, item: GenerateItem) -> GenerateItem:
+def with_logprob_start(serving: Serving, item: GenerateItem) -> GenerateItem:
     """SGLang's logprob_start_len for an item that returns logprobs: -1 (or null) means the prompt's last token
-    only; a start past the prompt's end is refused."""
+    only; a start past the prompt's end is refused. Tokenizes a text prompt: call off the event loop."""
     params = item.params
     if not params.return_logprob:
         return item
-    ids = _prompt_ids(rt, item.prompt)
+    ids = serving.prompt_ids(item.prompt)
     if params.logprob_start_len > len(ids):
         raise ValueError(f"logprob_start_len={params.logprob_start_len} is past the end of the prompt ({len(ids)} tokens)")
     if params.logprob_start_len == -1 and not params.token_ids_logprob:
@@ -112,13 +113,15 @@ def add_sglang_routes(app: FastAPI, serving: Serving) -> None:
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache() -> dict:
-        return {"success": rt.flush_cache()}
+        return {"success": await run_in_threadpool(rt.flush_cache)}  # waits for the engine thread: not on the loop
 
     @app.get("/health_generate")
     async def health_generate() -> Response:
-        """200 when the engine completes a one-token generation within SGLang's health-check timeout, else 503."""
-        if not rt.is_running:
-            return Response(status_code=503)
+        """200 when the engine completes a one-token generation within SGLang's health-check timeout, else 503
+        (with the reason when the engine has stopped or the server shuts down)."""
+        why = serving.unavailable()
+        if why:
+            return error(503, why)
         handle = serving.submit([0], SamplingParams(max_new_tokens=1, temperature=0), f"HEALTH_CHECK_{uuid.uuid4().hex}")
         try:
             result = await asyncio.wait_for(handle.async_result(), HEALTH_CHECK_TIMEOUT_S)
@@ -148,7 +151,8 @@ def add_sglang_routes(app: FastAPI, serving: Serving) -> None:
 
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(body: GenerateRequest, request: Request):
-        items = [with_logprob_start(rt, item) for item in body.items()]
+        # Off the event loop: checking a body compiles its regexes, a logprob start tokenizes its prompt.
+        items = await run_in_threadpool(lambda: [with_logprob_start(serving, item) for item in body.items()])
         handles = await serving.submit_all([(item.prompt, item.params, item.rid) for item in items], body.stream)
         params = [item.params for item in items for _ in range(item.params.n)]
         text = token_text if body.return_text_in_logprobs else None
