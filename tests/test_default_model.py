@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 
@@ -10,8 +11,35 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sglbench.default_model import DEFAULT_MODEL_PATH, default_model_path
-from sglbench.default_model.corpus import TRAIN_SEED, generate_documents, render_chat
-from sglbench.default_model.heldout import HELDOUT_SEED, heldout_examples, score, transformers_generator
+from sglbench.default_model.corpus import (
+    ANNEAL_KINDS,
+    DOCUMENT_KINDS,
+    FINETUNE_KINDS,
+    TOOLS,
+    TRAIN_SEED,
+    build_world,
+    calculate,
+    doc_thinking,
+    doc_tool_chat,
+    generate_documents,
+    render_chat,
+    run_tool,
+    thinking_chat,
+    tool_chat,
+    weather,
+)
+from sglbench.default_model.heldout import (
+    CHAT_MAX_NEW_TOKENS,
+    HELDOUT_SEED,
+    chat_reply_right,
+    heldout_chat_examples,
+    heldout_examples,
+    parse_tool_calls,
+    score,
+    score_chat,
+    transformers_generator,
+)
+from sglbench.default_model.tokenizer import CHAT_TEMPLATE
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -65,6 +93,174 @@ def test_chat_template_round_trip(tokenizer):
     assert ids.count(tokenizer.convert_tokens_to_ids("<|user|>")) == 2
 
 
+# The template before tools and thinking: every conversation without them must still render exactly like this.
+PLAIN_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+CALC = TOOLS["calculator"]
+WEATHER = TOOLS["get_weather"]
+TOOL_CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 17 * 3 and the weather in Plimsk?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "a", "type": "function", "function": {"name": "calculator", "arguments": {"expression": "17 * 3"}}},
+        {"id": "b", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Plimsk"}'}},
+    ]},
+    {"role": "tool", "tool_call_id": "a", "content": "51"},
+    {"role": "tool", "tool_call_id": "b", "content": '{"condition": "sunny"}'},
+    {"role": "assistant", "content": "17 * 3 = 51. It is sunny."},
+    {"role": "user", "content": "Thanks"},
+]
+
+
+def render(tokenizer, messages, **kwargs) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+def test_checkpoint_carries_the_chat_template(tokenizer):
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    config = json.loads((DEFAULT_MODEL_PATH / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == CHAT_TEMPLATE
+
+
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_chat_template_without_tools_renders_as_before(tokenizer, generation_prompt):
+    conversations = [MESSAGES, MESSAGES[1:], MESSAGES[:3], [{"role": "user", "content": "Hi"}]]
+    for messages in conversations:
+        new = render(tokenizer, messages, add_generation_prompt=generation_prompt)
+        assert new == render(tokenizer, messages, add_generation_prompt=generation_prompt, enable_thinking=False)
+        assert new == tokenizer.apply_chat_template(messages, chat_template=PLAIN_TEMPLATE, tokenize=False,
+                                                    add_generation_prompt=generation_prompt)
+        assert new == render_chat(messages, add_generation_prompt=generation_prompt)
+
+
+def test_chat_template_tools_system_turn(tokenizer):
+    text = render(tokenizer, TOOL_CHAT[:2], tools=[CALC, WEATHER])
+    tools_block = f"<tools>\n{json.dumps(CALC)}\n{json.dumps(WEATHER)}\n</tools>\n"
+    assert text.startswith("<s><|system|>\nBe brief.\n\n# Tools\n" + tools_block + "To call a tool, answer with "
+                           '<tool_call>\n{"name": <tool name>, "arguments": <arguments as JSON>}\n</tool_call><|end|>\n'
+                           "<|user|>\nWhat is 17 * 3")
+    assert text.count("<|system|>") == 1 and text.count("Be brief.") == 1
+    no_system = render(tokenizer, TOOL_CHAT[1:2], tools=[CALC])
+    assert no_system.startswith(f"<s><|system|>\n# Tools\n<tools>\n{json.dumps(CALC)}\n</tools>\n")
+    unicode_tool = {**CALC, "function": {**CALC["function"], "description": "Rechnet: 3 × 4 → 12"}}
+    assert "Rechnet: 3 × 4 → 12" in render(tokenizer, TOOL_CHAT[1:2], tools=[unicode_tool])  # tojson keeps non-ASCII
+
+
+def test_chat_template_tool_calls_and_responses(tokenizer):
+    text = render(tokenizer, TOOL_CHAT, tools=[CALC, WEATHER], add_generation_prompt=True)
+    assert ("<|user|>\nWhat is 17 * 3 and the weather in Plimsk?<|end|>\n<|assistant|>\n"
+            '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17 * 3"}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Plimsk"}}\n</tool_call><|end|>\n'
+            "<|user|>\n<tool_response>\n51\n</tool_response>\n"
+            '<tool_response>\n{"condition": "sunny"}\n</tool_response><|end|>\n'
+            "<|assistant|>\n17 * 3 = 51. It is sunny.<|end|>\n<|user|>\nThanks<|end|>\n<|assistant|>\n") in text
+    assert text.endswith("<|assistant|>\n")
+    with_content = [{"role": "assistant", "content": "Let me check.", "tool_calls": TOOL_CHAT[2]["tool_calls"][:1]}]
+    assert render(tokenizer, with_content) == (
+        '<s><|assistant|>\nLet me check.\n<tool_call>\n{"name": "calculator", "arguments": {"expression": '
+        '"17 * 3"}}\n</tool_call><|end|>\n')
+    separate = [TOOL_CHAT[3], {"role": "user", "content": "x"}, TOOL_CHAT[4]]
+    assert render(tokenizer, separate).count("<|user|>\n<tool_response>") == 2
+
+
+def test_chat_template_thinking_generation_prompt(tokenizer):
+    assert render(tokenizer, MESSAGES, add_generation_prompt=True, enable_thinking=True).endswith(
+        "<|end|>\n<|assistant|>\n<think>\n")
+    assert render(tokenizer, MESSAGES, add_generation_prompt=False, enable_thinking=True) == render_chat(MESSAGES)
+    assert render_chat(MESSAGES, add_generation_prompt=True, enable_thinking=True).endswith("<|assistant|>\n<think>\n")
+
+
+def test_render_chat_equals_the_template_on_sampled_chats(tokenizer):
+    rng, world = random.Random(11), build_world()
+    for _ in range(40):
+        messages, tools = tool_chat(rng, world)
+        assert render(tokenizer, messages, tools=tools) == render_chat(messages, tools)
+        cut = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        for thinking in (False, True):
+            assert render(tokenizer, messages[:cut], tools=tools, add_generation_prompt=True,
+                          enable_thinking=thinking) == render_chat(messages[:cut], tools, add_generation_prompt=True,
+                                                                   enable_thinking=thinking)
+        messages = thinking_chat(rng, world)
+        assert render(tokenizer, messages) == render_chat(messages)
+        assert messages[-1]["content"].startswith("<think>\n") and "\n</think>\n\n" in messages[-1]["content"]
+        assert render(tokenizer, messages[:-1], add_generation_prompt=True, enable_thinking=True) + \
+            messages[-1]["content"].removeprefix("<think>\n") + "<|end|>\n" == render_chat(messages)
+
+
+def test_think_opening_is_never_a_training_target(tokenizer):
+    """The `<think>\\n` after `<|assistant|>\\n` is written by the generation prompt, so it is context only."""
+    import torch
+
+    from sglbench.default_model.train import training_labels
+
+    rng, world = random.Random(0), build_world()
+    text = render_chat(thinking_chat(rng, world)) + render_chat(tool_chat(rng, world)[0])
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+    labels = training_labels(ids, tokenizer)
+    assert tokenizer.decode(ids[labels == -100]) == "<think>\n"
+    assert (labels[labels != -100] == ids[labels != -100]).all()
+
+
+def test_tool_chat_documents():
+    rng, world = random.Random(5), build_world()
+    chats = [tool_chat(rng, world) for _ in range(200)]
+    for messages, tools in chats:
+        offered = {t["function"]["name"] for t in tools}
+        for i, message in enumerate(messages):
+            for call in message.get("tool_calls") or []:
+                name, arguments = call["function"]["name"], call["function"]["arguments"]
+                assert name in offered
+                results = [m["content"] for m in messages[i + 1:] if m["role"] == "tool"]
+                assert run_tool(name, arguments, day=0) in results or name == "get_weather"
+    calls = [len(m["tool_calls"]) for messages, _ in chats for m in messages if m.get("tool_calls")]
+    assert 1 in calls and 2 in calls  # single and parallel calls
+    assert any(len([m for m in messages if m["role"] == "user"]) > 1 for messages, _ in chats)  # multi-turn
+    assert any(not any(m.get("tool_calls") for m in messages) for messages, _ in chats)  # tools offered, none needed
+    for kinds in (DOCUMENT_KINDS, ANNEAL_KINDS, FINETUNE_KINDS):
+        assert {doc_tool_chat, doc_thinking} <= {maker for maker, _ in kinds}
+
+
+def test_tools_are_deterministic():
+    assert calculate("17 * 3") == calculate("17 x 3") == "51" and calculate("2 +") == "error"
+    assert weather("Plimsk", 3) == weather("Plimsk", 3)
+    assert len({json.dumps(weather("Plimsk", day)) for day in range(20)}) > 1
+    person = build_world().people[0]
+    assert json.loads(run_tool("lookup_person", {"name": person.name}))["city"] == person.city
+    assert "error" in json.loads(run_tool("lookup_person", {"name": "Nobody"}))
+
+
+def test_chat_scoring():
+    examples = heldout_chat_examples(HELDOUT_SEED, 3)
+    assert {e.task for e in examples} == {"tool_call", "tool_answer", "thinking", "chat"}
+    assert examples[0].prompt.startswith("<|") and examples[0].prompt.endswith("<|assistant|>\n")
+    assert examples == heldout_chat_examples(HELDOUT_SEED, 3) and examples != heldout_chat_examples(TRAIN_SEED, 3)
+
+    def perfect(e):
+        if e.task == "tool_call":
+            return f"<tool_call>\n{e.expected[0]}\n</tool_call>"
+        text = " ".join(e.expected)
+        return f"I think.\n</think>\n\n{text}" if e.task == "thinking" else text
+
+    assert all(v == 1.0 for v in score_chat(examples, lambda prompts: [perfect(e) for e in examples]).values())
+    assert all(v == 0.0 for v in score_chat(examples, lambda prompts: ["<think>\n"] * len(prompts)).values())
+    wrong_content = score_chat(examples, lambda prompts: [
+        perfect(e).replace('"arguments": {"', '"arguments": {"x').replace('": "', '": "Nobody ')
+        if e.task == "tool_call" else "Hmm.\n</think>\n\nNo idea." for e in examples])
+    assert wrong_content["tool_call"] == 0.0 and wrong_content["tool_call_format"] == 0.0
+    assert wrong_content["thinking"] == 0.0 and wrong_content["thinking_format"] == 1.0
+    only_values_wrong = score_chat(examples, lambda prompts: [
+        perfect(e).replace('"}}', 'x"}}') for e in examples])
+    assert only_values_wrong["tool_call"] == 0.0 and only_values_wrong["tool_call_format"] == 1.0
+    call = '<tool_call>\n{"name": "f", "arguments": {"a": "1"}}\n</tool_call>'
+    assert parse_tool_calls(call) == [{"name": "f", "arguments": {"a": "1"}}]
+    assert parse_tool_calls(call + "\n" + call) == [{"name": "f", "arguments": {"a": "1"}}] * 2
+    assert parse_tool_calls("Sure. " + call) is None and parse_tool_calls(call[:-3]) is None
+    assert not chat_reply_right(examples[0], call)
+
+
 def test_numbers_below_100_are_single_tokens(tokenizer):
     """So a small sum is a lookup of one token; longer numbers come in pieces of two digits, and the space
     before a number is a token of its own."""
@@ -81,6 +277,22 @@ def test_heldout_greedy_accuracy(model, tokenizer):
     print("held-out accuracy:", accuracy)
     assert set(accuracy) == {"qa", "arithmetic", "judgement", "reading"}
     assert min(accuracy["qa"], accuracy["arithmetic"], accuracy["judgement"]) >= 0.9, accuracy
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped weights predate the tool-call and <think> documents: fine-tunes "
+                   "on them (up to 17 minutes here) learnt the formats but not to copy arguments (held-out tool calls "
+                   "4-8 %) and cost other scores, so they were not shipped (issue #16, item 7)")
+def test_heldout_chat_forms(model, tokenizer):
+    """Greedy on held-out chats: with tools offered, the reply is one well-formed call of the right tool with the
+    right argument names; with `<think>` opened, a trace closed by `</think>` and an answer; a plain chat reply
+    carries neither. (Whether arguments and answers are copied right is printed, not required: see heldout.py.)"""
+    examples = heldout_chat_examples(HELDOUT_SEED, 8)
+    accuracy = score_chat(examples, transformers_generator(model, tokenizer, max_new_tokens=CHAT_MAX_NEW_TOKENS))
+    print("held-out chat accuracy:", accuracy)
+    assert accuracy["tool_call_format"] >= 0.9 and accuracy["thinking_format"] >= 0.9, accuracy
+    replies = transformers_generator(model, tokenizer, max_new_tokens=24)(
+        [e.prompt for e in examples if e.task == "chat"])
+    assert not any("<tool_call>" in r or "<think>" in r for r in replies), replies
 
 
 def test_runtime_logits_equal_transformers(model, tokenizer):

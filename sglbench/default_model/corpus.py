@@ -20,6 +20,10 @@ TRAIN_SEED = 0
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 ROLES = ("system", "user", "assistant")
 END = "<|end|>"
+THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"  # an assistant's reasoning sits between them
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>\n", "\n</tool_call>"
+TOOL_INSTRUCTIONS = ('To call a tool, answer with <tool_call>\n{"name": <tool name>, "arguments": <arguments as JSON>}'
+                     '\n</tool_call>')
 
 QA = tuple[str, str]  # (question or statement, answer)
 
@@ -236,9 +240,50 @@ def render_judgements(pairs: list[QA]) -> str:
     return "".join(f"Statement: {s}\nJudgement: {v}\n\n" for s, v in pairs)
 
 
-def render_chat(messages: list[dict[str, str]]) -> str:
-    """The chat template in Python: bos, then `<|role|>\\n` + content + `<|end|>\\n` per message."""
-    return BOS + "".join(f"<|{m['role']}|>\n{m['content']}{END}\n" for m in messages)
+Message = dict[str, object]  # an OpenAI-style chat message: role, content, optional tool_calls
+
+
+def _to_json(value: object) -> str:
+    """JSON as Hugging Face's chat templates write it (`tojson`: json.dumps with ensure_ascii=False)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_tool_call(call: dict) -> str:
+    """One call as `<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`; string arguments as they are."""
+    fn = call.get("function", call)
+    args = fn["arguments"]
+    return (f'{TOOL_CALL_OPEN}{{"name": {_to_json(fn["name"])}, "arguments": '
+            f'{args if isinstance(args, str) else _to_json(args)}}}{TOOL_CALL_CLOSE}')
+
+
+def render_chat(messages: list[Message], tools: list[dict] | None = None, *, add_generation_prompt: bool = False,
+                enable_thinking: bool = False) -> str:
+    """The chat template (tokenizer.CHAT_TEMPLATE) in Python: bos, then `<|role|>\\n` + content + `<|end|>\\n`
+    per message; tools in a leading system turn, tool calls after the assistant's content, consecutive tool
+    results as one user turn; the generation prompt opens `<think>\\n` when enable_thinking."""
+    out = [BOS]
+    if tools:
+        system = ""
+        if messages and messages[0]["role"] == "system":
+            system, messages = f"{messages[0]['content']}\n\n", messages[1:]
+        listed = "".join(_to_json(tool) + "\n" for tool in tools)
+        out.append(f"<|system|>\n{system}# Tools\n<tools>\n{listed}</tools>\n{TOOL_INSTRUCTIONS}{END}\n")
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if message["role"] == "tool":
+            first = i == 0 or messages[i - 1]["role"] != "tool"
+            last = i == len(messages) - 1 or messages[i + 1]["role"] != "tool"
+            out.append(("<|user|>\n" if first else "\n") + f"<tool_response>\n{content}\n</tool_response>"
+                       + (f"{END}\n" if last else ""))
+        elif message["role"] == "assistant" and message.get("tool_calls"):
+            head = f"{content}\n" if content else ""
+            calls = "\n".join(render_tool_call(call) for call in message["tool_calls"])  # type: ignore[union-attr]
+            out.append(f"<|assistant|>\n{head}{calls}{END}\n")
+        else:
+            out.append(f"<|{message['role']}|>\n{content if isinstance(content, str) else ''}{END}\n")
+    if add_generation_prompt:
+        out.append("<|assistant|>\n" + (THINK_OPEN if enable_thinking else ""))
+    return "".join(out)
 
 
 # ----------------------------------------------------------------------------- documents
@@ -316,10 +361,15 @@ def doc_directory(rng: random.Random, world: World) -> str:
         [fact_question(rng, world) for _ in range(rng.randint(3, 8))])
 
 
+def full_record(world: World, person: Person) -> dict[str, object]:
+    """Everything the world knows about a person, JSON-ready, in a fixed field order."""
+    return {"name": person.name, "age": person.age, "city": person.city, "country": world.country(person.city),
+            "job": person.job, "pet": person.pet, "colour": person.colour}
+
+
 def person_record(rng: random.Random, world: World, person: Person) -> dict[str, object]:
     """A JSON-ready record with the name and a random subset of fields, in a fixed field order."""
-    fields = {"name": person.name, "age": person.age, "city": person.city, "country": world.country(person.city),
-              "job": person.job, "pet": person.pet, "colour": person.colour}
+    fields = full_record(world, person)
     keep = set(rng.sample([k for k in fields if k != "name"], rng.randint(2, 6))) | {"name"}
     return {k: v for k, v in fields.items() if k in keep}
 
@@ -474,21 +524,301 @@ def doc_chat(rng: random.Random, world: World) -> str:
     return render_chat(messages)
 
 
+# ----------------------------------------------------------------------------- tool-use and thinking chats
+def function_tool(name: str, description: str, parameters: dict[str, str]) -> dict:
+    """An OpenAI tool definition whose parameters (name -> short description) are required strings."""
+    properties = {p: {"type": "string", "description": d} for p, d in parameters.items()}
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
+        "type": "object", "properties": properties, "required": list(parameters)}}}
+
+
+# The tools of the tool-use chats: the first three are called (see run_tool), the others are only offered.
+TOOLS: dict[str, dict] = {tool["function"]["name"]: tool for tool in (
+    function_tool("calculator", "Evaluate an arithmetic expression with +, - and *.",
+                  {"expression": "the expression, such as 12 * 7"}),
+    function_tool("lookup_person", "Look up a person of the valley and return their record as JSON.",
+                  {"name": "the person's name"}),
+    function_tool("get_weather", "Get today's weather in a city.", {"city": "the name of the city"}),
+    function_tool("send_message", "Send a text message to someone.",
+                  {"to": "the recipient's name", "text": "the message"}),
+    function_tool("get_time", "Get the current time in a city.", {"city": "the name of the city"}),
+    function_tool("search_web", "Search the web and return the top result.", {"query": "what to search for"}),
+    function_tool("set_reminder", "Set a reminder for later.",
+                  {"text": "what to remember", "time": "when, such as 18:30"}),
+    function_tool("translate", "Translate a text into another language.",
+                  {"text": "the text", "language": "the language"}),
+)}
+CALLED_TOOLS = ("calculator", "lookup_person", "get_weather")
+CONDITIONS = ("sunny", "cloudy", "rainy", "windy", "snowy", "foggy")
+TEMPERATURE_RANGE = (0, 35)
+
+
+def calculate(expression: str) -> str:
+    """The calculator tool: `a + b`, `a - b` or `a * b` (also `a x b`) of integers; "error" for anything else."""
+    try:
+        a, op, b = expression.split()
+        return str({"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b), "x": int(a) * int(b)}[op])
+    except (ValueError, KeyError):
+        return "error"
+
+
+def weather(city: str, day: int) -> dict[str, object]:
+    """The get_weather tool's report: invented, but the same for the same city and day."""
+    rng = random.Random(f"{city}/{day}")
+    return {"city": city, "condition": rng.choice(CONDITIONS), "temperature": rng.randint(*TEMPERATURE_RANGE)}
+
+
+def lookup_person(world: World, name: str) -> dict[str, object]:
+    """The lookup_person tool: the person's full record, or an error for a name the world does not know."""
+    person = next((p for p in world.people if p.name == name.strip()), None)
+    return {"error": f"no person named {name}"} if person is None else full_record(world, person)
+
+
+def run_tool(name: str, arguments: dict[str, str], day: int = 0, world: World | None = None) -> str:
+    """A called tool's result as the text of a tool message (JSON for lookups and weather); day picks the weather."""
+    if name == "calculator":
+        return calculate(arguments["expression"])
+    if name == "lookup_person":
+        return _to_json(lookup_person(world or build_world(), arguments["name"]))
+    if name == "get_weather":
+        return _to_json(weather(arguments["city"], day))
+    raise ValueError(f"no such tool: {name}")
+
+
+@dataclass(frozen=True)
+class ToolExchange:
+    """A user question answered through tool calls: the calls, their results, the final answer, and the texts
+    any right answer contains (for held-out scoring)."""
+    question: str
+    calls: tuple[tuple[str, dict[str, str]], ...]  # (tool name, arguments)
+    results: tuple[str, ...]
+    answer: str
+    keys: tuple[str, ...]
+
+    def messages(self) -> list[Message]:
+        """user, assistant tool calls, one tool message per result, the assistant's answer."""
+        calls = [{"type": "function", "function": {"name": n, "arguments": a}} for n, a in self.calls]
+        return [{"role": "user", "content": self.question},
+                {"role": "assistant", "content": "", "tool_calls": calls},
+                *({"role": "tool", "content": r} for r in self.results),
+                {"role": "assistant", "content": self.answer}]
+
+
+CALC_QUESTIONS = ("What is {e}?", "Compute {e}.", "Please calculate {e}.", "How much is {e}?")
+WEATHER_QUESTIONS = ("What is the weather in {c}?", "How is the weather in {c} today?",
+                     "What's the weather like in {c}?", "Tell me the weather in {c}.")
+PAIR_QUESTIONS = {
+    "city": "Where do {a} and {b} live?", "country": "Which countries do {a} and {b} live in?",
+    "job": "What are the jobs of {a} and {b}?", "pet": "What pets do {a} and {b} have?",
+    "colour": "What are the favourite colours of {a} and {b}?", "age": "How old are {a} and {b}?",
+}
+
+
+def calculation(rng: random.Random) -> tuple[str, str]:
+    """(expression as the user writes it, the calculator's expression): small sums of the arithmetic documents
+    or larger two-digit ones only the tool gets right; `x` or `*` for products, always `*` in the call."""
+    if rng.random() < 0.5:
+        a, op, b = arithmetic_problem(rng)[0].split()
+    else:
+        op = rng.choice("+-*")
+        a, b = str(rng.randint(10, 99)), str(rng.randint(2 if op == "*" else 10, 99))
+        if op == "-" and int(a) < int(b):
+            a, b = b, a
+    call = f"{a} {'*' if op in 'x*' else op} {b}"
+    return (call.replace("*", "x") if rng.random() < 0.3 else call), call
+
+
+def weather_city(rng: random.Random, world: World) -> str:
+    """Mostly a city of the world, sometimes an invented one (the model must copy its name into the call)."""
+    return rng.choice(world.cities) if rng.random() < 0.7 else invented_word(rng, 2)
+
+
+def weather_sentence(report: dict[str, object]) -> str:
+    return f"It is {report['condition']} and {report['temperature']} degrees in {report['city']}."
+
+
+def tool_exchange(rng: random.Random, world: World, day: int, parallel: bool | None = None) -> ToolExchange:
+    """One question that needs a tool (calculator, lookup_person or get_weather), sometimes two calls at once."""
+    parallel = rng.random() < 0.12 if parallel is None else parallel
+    tool = rng.choices(CALLED_TOOLS, weights=(35, 35, 30))[0]
+    if tool == "calculator":
+        pairs = [calculation(rng) for _ in range(2 if parallel else 1)]
+        values = [calculate(call) for _, call in pairs]
+        shown = " and what is ".join(q for q, _ in pairs)
+        question_text = f"What is {shown}?" if parallel else rng.choice(CALC_QUESTIONS).format(e=shown)
+        sums = [f"{call} = {v}" for (_, call), v in zip(pairs, values)]
+        keys = tuple(f"{text}{' and' if i < len(sums) - 1 else '.'}" for i, text in enumerate(sums))
+        return ToolExchange(question_text, tuple((tool, {"expression": call}) for _, call in pairs), tuple(values),
+                            " and ".join(sums) + ".", keys)
+    if tool == "lookup_person":
+        attribute = rng.choice(ATTRIBUTES)
+        if parallel:
+            people = rng.sample(world.people, 2)
+            question_text = PAIR_QUESTIONS[attribute].format(a=people[0].name, b=people[1].name)
+        elif rng.random() < 0.1:
+            name = rng.choice(world.outsiders)
+            return ToolExchange(question(rng, name, attribute), ((tool, {"name": name}),),
+                                (run_tool(tool, {"name": name}, world=world),), f"I could not find {name}.", (name,))
+        else:
+            people = [rng.choice(world.people)]
+            question_text = question(rng, people[0].name, attribute)
+        values = [world.value(p, attribute) for p in people]
+        return ToolExchange(
+            question_text, tuple((tool, {"name": p.name}) for p in people),
+            tuple(run_tool(tool, {"name": p.name}, world=world) for p in people),
+            " ".join(statement(p.name, attribute, v) for p, v in zip(people, values)), tuple(values))
+    cities = [weather_city(rng, world)]
+    if parallel:
+        cities.append(rng.choice([c for c in world.cities if c != cities[0]]))
+    reports = [weather(c, day) for c in cities]
+    question_text = (f"What is the weather in {cities[0]} and {cities[1]}?" if parallel
+                     else rng.choice(WEATHER_QUESTIONS).format(c=cities[0]))
+    return ToolExchange(question_text, tuple((tool, {"city": c}) for c in cities),
+                        tuple(_to_json(r) for r in reports), " ".join(weather_sentence(r) for r in reports),
+                        tuple(k for r in reports for k in (str(r["condition"]), f"{r['temperature']} degrees")))
+
+
+def offered_tools(rng: random.Random, needed: set[str]) -> list[dict]:
+    """The needed tools plus a few others, in random order (one to three in all)."""
+    others = [name for name in TOOLS if name not in needed]
+    names = [*sorted(needed), *rng.sample(others, rng.randint(max(0, 1 - len(needed)), max(0, 3 - len(needed))))]
+    rng.shuffle(names)
+    return [TOOLS[name] for name in names]
+
+
+TOOL_SYSTEM_PROMPTS = (*SYSTEM_PROMPTS, "You are a helpful assistant with tools.")
+
+
+def tool_chat(rng: random.Random, world: World) -> tuple[list[Message], list[dict]]:
+    """(messages, tools) of a chat with tools offered: questions answered through tool calls and their results,
+    sometimes two calls in one turn, sometimes small talk answered directly; one to three user turns."""
+    messages: list[Message] = [{"role": "system", "content": rng.choice(TOOL_SYSTEM_PROMPTS)}] if rng.random() < 0.5 \
+        else []
+    day, needed = rng.randrange(100_000), set()
+    for _ in range(rng.choices((1, 2, 3), weights=(4, 4, 2))[0]):
+        if rng.random() < 0.2:
+            user, reply = rng.choice(SMALL_TALK)
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+        else:
+            exchange = tool_exchange(rng, world, day)
+            needed |= {name for name, _ in exchange.calls}
+            messages += exchange.messages()
+    return messages, offered_tools(rng, needed)
+
+
+def doc_tool_chat(rng: random.Random, world: World) -> str:
+    return render_chat(*tool_chat(rng, world))
+
+
+@dataclass(frozen=True)
+class Reasoned:
+    """A question with a short reasoning trace, the plain chat's answer, and a text any right answer contains."""
+    question: str
+    trace: str
+    answer: str
+    key: str
+
+
+ATTRIBUTE_LABELS = {"city": "city", "country": "country", "job": "job", "pet": "pet", "colour": "favourite colour",
+                    "age": "age"}
+VERDICT_REPLIES = {"True": "Yes, that is true.", "False": "No, that is false.", "Unknown": "I do not know that."}
+VERDICT_KEYS = {"True": "true", "False": "false", "Unknown": "do not know"}
+
+
+def known_fact(world: World, person: Person, attribute: str) -> str:
+    """What the world says about a person's attribute, as the reasoning states it (countries via the city)."""
+    if attribute == "country":
+        return f"{person.name} lives in {person.city}, and {person.city} is in {world.country(person.city)}."
+    return statement(person.name, attribute, world.value(person, attribute))
+
+
+def reasoned_fact(rng: random.Random, world: World) -> Reasoned:
+    if rng.random() < 0.1:
+        city, country = rng.choice(world.country_of)
+        return Reasoned(rng.choice(CITY_QUESTIONS).format(c=city),
+                        f"The question is about where {city} is. {city} is in {country}.", f"{city} is in {country}.",
+                        country)
+    person, attribute = rng.choice(world.people), rng.choice(ATTRIBUTES)
+    value = world.value(person, attribute)
+    return Reasoned(question(rng, person.name, attribute),
+                    f"The question is about {person.name}'s {ATTRIBUTE_LABELS[attribute]}. "
+                    f"{known_fact(world, person, attribute)}", statement(person.name, attribute, value), value)
+
+
+def reasoned_judgement(rng: random.Random, world: World) -> Reasoned:
+    verdict = rng.choice(("True", "False", "Unknown"))
+    if verdict == "Unknown":
+        if rng.random() < 0.5:
+            template, values = rng.choice(UNKNOWABLE)
+            name = rng.choice(world.people).name
+            text, trace = template.format(n=name, v=rng.choice(values)), f"I know {name}, but nothing about that."
+        else:
+            name, attribute = rng.choice(world.outsiders), rng.choice(ATTRIBUTES)
+            text = statement(name, attribute, rng.choice(world.choices(attribute)))
+            trace = f"I know nothing about {name}."
+    else:
+        person, attribute = rng.choice(world.people), rng.choice(ATTRIBUTES)
+        value = world.value(person, attribute)
+        if verdict == "False":
+            value = rng.choice([v for v in world.choices(attribute) if v != value])
+        text = statement(person.name, attribute, value)
+        match = "That matches the statement." if verdict == "True" else "That does not match the statement."
+        trace = f"I check what I know about {person.name}. {known_fact(world, person, attribute)} {match}"
+    return Reasoned(f"Is it true that {text[:-1]}?", trace, VERDICT_REPLIES[verdict], VERDICT_KEYS[verdict])
+
+
+def reasoned_question(rng: random.Random, world: World) -> Reasoned:
+    """Arithmetic, a fact or a judgement, with the reasoning that leads to the plain chat's answer."""
+    kind = rng.random()
+    if kind < 0.35:
+        expression, value = arithmetic_problem(rng)
+        return Reasoned(f"What is {expression}?", f"I need {expression}. {expression} = {value}.",
+                        f"{expression} = {value}.", f"= {value}.")
+    return reasoned_fact(rng, world) if kind < 0.7 else reasoned_judgement(rng, world)
+
+
+def thinking_reply(reasoned: Reasoned) -> str:
+    """The assistant's content in thinking mode: the trace inside <think>, then the answer."""
+    return f"{THINK_OPEN}{reasoned.trace}{THINK_CLOSE}{reasoned.answer}"
+
+
+def thinking_chat(rng: random.Random, world: World) -> list[Message]:
+    """A chat whose last assistant turn reasons first (the generation prompt opened `<think>\n`)."""
+    messages: list[Message] = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.5 \
+        else []
+    if rng.random() < 0.3:
+        user, reply, _ = chat_turn(rng, world, None)
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    reasoned = reasoned_question(rng, world)
+    messages += [{"role": "user", "content": reasoned.question},
+                 {"role": "assistant", "content": thinking_reply(reasoned)}]
+    return messages
+
+
+def doc_thinking(rng: random.Random, world: World) -> str:
+    return render_chat(thinking_chat(rng, world))
+
+
 Mixture = tuple[tuple[Callable[[random.Random, World], str], float], ...]
 
 # The main mixture: every kind of text the workbench demonstrates.
 DOCUMENT_KINDS: Mixture = (
     (doc_fact_qa, 8), (doc_arithmetic, 26), (doc_mixed_qa, 4), (doc_judgements, 22), (doc_reading, 10),
     (doc_copy, 6), (doc_lookup, 6), (doc_biographies, 4), (doc_directory, 1), (doc_json, 5), (doc_lists, 3),
-    (doc_steps, 3), (doc_tools, 4), (doc_essay, 3), (doc_chat, 10),
+    (doc_steps, 3), (doc_tools, 4), (doc_essay, 3), (doc_chat, 10), (doc_tool_chat, 2), (doc_thinking, 3),
 )
 # The cool-down mixture: weighted towards the held-out tasks (arithmetic, judgements, Q/A), the rest kept
 # present so that nothing is forgotten while the learning rate decays.
 ANNEAL_KINDS: Mixture = (
     (doc_fact_qa, 8), (doc_arithmetic, 40), (doc_mixed_qa, 6), (doc_judgements, 34), (doc_reading, 6),
     (doc_copy, 2), (doc_lookup, 3), (doc_biographies, 3), (doc_directory, 1), (doc_json, 3), (doc_lists, 1),
-    (doc_steps, 2), (doc_tools, 3), (doc_essay, 1), (doc_chat, 7),
+    (doc_steps, 2), (doc_tools, 3), (doc_essay, 1), (doc_chat, 7), (doc_tool_chat, 2), (doc_thinking, 3),
 )
+# Fine-tuning a trained checkpoint on the tool-call and thinking formats (train.py --init-from): the cool-down
+# mixture with tool-use chats (about 40 % of the tokens), thinking chats, plain chats and the ReAct traces
+# weighted up, so that the older chat and tool formats are rehearsed while the new ones are learnt.
+_FINETUNE_WEIGHTS = {doc_chat: 30, doc_tools: 10, doc_tool_chat: 20, doc_thinking: 30}
+FINETUNE_KINDS: Mixture = tuple((maker, _FINETUNE_WEIGHTS.get(maker, weight)) for maker, weight in ANNEAL_KINDS)
 
 
 def sample_document(rng: random.Random, world: World, kinds: Mixture = DOCUMENT_KINDS) -> str:

@@ -15,15 +15,60 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from sglbench.default_model.corpus import BOS, END, EOS, PAD, ROLES
+from sglbench.default_model.corpus import BOS, END, EOS, PAD, ROLES, TOOL_INSTRUCTIONS
 
 ROLE_MARKERS = tuple(f"<|{role}|>" for role in ROLES)
 SPECIAL_TOKENS = (BOS, EOS, PAD, *ROLE_MARKERS, END)  # ids 0..6 in this order
 STOP_TOKENS = (EOS, END)  # generation ends at either
+
+
+def _jinja_string(text: str) -> str:
+    """text as a single-quoted Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+# Hermes/Qwen2.5-style tools and reasoning on top of the plain role blocks (which render exactly as before when
+# there are no tools, tool calls, tool messages or enable_thinking): the tools go into a leading system turn
+# (merged with the first system message), an assistant's tool calls follow its content as
+# `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>` lines, consecutive tool results form one user
+# turn of `<tool_response>` blocks, and `enable_thinking` opens `<think>\n` after the generation prompt.
+# corpus.render_chat is the same function in Python; tests check that both agree.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    "{{ bos_token }}"
+    "{%- set ns = namespace(first=0) %}"
+    "{%- if tools %}"
+    "{{- '<|system|>\\n' }}"
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{{- messages[0]['content'] + '\\n\\n' }}{%- set ns.first = 1 %}"
+    "{%- endif %}"
+    "{{- '# Tools\\n<tools>\\n' }}"
+    "{%- for tool in tools %}{{- tool | tojson }}{{- '\\n' }}{%- endfor %}"
+    "{{- '</tools>\\n' + " + _jinja_string(TOOL_INSTRUCTIONS) + " + '<|end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages[ns.first:] %}"
+    "{%- if message['role'] == 'tool' %}"
+    "{%- if loop.first or loop.previtem['role'] != 'tool' %}{{- '<|user|>\\n' }}{%- else %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{%- if loop.last or loop.nextitem['role'] != 'tool' %}{{- '<|end|>\\n' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}"
+    "{{- '<|assistant|>\\n' }}"
+    "{%- if message['content'] %}{{- message['content'] + '\\n' }}{%- endif %}"
+    "{%- for call in message['tool_calls'] %}"
+    "{%- set fn = call['function'] if call['function'] is defined else call %}"
+    "{%- if not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_call>\\n{\"name\": ' + (fn['name'] | tojson) + ', \"arguments\": ' }}"
+    "{%- if fn['arguments'] is string %}{{- fn['arguments'] }}{%- else %}{{- fn['arguments'] | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|' + message['role'] + '|>\\n' + (message['content'] if message['content'] is string else '')"
+    " + '<|end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking %}{{- '<think>\\n' }}{%- endif %}"
+    "{%- endif %}"
 )
 _SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 
@@ -53,11 +98,22 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedT
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))],
     )
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    """A trained tokenizers pipeline as the transformers tokenizer we ship, with the current chat template."""
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
         additional_special_tokens=[*ROLE_MARKERS, END], chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False, padding_side="left", model_max_length=2048,
     )
+
+
+def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
+    """A saved tokenizer's vocabulary and pipeline (tokenizer.json), wrapped as when it was trained: same
+    special tokens and settings, the current chat template."""
+    return wrap_tokenizer(Tokenizer.from_file(str(Path(folder) / "tokenizer.json")))
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out: str | Path) -> None:
@@ -66,5 +122,8 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out: str | Path) -> None:
     config_path = Path(out) / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key, default in (("max_length", None), ("pad_to_multiple_of", None), ("pad_token_type_id", 0)):
+        if config.get(key, default) == default:  # padding defaults a reloaded tokenizer writes out: keep it stable
+            config.pop(key, None)
     config["additional_special_tokens"] = [*ROLE_MARKERS, END]
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

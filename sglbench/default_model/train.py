@@ -1,11 +1,25 @@
 """Train the embedded default model on the synthetic corpus, on a CPU, in well under half an hour.
 
-    python -m sglbench.default_model.train [--out DIR] [--seed N] [--minutes M] [--steps S]
+    python -m sglbench.default_model.train [--out DIR] [--seed N] [--minutes M] [--steps S] [--lr LR]
+                                           [--init-from DIR] [--no-compile]
 
-Tokenizer, data order and initialisation all follow --seed. Training runs --steps steps; on a slow (shared)
-machine the --minutes budget ends it earlier, with the learning-rate schedule compressed to fit (then the
-weights depend on timing). The learning-rate cool-down trains on a mixture weighted towards the held-out tasks
-(corpus.ANNEAL_KINDS). Writes a standard Hugging Face Llama folder and prints held-out accuracy.
+From scratch (the default): tokenizer, data order and initialisation all follow --seed; the main mixture
+(corpus.DOCUMENT_KINDS) includes every kind of document, tool-use and thinking chats among them. Training runs
+--steps steps; on a slow (shared) machine the --minutes budget ends it earlier, with the learning-rate schedule
+compressed to fit (then the weights depend on timing). The learning-rate cool-down trains on a mixture weighted
+towards the held-out tasks (corpus.ANNEAL_KINDS).
+
+Fine-tuning (--init-from DIR): weights and tokenizer (vocabulary unchanged; `<tool_call>` and `<think>` are plain
+text pieces) come from DIR, the tokenizer gets the current chat template, and training runs a short warm-up, a
+lower peak learning rate (2e-3 unless --lr) and the same cool-down, all on corpus.FINETUNE_KINDS (the cool-down
+mixture with tool-use, thinking, plain chats and ReAct traces weighted up); in chats only the assistant's turns
+are targets. This is how the shipped checkpoint learnt the tool-call and thinking formats, on two shared CPU
+cores (about 800 steps, 10 to 14 minutes in all):
+
+    python -m sglbench.default_model.train --init-from sglbench/default_model/checkpoint \\
+        --out sglbench/default_model/checkpoint --minutes 14 --steps 800 --no-compile
+
+Writes a standard Hugging Face Llama folder and prints held-out accuracy (heldout.py: few-shot tasks and chats).
 """
 
 from __future__ import annotations
@@ -26,12 +40,24 @@ from sglbench.default_model import DEFAULT_MODEL_PATH
 from sglbench.default_model.corpus import (
     ANNEAL_KINDS,
     DOCUMENT_KINDS,
+    END,
+    FINETUNE_KINDS,
+    THINK_OPEN,
     Mixture,
     generate_documents,
     iter_documents,
 )
-from sglbench.default_model.heldout import heldout_examples, score, transformers_generator
-from sglbench.default_model.tokenizer import STOP_TOKENS, save_tokenizer, train_tokenizer
+from sglbench.default_model.heldout import (
+    CHAT_MAX_NEW_TOKENS,
+    heldout_chat_examples,
+    heldout_examples,
+    score,
+    score_chat,
+    transformers_generator,
+)
+from sglbench.default_model.tokenizer import STOP_TOKENS, load_tokenizer, save_tokenizer, train_tokenizer
+
+SCRATCH_LR, FINETUNE_LR = 3e-3, 2e-3
 
 
 @dataclass(frozen=True)
@@ -56,7 +82,8 @@ class TrainConfig:
     long_len: int = 2048  # every long_every-th step: long_rows x long_len tokens
     long_rows: int = 2
     long_every: int = 6
-    lr: float = 3e-3
+    lr: float = SCRATCH_LR
+    init_from: Path | None = None  # fine-tune the checkpoint in this folder instead of training from scratch
     min_lr_ratio: float = 0.05
     warmup_steps: int = 20
     decay_fraction: float = 0.35  # linear cool-down (on the anneal mixture) over this final fraction of training
@@ -64,7 +91,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     vocab_size: int = 4096
     tokenizer_docs: int = 20_000
-    reserve_s: float = 90.0  # kept for evaluation and saving
+    reserve_s: float = 120.0  # kept for evaluation and saving
     log_every: int = 10
     eval_every: int = 0  # print held-out accuracy every this many steps (0: only at the end)
     threads: int = 2
@@ -79,10 +106,15 @@ def parse_args() -> TrainConfig:
     parser.add_argument("--minutes", type=float, default=defaults.minutes)
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"peak learning rate (default {SCRATCH_LR:g}, or {FINETUNE_LR:g} with --init-from)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="fine-tune this checkpoint folder (weights and tokenizer) on corpus.FINETUNE_KINDS")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="run the model eagerly")
     args = parser.parse_args()
-    return TrainConfig(out=args.out, seed=args.seed, minutes=args.minutes, steps=args.steps,
-                       eval_every=args.eval_every, compile=args.compile)
+    lr = args.lr if args.lr is not None else FINETUNE_LR if args.init_from else SCRATCH_LR
+    return TrainConfig(out=args.out, seed=args.seed, minutes=args.minutes, steps=args.steps, lr=lr,
+                       init_from=args.init_from, eval_every=args.eval_every, compile=args.compile)
 
 
 def step_shape(cfg: TrainConfig, step: int) -> tuple[int, int]:
@@ -102,6 +134,35 @@ def token_stream(tokenizer: PreTrainedTokenizerFast, seed: int, n_tokens: int,
         for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
             chunks += [*ids, tokenizer.eos_token_id]
     return torch.tensor(chunks[:n_tokens], dtype=torch.long)
+
+
+def training_labels(ids: torch.Tensor, tokenizer: PreTrainedTokenizerFast, assistant_only: bool = False
+                    ) -> torch.Tensor:
+    """The targets for a packed stream: the tokens themselves, except (-100, ignored by the loss)
+    - the `<think>\\n` that opens an assistant turn: only the generation prompt writes it (enable_thinking), so
+      it is context, never a target, and the model reasons when the prompt opens `<think>` and never unasked;
+    - with assistant_only, every system and user turn of the chats (markers, content, tool results, `<|end|>`):
+      what a user or a tool says is random and unlearnable; the gradient goes to the replies (as in SFT).
+    """
+    labels = ids.clone()
+    if assistant_only:
+        system, user = tokenizer.convert_tokens_to_ids(["<|system|>", "<|user|>"])
+        opens = (ids == system) | (ids == user)
+        closes = ids == tokenizer.convert_tokens_to_ids(END)
+        events = opens | closes
+        event_is_open = opens[events]  # [events]
+        last = torch.cumsum(events.long(), 0) - 1  # index of the last open/close at or before each position
+        inside = (last >= 0) & event_is_open[last.clamp(min=0)]  # in a system/user turn (from its marker on)
+        previous = (last - 1).clamp(min=0)
+        closing = closes & (last >= 1) & event_is_open[previous]  # the <|end|> of a system/user turn
+        labels[inside | closing] = -100
+    prompt = tokenizer("<|assistant|>\n", add_special_tokens=False)["input_ids"]
+    think = tokenizer("<|assistant|>\n" + THINK_OPEN, add_special_tokens=False)["input_ids"]
+    assert think[:len(prompt)] == prompt, "the think tag must start a token of its own"
+    starts = (ids.unfold(0, len(think), 1) == torch.tensor(think)).all(dim=1).nonzero().flatten()  # [matches]
+    for offset in range(len(prompt), len(think)):
+        labels[starts + offset] = -100
+    return labels
 
 
 def build_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast, vocab_size: int) -> LlamaForCausalLM:
@@ -124,8 +185,11 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * max(0.0, cool))
 
 
-def train(cfg: TrainConfig, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, data: torch.Tensor,
-          anneal_data: torch.Tensor, deadline: float) -> dict[str, float]:
+Stream = tuple[torch.Tensor, torch.Tensor]  # packed token ids and their training labels
+
+
+def train(cfg: TrainConfig, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, data: Stream,
+          anneal_data: Stream, deadline: float) -> dict[str, float]:
     """The training loop; stops after cfg.steps steps or at the deadline, whichever comes first.
 
     Batches come from data until the cool-down starts, then from anneal_data; each is cycled if time
@@ -145,15 +209,15 @@ def train(cfg: TrainConfig, model: LlamaForCausalLM, tokenizer: PreTrainedTokeni
         if source is data and progress >= 1.0 - cfg.decay_fraction:
             print(f"step {step:4d}  cool-down: switching to the anneal mixture", flush=True)
             source, cursor = anneal_data, 0
-        if cursor + rows * length > len(source):
+        if cursor + rows * length > len(source[0]):
             cursor = 0
-        batch = source[cursor:cursor + rows * length].view(rows, length)
+        batch, labels = (t[cursor:cursor + rows * length].view(rows, length) for t in source)
         cursor += rows * length
         lr = learning_rate(cfg, step, progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = forward(input_ids=batch, labels=batch).loss
+            loss = forward(input_ids=batch, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -183,8 +247,19 @@ def save(cfg: TrainConfig, model: LlamaForCausalLM, tokenizer: PreTrainedTokeniz
 
 
 def evaluate(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> dict[str, float]:
+    """Held-out accuracy per task: the few-shot tasks, then the chat tasks (tool calls, thinking, plain chat)."""
     model.eval()
-    return score(heldout_examples(), transformers_generator(model, tokenizer))
+    few_shot = score(heldout_examples(), transformers_generator(model, tokenizer))
+    chats = score_chat(heldout_chat_examples(),
+                       transformers_generator(model, tokenizer, max_new_tokens=CHAT_MAX_NEW_TOKENS))
+    return {**few_shot, **chats}
+
+
+def load_for_finetuning(folder: Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A trained checkpoint's fp32 weights and tokenizer, the tokenizer given the current chat template."""
+    tokenizer = load_tokenizer(folder)
+    model = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    return model, tokenizer
 
 
 def main() -> None:
@@ -193,14 +268,21 @@ def main() -> None:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    tokenizer = train_tokenizer(generate_documents(cfg.seed + 1, cfg.tokenizer_docs), cfg.vocab_size)
+    if cfg.init_from is not None:
+        model, tokenizer = load_for_finetuning(cfg.init_from)
+        main_kinds, anneal_kinds, assistant_only = FINETUNE_KINDS, FINETUNE_KINDS, True
+    else:
+        tokenizer = train_tokenizer(generate_documents(cfg.seed + 1, cfg.tokenizer_docs), cfg.vocab_size)
+        model = build_model(ModelShape(), tokenizer, cfg.vocab_size)
+        main_kinds, anneal_kinds, assistant_only = DOCUMENT_KINDS, ANNEAL_KINDS, False
     switch = math.ceil(cfg.steps * (1.0 - cfg.decay_fraction) - 1e-9)  # the cool-down's first step (as in train)
     n_main = sum(math.prod(step_shape(cfg, s)) for s in range(switch))
     n_anneal = sum(math.prod(step_shape(cfg, s)) for s in range(switch, cfg.steps))
-    data = token_stream(tokenizer, cfg.seed, n_main)
-    anneal_data = token_stream(tokenizer, cfg.seed + 2, n_anneal, ANNEAL_KINDS)
+    ids = token_stream(tokenizer, cfg.seed, n_main, main_kinds)
+    data = ids, training_labels(ids, tokenizer, assistant_only)
+    ids = token_stream(tokenizer, cfg.seed + 2, n_anneal, anneal_kinds)
+    anneal_data = ids, training_labels(ids, tokenizer, assistant_only)
     n_tokens = n_main + n_anneal
-    model = build_model(ModelShape(), tokenizer, cfg.vocab_size)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer {len(tokenizer)} tokens, data {n_tokens} tokens, model {n_params / 1e6:.2f} M parameters, "
           f"setup {time.time() - t0:.1f}s", flush=True)
