@@ -360,3 +360,23 @@ def test_sigterm_stops_a_server_whose_engine_is_stuck(checkpoint, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_live_rid_cannot_be_taken_over_and_generated_ids_are_unguessable(client, rt):
+    """#19 item 3: a second request naming a running request's rid is refused (it used to steer the victim's
+    output with its own regex and detach it from cancellation); ids the server makes are random."""
+    victim_body = {"text": "a long story", "rid": "victim", "stream": True,
+                   "sampling_params": {"max_new_tokens": 200, "ignore_eos": True, "temperature": 0}}
+    alone = client.post("/generate", json={**victim_body, "stream": False, "rid": "alone"}).json()["text"]
+    with client.stream("POST", "/generate", json=victim_body) as stream:
+        lines = stream.iter_lines()
+        next(line for line in lines if line.startswith("data: "))  # the victim is running
+        attack = client.post("/generate", json={"text": "x", "rid": "victim",
+                                                "sampling_params": {"regex": "[0-9]+", "max_new_tokens": 4}})
+        assert attack.status_code == 400 and "victim" in attack.json()["error"]["message"]
+        chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert chunks[-1]["text"] == alone  # undisturbed
+    ids = [client.post("/generate", json={"text": "hi", "sampling_params": {"max_new_tokens": 1}}).json()
+           ["meta_info"]["id"] for _ in range(3)]
+    assert len(set(ids)) == 3 and all(len(i) == 20 and int(i, 16) >= 0 for i in ids)
+    assert len({int(i, 16) - int(j, 16) for i, j in zip(ids[1:], ids)}) == 2  # not a counter
