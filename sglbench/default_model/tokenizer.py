@@ -117,7 +117,9 @@ def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out: str | Path) -> None:
-    """Save with the chat template inside tokenizer_config.json, readable by transformers 4.x and 5.x."""
+    """Save with the chat template inside tokenizer_config.json, readable by transformers 4.x and 5.x; the
+    pipeline's padding is always saved as left padding with the pad token, whatever the last call used."""
+    tokenizer.backend_tokenizer.enable_padding(direction="left", pad_id=tokenizer.pad_token_id, pad_token=PAD)
     tokenizer.save_pretrained(str(out), save_jinja_files=False)
     config_path = Path(out) / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
@@ -127,3 +129,9 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out: str | Path) -> None:
             config.pop(key, None)
     config["additional_special_tokens"] = [*ROLE_MARKERS, END]
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def update_chat_template(folder: str | Path) -> None:
+    """Rewrite a saved tokenizer with the current chat template, vocabulary and settings unchanged (how the shipped
+    checkpoint got the tools and thinking template without retraining)."""
+    save_tokenizer(load_tokenizer(folder), folder)
