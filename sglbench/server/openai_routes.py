@@ -95,8 +95,7 @@ def add_openai_routes(app: FastAPI, serving: Serving) -> None:
         params = await run_in_threadpool(lambda: from_openai(body.model_dump(), max_new_tokens=body.max_tokens,
                                                              **extra))  # compiles stop regexes
         prompts = _prompts(body.prompt)
-        prompt_ids = await run_in_threadpool(lambda: [tokenizer.encode(p) if isinstance(p, str) else p
-                                                      for p in prompts])
+        prompt_ids = await run_in_threadpool(lambda: [serving.prompt_ids(p) for p in prompts])
         echoes = [(p if isinstance(p, str) else decode(p)) if body.echo else "" for p in prompts]
         handles = await serving.submit_all([(ids, params, None) for ids in prompt_ids], body.stream)
         n = params.n
