@@ -8,11 +8,16 @@ the Python thread.
     Python thread:  s += a; f = s.fork(2); f += b; f.join(); s += c; s["x"] (waits)
     parent worker:  a .. fork-point ............................ join(waits f0, f1) .. c
     fork workers:        (wait fork-point) b ...... end
+
+Each `run` / `run_batch` call owns a cancel scope (cancel.py) that its programs and their requests join:
+KeyboardInterrupt while the call blocks (a notebook's Interrupt) cancels the scope, which aborts the requests
+in the engine, fails the programs' states with ProgramCancelled and keeps programs not started from starting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -22,7 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sglbench.ids import new_id
+from sglbench.lang import cancel
 from sglbench.lang.backend.base import BaseBackend, CallContext
+from sglbench.lang.cancel import CancelScope, ProgramCancelled
 from sglbench.lang.chat_template import Transcript
 from sglbench.lang.global_config import global_config
 from sglbench.lang.ir import (
@@ -42,6 +49,7 @@ from sglbench.lang.ir import (
     SglVideo,
     as_expr,
 )
+from sglbench.lang.progress import BatchProgressTracker, ProgressBar, set_current
 from sglbench.lang.reasoning import reasoning_format, split_reasoning
 from sglbench.lang.state_api import StateGroupMethods, StateMethods, check_join_mode, fork_size
 from sglbench.lang.telemetry import ForkEdge, JoinEdge, ProgramTelemetry, call_record, register_run
@@ -117,7 +125,8 @@ class ProgramRun:
     """One execution of a program: its backend, defaults, telemetry and every state it created."""
 
     def __init__(self, backend: BaseBackend, defaults: SglSamplingParams, stream: bool, name: str,
-                 use_thread: bool = True):
+                 use_thread: bool = True, scope: CancelScope | None = None):
+        self.scope = scope or CancelScope(f"run({name})")
         self.program_id = new_id()
         self.backend = backend
         self.defaults = defaults
@@ -130,10 +139,12 @@ class ProgramRun:
         self._closed = False
         self._done = threading.Event()
         self._lock = threading.Lock()
+        self.scope.add_program(self)  # ProgramCancelled: the call was interrupted before this program began
         register_run(self.telemetry)
         backend.begin_program(self.program_id, name)
 
     def new_executor(self) -> StreamExecutor:
+        self.scope.check()
         with self._lock:
             if self._closed:
                 raise RuntimeError("this program has finished; it cannot create new states")
@@ -143,8 +154,11 @@ class ProgramRun:
         return executor
 
     def close(self, body_error: BaseException | None) -> None:
-        """The program's Python code is done: end every state (their queued work still runs)."""
+        """The program's Python code is done (or cancelled): end every state (their queued work still runs).
+        Only the first call counts."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             self.body_error = body_error
             executors = list(self._executors)
@@ -152,16 +166,30 @@ class ProgramRun:
             executor.end()
         self.on_executor_finished()
 
+    def cancel(self, error: ProgramCancelled) -> None:
+        """Stop the program (its scope was cancelled): each state fails with error, skipping what is queued,
+        once its current backend call returns (its requests were aborted), and every state is ended."""
+        with self._lock:
+            executors = list(self._executors)
+        for executor in executors:
+            executor.cancel(error)
+        self.close(error)
+
     def on_executor_finished(self) -> None:
         with self._lock:
             if self._done.is_set() or not self._closed or not all(e.finished for e in self._executors):
                 return
             self._done.set()
+        self.scope.remove_program(self)
         self.telemetry.finish(self.error())
         self.backend.end_program(self.program_id)
 
     def wait(self) -> None:
         self._done.wait()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
 
     def error(self) -> BaseException | None:
         """The program's first error: its Python code's, else its root state's, else any fork's."""
@@ -197,6 +225,7 @@ class StreamExecutor:
 
     # ------------------------------------------------------------------ caller side
     def submit(self, item: Any) -> None:
+        self.run.scope.check()
         with self._cond:
             if self._ended:
                 raise RuntimeError("this state has finished (its program returned or its fork was joined)")
@@ -227,16 +256,34 @@ class StreamExecutor:
                 self._queue.append(_END)
                 self._cond.notify_all()
 
+    def cancel(self, error: ProgramCancelled) -> None:
+        """Fail the state with error unless it finished: its worker skips what is queued, readers stop waiting."""
+        with self._cond:
+            if not self._finished and self.error is None:
+                self.error = error
+                self._cond.notify_all()
+
     @property
     def finished(self) -> bool:
         return self._finished
 
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """A wait that KeyboardInterrupt (a notebook's Interrupt, on the main thread) breaks cancels the call that
+        started the program (e.g. a streamed run read by the cell), unless the program is done."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            if not self.run.done:
+                cancel.interrupt(self.run.scope)
+            raise
+
     def sync(self) -> None:
-        with self._cond:
+        with self._interruptible(), self._cond:
             self._cond.wait_for(lambda: self._pending == 0)
 
     def wait_finished(self) -> None:
-        with self._cond:
+        with self._interruptible(), self._cond:
             self._cond.wait_for(lambda: self._finished)
 
     def text(self) -> str:
@@ -260,10 +307,12 @@ class StreamExecutor:
         without it, and after `timeout` seconds (default global_config.variable_timeout) of the state
         sitting idle without it."""
         timeout = global_config.variable_timeout if timeout is None else timeout
-        with self._cond:
+        with self._interruptible(), self._cond:
             while True:
                 if name in self._variables:
                     return self._variables[name]
+                if isinstance(self.error, ProgramCancelled):
+                    raise ProgramCancelled(str(self.error))
                 if self.error is not None:
                     raise RuntimeError(f"the program failed before setting variable {name!r}: {self.error!r}"
                                        ) from self.error
@@ -287,7 +336,7 @@ class StreamExecutor:
     def wait_chunks(self, var: str, index: int) -> tuple[list[tuple[str, dict | None]], bool]:
         """A variable's stream items (delta, meta_info so far or None) from index on, and whether they are
         all; a variable set without streaming is one item (its value, its meta_info)."""
-        with self._cond:
+        with self._interruptible(), self._cond:
             while True:
                 done = var in self._variables and var not in self._partial
                 chunks = self._chunks.get(var)
@@ -301,7 +350,7 @@ class StreamExecutor:
 
     def wait_stream(self, var: str | None, pos: int) -> tuple[str, bool]:
         """Text after pos of the whole state (var None) or of variable var, and whether it is final."""
-        with self._cond:
+        with self._interruptible(), self._cond:
             while True:
                 if var is None:
                     current, final = self._transcript.text, self._finished
@@ -315,6 +364,7 @@ class StreamExecutor:
 
     # ------------------------------------------------------------------ worker side
     def _work(self) -> None:
+        cancel.bind(self.run.scope)  # backends register this state's requests in its program's scope
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._queue))
@@ -329,9 +379,11 @@ class StreamExecutor:
                 try:
                     self._execute(item)
                 except Exception as exc:
-                    logger.warning("program %s: state %s failed: %r", self.run.telemetry.name, self.sid, exc)
+                    if not isinstance(exc, ProgramCancelled):
+                        logger.warning("program %s: state %s failed: %r", self.run.telemetry.name, self.sid, exc)
                     with self._cond:
-                        self.error = exc
+                        if self.error is None:
+                            self.error = exc
             with self._cond:
                 self._pending -= 1
                 self._last_active = time.monotonic()
@@ -393,6 +445,9 @@ class StreamExecutor:
             self._assigned.append(name)
 
     def _context(self) -> CallContext:
+        """What the backend sees at a call; ProgramCancelled instead once the program's scope is cancelled
+        (every backend call starts here, so no backend starts new work for a cancelled program)."""
+        self.run.scope.check()
         with self._cond:
             return CallContext(self._transcript.text, tuple(dict(m) for m in self._transcript.messages),
                                self.run.program_id, self.sid)
@@ -409,6 +464,7 @@ class StreamExecutor:
             if name is not None:
                 self._update(lambda: (self._partial.__setitem__(name, ""), self._chunks.__setitem__(name, [])))
             for delta, chunk_meta in self.run.backend.generate_stream(ctx, params):
+                self.run.scope.check()  # stop reading (an HTTP stream is closed with its generator)
                 pieces.append(delta)
                 meta = chunk_meta if chunk_meta is not None else meta
                 with self._cond:
@@ -688,30 +744,38 @@ def _meta_chunks(executor: StreamExecutor, var: str) -> Iterator[tuple[str, dict
 Body = Callable[[ProgramState], Any]
 
 
+def _run_body(run: ProgramRun, state: ProgramState, body: Body) -> BaseException | None:
+    """Run the program's Python code, then close the run; returns the code's error (None if none)."""
+    error = None
+    try:
+        state.ret_value = body(state)
+    except Exception as exc:
+        error = exc
+    run.close(error)
+    if global_config.verbosity >= 2:
+        run.wait()
+        print(state.text())
+    return error
+
+
 def run_program(name: str, body: Body, backend: BaseBackend, defaults: SglSamplingParams, stream: bool = False,
                 capture_errors: bool = False, use_thread: bool = True) -> ProgramState:
     """Run body(s) on a fresh state. Blocks until every state of the program finished, unless stream;
-    an exception in body is re-raised unless capture_errors (then `state.error()` returns it)."""
-    run = ProgramRun(backend, defaults, stream, name, use_thread)
+    an exception in body is re-raised unless capture_errors (then `state.error()` returns it).
+    KeyboardInterrupt while it blocks (or while a streamed run's state is read) cancels the program: its
+    requests are aborted, its states fail with ProgramCancelled, and a line on stderr says so."""
+    scope = CancelScope(f"run({name})")
+    run = ProgramRun(backend, defaults, stream, name, use_thread, scope)
     state = ProgramState(run.new_executor())
-
-    def execute() -> BaseException | None:
-        error = None
-        try:
-            state.ret_value = body(state)
-        except Exception as exc:
-            error = exc
-        run.close(error)
-        if global_config.verbosity >= 2:
-            run.wait()
-            print(state.text())
-        return error
-
     if stream:
-        threading.Thread(target=execute, name=f"sgl-program-{name}", daemon=True).start()
+        threading.Thread(target=_run_body, args=(run, state, body), name=f"sgl-program-{name}", daemon=True).start()
         return state
-    error = execute()
-    run.wait()
+    try:
+        error = _run_body(run, state, body)
+        run.wait()
+    except KeyboardInterrupt:
+        cancel.interrupt(scope)
+        raise
     if error is not None and not capture_errors:
         raise error
     return state
@@ -720,29 +784,70 @@ def run_program(name: str, body: Body, backend: BaseBackend, defaults: SglSampli
 def run_program_batch(name: str, bodies: list[Body], backend: BaseBackend, defaults: SglSamplingParams,
                       num_threads: int | str = "auto", progress_bar: bool = False,
                       generator_style: bool = False) -> list[ProgramState] | Iterator[ProgramState]:
-    """Run many programs on a thread pool; a failing one reports its error in its state."""
+    """Run many programs on a thread pool; a failing one reports its error in its state. Progress is counted
+    per finished program (`sglbench.lang.progress.current_batch_progress()`, and a bar with progress_bar).
+    KeyboardInterrupt while waiting for results cancels the batch: programs not started never start, running
+    ones are cancelled and their requests aborted, and a line on stderr gives the counts."""
     if num_threads == "auto":
         num_threads = 64
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive integer or 'auto', got {num_threads!r}")
+    scope = CancelScope(f"run_batch({name})")
+    tracker = BatchProgressTracker(name, len(bodies), generated_tokens=backend.generated_tokens)
+    set_current(tracker)
+    bar = ProgressBar(tracker) if progress_bar else None
     pool = ThreadPoolExecutor(max(1, min(num_threads, len(bodies))), thread_name_prefix=f"sgl-batch-{name}")
-    pbar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
 
-        pbar = tqdm(total=len(bodies), desc=name)
-    futures = [pool.submit(run_program, name, body, backend, defaults, False, True) for body in bodies]
-    if pbar is not None:
-        for f in futures:
-            f.add_done_callback(lambda _: pbar.update(1))
+    def job(body: Body) -> ProgramState:
+        with cancel.bound(scope):
+            run = ProgramRun(backend, defaults, False, name, True, scope)  # ProgramCancelled once cancelled
+            tracker.program_started(run.telemetry)
+            try:
+                state = ProgramState(run.new_executor())
+                _run_body(run, state, body)
+                run.wait()
+            except BaseException as exc:  # cancelled before its first state: nothing runs, end it
+                run.close(exc)
+                raise
+            finally:
+                tracker.program_finished(run.error())
+            return state
+
+    futures: list[Future] = []
+
+    def cancel_pending() -> int:
+        not_started = sum(f.cancel() for f in futures) + len(bodies) - len(futures)  # also those never queued
+        tracker.cancel()
+        return not_started
+
+    scope.on_cancel_pending(cancel_pending)
+
+    closed = threading.Event()
+
+    def finish() -> None:
+        if closed.is_set():
+            return
+        closed.set()
+        pool.shutdown(wait=False)
+        tracker.close()
+        if bar is not None:
+            bar.close()
+
+    try:
+        futures.extend(pool.submit(job, body) for body in bodies)
+    except KeyboardInterrupt:
+        cancel.interrupt(scope, before_print=finish)
+        finish()
+        raise
 
     def results() -> Iterator[ProgramState]:
         try:
             for f in futures:
                 yield f.result()
+        except KeyboardInterrupt:
+            cancel.interrupt(scope, before_print=finish)  # the bar's final state, then the line
+            raise
         finally:
-            pool.shutdown(wait=False)
-            if pbar is not None:
-                pbar.close()
+            finish()
 
     return results() if generator_style else list(results())

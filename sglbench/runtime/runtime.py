@@ -396,6 +396,14 @@ class Runtime:
     def abort(self, rid: str) -> None:
         self._life.put(lambda engine: engine.abort(rid))
 
+    def abort_many(self, rids: list[str], message: str = "aborted by the caller") -> None:
+        """Abort several requests with one engine command (between two steps), e.g. everything an interrupted
+        cell started; ids unknown or already finished are skipped. Each aborted handle finishes with an abort
+        naming message, and the engine frees (or caches) its KV."""
+        rids = list(rids)
+        if rids:
+            self._life.put(lambda engine: [engine.abort(rid, message) for rid in rids])
+
     # ------------------------------------------------------------------ inspection
     def model_info(self) -> ModelInfo:
         """What this runtime serves (model, dtype, device, attention kernels, KV pool size): fixed once built.

@@ -4,6 +4,10 @@ The interpreter calls a backend from a state's worker thread with a `CallContext
 and what identifies it. `generate`, `generate_stream`, `select`, `get_chat_template`, `flush_cache` and
 `get_server_info` are required; the program hooks (`begin_program`, `fork_program`, `end_program`,
 `cache_prefix`) are optional hints that a backend without a prefix cache may ignore.
+
+Cancellation needs nothing from a backend: the interpreter checks the program's cancel scope before every
+call, so a cancelled program starts no new call. A backend that can abort what it submitted registers each
+request in `sglbench.lang.cancel.current_scope()` (see `RuntimeBackend`).
 """
 
 from __future__ import annotations
@@ -75,3 +79,8 @@ class BaseBackend(ABC):
 
     def cache_prefix(self, prefix: str) -> None:  # noqa: B027 (optional hook)
         """Hint: many programs will start with prefix."""
+
+    def generated_tokens(self) -> int | None:
+        """A running total of the tokens the engine behind this backend has generated, for progress displays
+        (a batch shows its growth while calls are in flight); None when the backend cannot tell."""
+        return None

@@ -2,7 +2,9 @@
 
 Prompts are tokenized here (bos added) and submitted as token ids tagged with the program id, so the
 engine's events and each call's meta_info tie back to the program. Prefix hints become prefill-only
-requests (max_new_tokens=0) whose KV the radix cache keeps for the requests that follow.
+requests (max_new_tokens=0) whose KV the radix cache keeps for the requests that follow. Each request is
+registered in the submitting program's cancel scope, which aborts it in the engine when the call that
+started the program is interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from sglbench.lang.backend.base import BaseBackend, CallContext
 from sglbench.lang.backend.scoring import decide, logprobs_with_text
+from sglbench.lang.cancel import current_scope
 from sglbench.lang.chat_template import ChatTemplate, chat_template_from_tokenizer
 from sglbench.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglbench.lang.ir import SglSamplingParams, decoding_options
@@ -47,13 +50,29 @@ class RuntimeBackend(BaseBackend):
 
     # ------------------------------------------------------------------ requests
     def _submit(self, ids: list[int], params: SamplingParams, program_id: str | None) -> RequestHandle:
-        return self.runtime.submit(ids, params, program_id=program_id)
+        """Submit, registered in this thread's cancel scope until done (ProgramCancelled once it is cancelled)."""
+        scope = current_scope()
+        if scope is not None:
+            scope.check()
+        handle = self.runtime.submit(ids, params, program_id=program_id)
+        if scope is not None:
+            scope.register(handle.rid, self.runtime.abort_many)  # aborts it and raises if cancelled meanwhile
+            handle.add_done_callback(lambda _: scope.release(handle.rid))
+        return handle
 
-    @staticmethod
-    def _wait(handle: RequestHandle) -> dict:
-        result = handle.result()
+    def _wait(self, handle: RequestHandle) -> dict:
+        """The request's result; ProgramCancelled when its scope aborted it, RuntimeError for other aborts.
+        Interrupted while waiting (a prefix hint on the notebook's thread), it aborts the request."""
+        try:
+            result = handle.result()
+        except KeyboardInterrupt:
+            self.runtime.abort(handle.rid)
+            raise
         reason = result["meta_info"]["finish_reason"] or {}
         if reason.get("type") == "abort":
+            scope = current_scope()
+            if scope is not None and scope.cancelled:
+                raise scope.error()
             raise RuntimeError(f"request {handle.rid} was aborted: {reason.get('message', 'no reason given')}")
         return result
 
@@ -155,6 +174,10 @@ class RuntimeBackend(BaseBackend):
 
     def flush_cache(self) -> bool:
         return self.runtime.flush_cache()
+
+    def generated_tokens(self) -> int:
+        """Tokens the engine has decoded so far (all callers')."""
+        return self.runtime.metrics().decode_tokens
 
     def get_model_name(self) -> str:
         """The model folder the runtime loaded."""
