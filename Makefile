@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS); \
 	else echo "no NVIDIA GPU: installing the CPU build of torch"; $(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS); fi
 	$(PY) -m pip install -q -e ".[dev]"
+	@# an editable install skips data files: the JupyterLab setting that saves widget state with notebooks
+	install -D -m 644 sglbench/viz/lab_settings/sglbench.json $(VENV)/share/jupyter/lab/settings/overrides.d/sglbench.json
 	@touch $(STAMP)
 
 # graphviz's dot draws program graphs; chromium runs the browser tests. Skipped without root/sudo.

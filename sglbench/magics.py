@@ -142,18 +142,16 @@ class SglMagics(Magics):
                 return program.run_batch(ns[f.batch], progress_bar=not _static(), **options)
             return program.run(**kwargs, **options)
 
-        dashboard = _live_dashboard() if f.live else None
+        if f.live:
+            _live_dashboard()
         if f.background:
-            return self._in_background(execute, program, f.out, dashboard)
+            return self._in_background(execute, program, f.out)
         try:
             result = execute()
             _raise_state_error(result)
         except Exception as exc:
             print(clean_traceback(exc, program.source_filename), file=sys.stderr)
             return None
-        finally:
-            if dashboard is not None:
-                dashboard.stop()
         if f.out:
             ns[f.out] = result
             return None
@@ -164,7 +162,7 @@ class SglMagics(Magics):
             return {}
         return eval(f"dict({text})", ns)  # the user's own expression, in the user's own namespace
 
-    def _in_background(self, execute, program, out: str | None, dashboard):
+    def _in_background(self, execute, program, out: str | None):
         """Run without blocking the cell; print where the result will be and stream errors to the cell."""
         ns = self.shell.user_ns
         parent = self.shell.kernel.get_parent() if getattr(self.shell, "kernel", None) else None
@@ -177,9 +175,6 @@ class SglMagics(Magics):
                 ns[target] = execute()
             except Exception as exc:
                 print(clean_traceback(exc, program.source_filename), file=sys.stderr)
-            finally:
-                if dashboard is not None:
-                    dashboard.stop()
 
         thread = threading.Thread(target=work, name=f"sgl-{program.name}", daemon=True)
         thread.start()
@@ -238,21 +233,24 @@ def _static() -> bool:
 
 
 def _live_dashboard():
+    """Display the default runtime's shared dashboard (restarted if someone stopped it); the cell never stops
+    it: it keeps updating until the runtime shuts down."""
     from sglbench.lang.global_config import global_config
 
     rt = getattr(global_config.default_backend, "runtime", None)
     if rt is None:
         return None
     dashboard = rt.dashboard()
+    if not dashboard.static and not dashboard.live and getattr(rt, "is_running", True):
+        dashboard.start()
     display(dashboard)
     return dashboard
 
 
-def _graph_view(graph):
-    from sglbench.viz.adapters import graph_from_trace
+def _graph_view(trace):
     from sglbench.viz.widgets import ProgramGraphView
 
-    return ProgramGraphView(graph_from_trace(graph))
+    return ProgramGraphView(trace)  # the trace itself: its graph keeps the trace's fork branch numbers
 
 
 def _raise_state_error(result) -> None:

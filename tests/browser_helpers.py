@@ -148,13 +148,13 @@ def _stop(lab: JupyterLab, timeout: float) -> None:
 
 
 @contextmanager
-def jupyter_lab(root_dir: Path, state_dir: Path, *, env: dict[str, str] | None = None,
+def jupyter_lab(root_dir: Path, state_dir: Path, *, env: dict[str, str] | None = None, auto_start_kernel: bool = True,
                 start_timeout: float = 60.0, stop_timeout: float = 15.0) -> Iterator[JupyterLab]:
     """JupyterLab on 127.0.0.1 serving `root_dir` with a token, run by this interpreter; always stopped.
 
     Jupyter's config, data and runtime folders and IPython's live under `state_dir`, so no user settings,
     workspaces, startup files or kernel specs leak in; the `python3` kernel spec's `python` then resolves
-    to `sys.executable`.
+    to `sys.executable`. With auto_start_kernel=False an opened notebook gets no kernel unless one is chosen.
     """
     token = os.urandom(16).hex()
     port = free_port()
@@ -163,7 +163,9 @@ def jupyter_lab(root_dir: Path, state_dir: Path, *, env: dict[str, str] | None =
                "JUPYTER_RUNTIME_DIR": runtime_dir, "IPYTHONDIR": state_dir / "ipython"}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    for plugin, settings in LAB_SETTINGS.items():
+    tracker = "@jupyterlab/notebook-extension/tracker"
+    lab_settings = {**LAB_SETTINGS, tracker: {**LAB_SETTINGS[tracker], "autoStartDefaultKernel": auto_start_kernel}}
+    for plugin, settings in lab_settings.items():
         path = state_dir / "config" / "lab" / "user-settings" / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings))

@@ -4,6 +4,7 @@ the poller is throttled; reports are self-contained; latency rows match a real t
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 import subprocess
@@ -246,13 +247,22 @@ def test_static_views_sync_state_without_a_browser(rt):
     views = [widgets.RadixTreeView(rt), widgets.CacheStatsView(rt), widgets.LatencyView(rt),
              widgets.ProgramGraphView(judge_graph())]
     assert {t.name for t in threading.enumerate()} == before  # static: no thread
-    for view in views:
-        assert view.static and not view.live and view.html == view.widget.value
-        parse(view.widget.value)
-        assert "<script>" not in view.widget.value
+    for view, panel in zip(views, ("tree", "stats", "latency", "programs")):
+        assert view.static and not view.live
+        assert isinstance(view.widget, widgets.WorkbenchWidget) and view.widget.panels == [panel]
+        assert view.status == ("static", widgets.STATIC_NOTE)
+        parse(view.html)
+        assert "<script>" not in view.html
         assert repr(view) == f"{type(view).__name__}(mode='static')"
         bundle = view._repr_mimebundle_()
         assert set(bundle) == {"text/plain", "text/html"} and "0x" not in bundle["text/plain"]
+        json.dumps(view.widget.state())  # every trait is JSON
+    tree, series, calls, graphs = (views[0].widget.tree, views[1].widget.series, views[2].widget.calls,
+                                   views[3].widget.graphs)
+    assert tree["node_count"] == len(tree["nodes"]) - 1 > 0 and any(EVIL[:8] in n["text"] for n in tree["nodes"])
+    assert series["totals"]["requests"] >= 1 and len(series["t"]) >= 1
+    assert calls[-1]["call"] == "request" and calls[-1]["completion_tokens"] == 3
+    assert [g["name"] for g in graphs] == ["judge"] and len(graphs[0]["nodes"]) == 7
     assert "sgl-radix-tree" in views[0].html and "sgl-hit-rate" in views[1].html
     assert "sgl-calls" in views[2].html and "sgl-program-graph" in views[3].html
     assert views[0].pushes == 1 and not views[0].poll()  # nothing changed: nothing pushed
@@ -261,20 +271,26 @@ def test_static_views_sync_state_without_a_browser(rt):
 def test_live_view_updates_then_stops(rt):
     view = widgets.LatencyView(rt, static=False)
     try:
-        assert view.live
+        assert view.live and view.status == ("live", "")
         calls_before = len(view.timeline.calls)
         rt.generate(["live one", "live two"], max_new_tokens=2, temperature=0)
         deadline = time.monotonic() + 5
-        while len(view.timeline.calls) < calls_before + 2 and time.monotonic() < deadline:
+        while len(view.widget.calls) < calls_before + 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(view.timeline.calls) == calls_before + 2
-        assert f"{calls_before + 2:,} calls" in view.widget.value
+        assert len(view.timeline.calls) == calls_before + 2 == len(view.widget.calls)
+        assert f"{calls_before + 2:,} calls" in view.html
         bundle = view._repr_mimebundle_()
         assert "application/vnd.jupyter.widget-view+json" in bundle and "text/html" in bundle
         assert repr(view) == "LatencyView(mode='live')"
     finally:
         view.stop()
     assert not view.live
+    status, note = view.status
+    assert status == "stopped" and re.fullmatch(r"stopped at \d\d:\d\d:\d\d: stop\(\) was called", note)
+    view.start()
+    assert view.live and view.status == ("live", "")
+    view.stop("testing")
+    assert view.status[1].endswith(": testing")
 
 
 class ChangingRuntime:
@@ -283,10 +299,13 @@ class ChangingRuntime:
     def __init__(self):
         self.events = EventLog()
         self.reads = 0
+        self.broken = False
 
     def metrics(self) -> EngineMetrics:
+        if self.broken:
+            raise RuntimeError("the runtime shut down")
         self.reads += 1
-        return metrics(float(self.reads), self.reads, self.reads // 2)
+        return metrics(time.time(), self.reads, self.reads // 2)
 
     def cache_snapshot(self, with_text: bool = True) -> CacheSnapshot:
         nodes = [NodeSnapshot(0, None, 0, (), 0, 0, 0, None), NodeSnapshot(1, 0, 3, (1,), 0, self.reads, 0, "x")]
@@ -298,11 +317,37 @@ def test_poller_pushes_at_most_ten_updates_per_second():
     fake = ChangingRuntime()
     view = widgets.RadixTreeView(fake, static=False)
     pushes: list[float] = []
-    view.widget.observe(lambda change: pushes.append(time.monotonic()), names="value")
+    view.widget.observe(lambda change: pushes.append(time.monotonic()), names="tree")
     time.sleep(1.05)
     view._poller.stop()
     assert 3 <= len(pushes) <= 11
     assert all(b - a >= 0.09 for a, b in itertools.pairwise(pushes))
+
+
+def test_a_view_whose_poller_failed_says_so():
+    fake = ChangingRuntime()
+    view = widgets.RadixTreeView(fake, static=False)
+    fake.broken = True
+    deadline = time.monotonic() + 5
+    while view.live and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not view.live and view._poller.error
+    status, note = view.status
+    assert status == "stopped" and "updates failed (RuntimeError: the runtime shut down)" in note
+
+
+def test_only_changed_traits_are_sent_in_one_message_per_poll():
+    fake = ChangingRuntime()
+    dash = widgets.Dashboard(fake, static=True)
+    sent: list[dict] = []
+    dash.widget.comm.send = lambda data=None, buffers=None, **kw: sent.append(data)
+    before = dash.widget.state()
+    assert dash.poll()
+    after = dash.widget.state()
+    assert len(sent) == 1 and sent[0]["method"] == "update"  # one message for every view's changes
+    changed = {k for k in after if after[k] != before[k]}
+    assert set(sent[0]["state"]) == changed and "tree" in changed and "panels" not in changed
+    assert not dash.widget.push(panels=list(dash.widget.panels)) and len(sent) == 1  # unchanged: nothing sent
 
 
 def test_static_switch_follows_set_static_then_environment(monkeypatch):
@@ -315,23 +360,59 @@ def test_static_switch_follows_set_static_then_environment(monkeypatch):
     assert not widgets.is_static()
 
 
+def assert_self_contained(doc: str) -> None:
+    """No resource the page would fetch: no src/href/url()/import naming a scheme or another file."""
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", doc)
+    assert "url(http" not in doc and "@import" not in doc and not re.search(r"\bimport\s*\(|^import ", doc, re.M)
+    assert doc.count("<script") == 1 and '<meta name="color-scheme" content="light dark">' in doc
+
+
+def fallback_svgs(doc: str) -> list[str]:
+    """The server-rendered SVG blocks of the page (before its one script)."""
+    return re.findall(r"<svg.*?</svg>", doc[: doc.index("<script")], flags=re.S)
+
+
 def test_dashboard_static_snapshot_and_report(rt, tmp_path):
     rt.generate(["Report " + EVIL + " one", "Report " + EVIL + " two"], max_new_tokens=3, temperature=0)
     dash = widgets.Dashboard(rt, graphs=lambda: [judge_graph("running")], static=True)
     assert repr(dash) == "Dashboard(mode='static', tabs=['Radix tree', 'Cache stats', 'Latency', 'Programs'])"
-    header, tabs = dash.widget.children
-    assert tabs.titles == widgets.Dashboard.TABS and len(tabs.children) == 4
-    assert "hit rate" in header.value
+    w = dash.widget
+    assert w.panels == ["tree", "stats", "latency", "programs"] and w.summary_line
+    assert w.status == "static" and w.summary["finished"] == rt.metrics().num_finished
+    assert w.graphs[0]["status"] == "running" and w.tree["nodes"] and w.calls and w.series["t"]
+    assert "hit rate" in dash.summary.html
+    finished = w.summary["finished"]
+    rt.generate(["one more " + EVIL], max_new_tokens=2, temperature=0)
+    time.sleep(0.3)
+    assert w.summary["finished"] == finished and not dash.live  # static: nothing pushed on a thread
     bundle = dash._repr_mimebundle_()
+    assert w.summary["finished"] == finished + 1  # displaying refreshes it
+    assert set(bundle) == {"text/plain", "text/html"}
     parse(bundle["text/html"])
     path = dash.report(tmp_path / "run.html")
     doc = path.read_text(encoding="utf-8")
-    assert "http://" not in doc and "https://" not in doc and "<script" not in doc
+    assert_self_contained(doc)
     for marker in ('class="sgl-radix-tree"', "sgl-hit-rate", 'class="sgl-table sgl-calls"', "sgl-program-graph",
-                   "Engine config"):
+                   "Engine config", 'id="sglw-tree-end"', 'id="sglw-serving"', 'id="sglw-latency"',
+                   'id="sglw-programs"', 'class="sglw-fallback"'):
         assert marker in doc
-    for block in re.findall(r"<svg.*?</svg>", doc, flags=re.S):
+    assert "export default" not in doc  # the module's export is dropped: the page calls render() itself
+    for block in fallback_svgs(doc):
         parse(block)
+    states = report_states(doc)
+    assert set(states) == {"sglw-tree-end", "sglw-serving", "sglw-latency", "sglw-programs"}
+    assert states["sglw-tree-end"]["panels"] == ["tree"] and states["sglw-tree-end"]["status"] == "static"
+    assert states["sglw-latency"]["calls"][-1]["rid"] == dash.latency.timeline.calls[-1].rid
+    assert states["sglw-programs"]["graphs"][0]["name"] == "judge"
+
+
+def report_states(doc: str) -> dict[str, dict]:
+    """Element id -> widget state of each view a report draws (from its one script)."""
+    script = doc[doc.index("<script"):]
+    start = script.index("for (const [id, state] of ") + len("for (const [id, state] of ")
+    decoder = json.JSONDecoder()
+    mounts, _ = decoder.raw_decode(script[start:])
+    return {element_id: state for element_id, state in mounts}
 
 
 def test_recorder_keeps_history_and_the_largest_tree(rt, tmp_path):
@@ -343,7 +424,11 @@ def test_recorder_keeps_history_and_the_largest_tree(rt, tmp_path):
     assert rt.flush_cache()
     path = write_report(rt, tmp_path / "r.html", metrics_history=rec)
     doc = path.read_text(encoding="utf-8")
-    assert f"At its largest ({peak:,} tokens)" in doc and "http" not in doc
+    assert f"At its largest ({peak:,} tokens)" in doc
+    assert_self_contained(doc)
+    states = report_states(doc)
+    assert sum(n["tokens"] for n in states["sglw-tree-largest"]["tree"]["nodes"]) == peak
+    assert states["sglw-tree-end"]["tree"]["total_tokens"] == 0  # flushed
 
 
 def test_importing_viz_does_not_load_torch():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -9,6 +12,7 @@ import sglbench as sgl
 from sglbench import viz
 from sglbench.lang.global_config import global_config
 from sglbench.runtime.models.synthetic import make_random_checkpoint
+from sglbench.viz.workbench import DASHBOARD
 from tests.helpers import assert_pool_full
 
 
@@ -83,8 +87,6 @@ def test_bad_magic_lines_give_usage(shell, line, capsys):
 def test_background_run_fills_variable(shell, rt):
     shell.run_cell_magic("sgl", "bg(x) --run x='hi' --background --out bg_state --temperature 0",
                          's += x + sgl.gen("y", max_tokens=4)\n')
-    import time
-
     deadline = time.monotonic() + 60
     while "bg_state" not in shell.user_ns:
         assert time.monotonic() < deadline
@@ -102,7 +104,67 @@ def test_dashboard_and_report(rt, tmp_path, shell):
     assert repr(dash) == repr(rt.dashboard())
     path = rt.report(str(tmp_path / "report.html"))
     html = path.read_text()
-    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html) and html.count("<script") == 1
     assert "judge3" in html  # the program graph of the run
+    graphs = [g for g in dash.widget.graphs if g["name"] == "judge3"]
+    assert graphs and sorted(n["branch"] for n in graphs[-1]["nodes"] if n["kind"] == "state"
+                             and n["branch"] is not None) == [0, 1]
     shell.run_line_magic("sgl_report", str(tmp_path / "again.html"))
     assert (tmp_path / "again.html").exists()
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_live_cell_leaves_the_shared_dashboard_running(shell, rt):
+    """`%%sgl --live` displays the runtime's one dashboard and never stops it: it keeps updating after the cell."""
+    previous = rt.attachments.pop(DASHBOARD, None)  # a static one made by an earlier test
+    viz.set_static(False)
+    try:
+        shell.run_cell_magic("sgl", "live1(x) --run x='hi' --live --temperature 0",
+                             's += x + sgl.gen("y", max_tokens=3)\n')
+        dash = rt.dashboard()
+        assert dash.live and dash.status == ("live", "")
+        finished = rt.metrics().num_finished
+        assert wait_for(lambda: dash.widget.summary["finished"] == finished)
+        rt.generate(["after the cell", "and another"], max_new_tokens=2, temperature=0)
+        assert wait_for(lambda: dash.widget.summary["finished"] == finished + 2)  # still updating
+        assert wait_for(lambda: dash.widget.calls[-1]["completion_tokens"] == 2)
+        assert any(c["program"] == "live1" and c["call"] == "gen y" for c in dash.widget.calls)
+        shell.run_cell_magic("sgl", "live2(x) --run x='again' --live --temperature 0",
+                             's += x + sgl.gen("y", max_tokens=2)\n')
+        assert rt.dashboard() is dash and dash.live
+        dash.stop()
+        status, note = dash.status
+        assert status == "stopped" and note.endswith("stop() was called") and not dash.live
+        shell.run_cell_magic("sgl", "live3(x) --run x='more' --live --temperature 0",
+                             's += x + sgl.gen("y", max_tokens=2)\n')
+        assert dash.live and dash.status == ("live", "")  # a --live cell restarts a stopped dashboard
+        dash.stop()
+    finally:
+        viz.set_static(True)
+        rt.attachments.pop(DASHBOARD, None)
+        if previous is not None:
+            rt.attachments[DASHBOARD] = previous
+
+
+def test_the_dashboard_says_when_its_runtime_shut_down(tmp_path):
+    path = make_random_checkpoint(tmp_path / "m", family="llama", seed=7)
+    runtime = sgl.Runtime(str(path), device="cpu", max_total_tokens=512)
+    viz.set_static(False)
+    try:
+        dash = runtime.dashboard()
+        runtime.generate(["one"], max_new_tokens=2, temperature=0)
+        assert wait_for(lambda: dash.widget.summary["finished"] == 1)
+    finally:
+        viz.set_static(True)
+        runtime.shutdown()
+    status, note = dash.status
+    assert status == "stopped" and note.endswith(": the runtime shut down") and not dash.live
+    assert dash._repr_mimebundle_()["text/html"]  # the last state stays displayable

@@ -102,8 +102,16 @@ class SglFunction:
         return calls
 
     def _body(self, args: tuple, kwargs: dict[str, Any]) -> Body:
+        """The program body for one call; it carries the call's arguments as short reprs (`inputs`), which the
+        run's telemetry keeps so views can name a run by what it was given."""
         bound = self._bind(args, kwargs)
-        return lambda s: self.func(s, *bound.args[1:], **bound.kwargs)
+
+        def body(s):
+            return self.func(s, *bound.args[1:], **bound.kwargs)
+
+        names = list(bound.arguments)[1:]  # the first parameter is the state
+        body.inputs = {name: _short_repr(bound.arguments[name]) for name in names}
+        return body
 
     def _cache_prefix(self, graph: ProgramGraph | None, backend: BaseBackend) -> str:
         """Cache the constant prefix every run starts with (found by tracing) when it is long enough."""
@@ -171,3 +179,15 @@ class SglFunction:
         if is_tracing():
             raise TracingError(f"the program calls program {self.name}, which tracing does not follow")
         return self.run(*args, **kwargs)
+
+
+INPUT_REPR_CHARS = 200
+
+
+def _short_repr(value: Any) -> str:
+    """repr(value) cut to INPUT_REPR_CHARS characters (a repr that raises is named, never raised)."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # a user's object with a broken __repr__
+        text = f"<{type(value).__name__}: repr failed: {type(exc).__name__}>"
+    return text if len(text) <= INPUT_REPR_CHARS else text[:INPUT_REPR_CHARS - 1] + "…"

@@ -766,6 +766,7 @@ def run_program(name: str, body: Body, backend: BaseBackend, defaults: SglSampli
     requests are aborted, its states fail with ProgramCancelled, and a line on stderr says so."""
     scope = CancelScope(f"run({name})")
     run = ProgramRun(backend, defaults, stream, name, use_thread, scope)
+    run.telemetry.inputs = getattr(body, "inputs", None)
     state = ProgramState(run.new_executor())
     if stream:
         threading.Thread(target=_run_body, args=(run, state, body), name=f"sgl-program-{name}", daemon=True).start()
@@ -801,6 +802,7 @@ def run_program_batch(name: str, bodies: list[Body], backend: BaseBackend, defau
     def job(body: Body) -> ProgramState:
         with cancel.bound(scope):
             run = ProgramRun(backend, defaults, False, name, True, scope)  # ProgramCancelled once cancelled
+            run.telemetry.inputs = getattr(body, "inputs", None)
             tracker.program_started(run.telemetry)
             try:
                 state = ProgramState(run.new_executor())

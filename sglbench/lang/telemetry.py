@@ -90,6 +90,7 @@ class ProgramTelemetry:
         self.calls: tuple[CallRecord, ...] = ()
         self.forks: tuple[ForkEdge, ...] = ()
         self.joins: tuple[JoinEdge, ...] = ()
+        self.inputs: dict[str, str] | None = None  # the program's arguments as short reprs (None: not known)
         self._lock = threading.Lock()
 
     def add_state(self, state_id: str) -> None:

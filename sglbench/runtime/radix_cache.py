@@ -368,6 +368,7 @@ class RadixCache:
                 last_access=n.last_access,
                 hit_count=n.hit_count,
                 text_preview=None if decode is None else decode(n.key[:PREVIEW_TOKENS]),
+                token_ids=n.key,
             )
             for n in self._iter_nodes(sort=True)
         )

@@ -70,6 +70,7 @@ class NodeSnapshot:
     last_access: int
     hit_count: int
     text_preview: str | None = None
+    token_ids: tuple[int, ...] = ()  # every token id of the node (shared with the tree: keys are immutable)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """Widgets and reports over a Runtime: they read snapshots and events, never mutate the engine.
 
-Modules load on first use (ipywidgets, pandas), so `import sglbench.viz` stays light and needs no torch.
+Modules load on first use (anywidget, ipywidgets, pandas), so `import sglbench.viz` stays light and needs no torch.
 
     from sglbench.viz import Dashboard, write_report
-    dash = Dashboard(rt)                 # live radix tree, cache stats, latency, program graphs
+    dash = Dashboard(rt)                 # live radix tree, serving charts, latency, program graphs
     write_report(rt, "run.html", metrics_history=dash.recorder)
+
+Views are anywidgets (`WorkbenchWidget`) whose traits are data (`sglbench.viz.view_data`) drawn by the bundled
+JavaScript (`sglbench.viz.esm`); the same code draws the report.
 """
 
 from __future__ import annotations
@@ -35,10 +38,18 @@ _LAZY = {
     "LatencyView": "sglbench.viz.widgets",
     "ProgramGraphView": "sglbench.viz.widgets",
     "Dashboard": "sglbench.viz.widgets",
+    "WorkbenchWidget": "sglbench.viz.widgets",
+    "tree_data": "sglbench.viz.view_data",
+    "series_data": "sglbench.viz.view_data",
+    "calls_data": "sglbench.viz.view_data",
+    "graphs_data": "sglbench.viz.view_data",
+    "summary_data": "sglbench.viz.view_data",
+    "static_views_html": "sglbench.viz.esm",
     "write_report": "sglbench.viz.report",
     "graph_from_trace": "sglbench.viz.adapters",
     "graph_from_telemetry": "sglbench.viz.adapters",
     "recent_program_graphs": "sglbench.viz.adapters",
+    "recent_program_runs": "sglbench.viz.adapters",
     "render_report": "sglbench.viz.report",
 }
 

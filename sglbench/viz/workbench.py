@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sglbench.viz.adapters import recent_program_graphs
-from sglbench.viz.graph import ProgramGraph
+from sglbench.viz.adapters import recent_program_runs
 from sglbench.viz.report import write_report
 from sglbench.viz.widgets import Dashboard, GraphSource
 
@@ -18,27 +17,28 @@ DASHBOARD = "sglbench.viz.dashboard"
 
 def dashboard(rt: Any, graphs: GraphSource = None) -> Dashboard:
     """The runtime's one dashboard, made on the first call (graphs: the Programs tab's source, by default the
-    latest program runs) and returned as it is afterwards; it stops when the runtime shuts down."""
+    latest program runs) and returned as it is afterwards. `%%sgl --live` cells display this same one; it
+    keeps updating until the runtime shuts down, and then says so."""
     dash = rt.attachments.get(DASHBOARD)
     if dash is None:
-        dash = Dashboard(rt, graphs=graphs if graphs is not None else recent_program_graphs)
+        dash = Dashboard(rt, graphs=graphs if graphs is not None else recent_program_runs)
         rt.attachments[DASHBOARD] = dash
-        rt.on_shutdown(dash.stop)
+        rt.on_shutdown(lambda: dash.stop("the runtime shut down"))
     return dash
 
 
-def report(rt: Any, path: str | Path, graphs: Sequence[ProgramGraph] | None = None,
-           bench: Any = None) -> Path:
+def report(rt: Any, path: str | Path, graphs: Sequence[Any] | None = None, bench: Any = None) -> Path:
     """Write the runtime's HTML report (with its dashboard's metrics history when it has a dashboard).
 
-    bench: a result with `_repr_html_()` (a `sglbench.bench.paper` SuiteResult) or a list of them, shown in a
-    "Benchmarks" section; duck typed, so viz never imports the benchmarks."""
+    graphs: program graphs, runs or traces (by default the latest program runs). bench: a result with
+    `_repr_html_()` (a `sglbench.bench.paper` SuiteResult) or a list of them, shown in a "Benchmarks" section;
+    duck typed, so viz never imports the benchmarks."""
     extra = []
     if bench is not None:
         results = bench if isinstance(bench, (list, tuple)) else [bench]
         extra.append(("bench", "Benchmarks", "".join(_result_html(r) for r in results)))
     dash = rt.attachments.get(DASHBOARD)
-    return write_report(rt, path, graphs=graphs if graphs is not None else recent_program_graphs(),
+    return write_report(rt, path, graphs=graphs if graphs is not None else recent_program_runs(),
                         metrics_history=dash.recorder if dash is not None else None, extra_sections=extra)
 
 

@@ -4,7 +4,8 @@
 
 const APP_PANELS = ["tree", "stats", "latency", "programs"];
 const APP_TITLES = { tree: "Radix tree", stats: "Serving", latency: "Latency", programs: "Programs" };
-const APP_STATUS_WORDS = { live: "live", stopped: "stopped", static: "snapshot" };
+const APP_STATUS_WORDS = { live: "live", stopped: "stopped", static: "snapshot", disconnected: "not connected" };
+const APP_HEARTBEAT_GRACE_MS = 7000;  // a live view sends a heartbeat every 2 s: this long without one, no kernel
 
 /** The mount function of a panel's view, or null where its file is not in the bundle. */
 function appMounter(panel) {
@@ -51,9 +52,16 @@ function appHeader(model) {
   const badge = sglEl("span", { class: "sglw-status", role: "status" });
   const summary = sglEl("div", { class: "sglw-summary" });
   const header = sglEl("div", { class: "sglw-header" }, [badge, summary]);
+  // A "live" view whose heartbeat stopped (a saved notebook reopened, a dead kernel) says it shows saved state.
+  let lastBeat = performance.now(), stale = false;
   const draw = () => {
-    const status = model.get("status") || "live";
-    const note = model.get("status_note") || "";
+    let status = model.get("status") || "live";
+    let note = model.get("status_note") || "";
+    if (status === "live" && stale) {
+      const beat = model.get("heartbeat");
+      status = "disconnected";
+      note = beat ? `state saved ${new Date(beat * 1000).toLocaleTimeString()}` : "saved state";
+    }
     badge.dataset.status = status;
     badge.title = note || status;
     sglClear(badge).append(sglEl("span", { class: "sglw-status-dot" }), appStatusText(status, note));
@@ -68,7 +76,12 @@ function appHeader(model) {
   };
   draw();
   const unwatch = sglWatch(model, ["status", "status_note", "summary", "summary_line"], draw);
-  return { node: header, destroy: unwatch };
+  const unbeat = sglWatch(model, ["heartbeat"], () => { lastBeat = performance.now(); if (stale) { stale = false; draw(); } });
+  const timer = setInterval(() => {
+    const now = !stale && model.get("status") === "live" && performance.now() - lastBeat > APP_HEARTBEAT_GRACE_MS;
+    if (now) { stale = true; draw(); }
+  }, 1000);
+  return { node: header, destroy: () => { unwatch(); unbeat(); clearInterval(timer); } };
 }
 
 /** The batch progress bar, shown while `progress` is a dict. */
