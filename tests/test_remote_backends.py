@@ -208,10 +208,15 @@ def test_endpoint_telemetry_and_prompt_tree(endpoint, rt):
     assert fork_point and fork_point[0].hit_count >= 2 and snap.protected_size == 0
     assert snap.counters.hit_tokens > 0 and snap.counters.hit_rate > 0
     assert 'class="sgl-radix-tree"' in render_tree(snap) and "Write about lakes" in render_tree(snap)
-    assert "Write about lakes" in PromptTreeView(endpoint, static=True).html
+    tree_view = PromptTreeView(endpoint, static=True)
+    assert "Write about lakes" in tree_view.html
+    # The live front end gets the same data as the engine's views: the prompt tree's nodes, the named calls.
+    assert any(n["text"] == "Write about lakes.\n" for n in tree_view.widget.tree["nodes"])
     latencies = latencies_from_runs([st.telemetry])
     assert [c.e2e_s > 0 for c in latencies] == [True] * 3 and latencies[0].start_s == 0
-    assert "3 calls" in RemoteLatencyView(lambda: [st.telemetry], static=True).html
+    latency_view = RemoteLatencyView(lambda: [st.telemetry], static=True)
+    assert "3 calls" in latency_view.html
+    assert [c["program"] for c in latency_view.widget.calls] == ["branches"] * 3
 
 
 def test_endpoint_errors(server, endpoint, rt):

@@ -13,7 +13,8 @@ from typing import Any
 from sglbench.viz.latency import CallLatency, render_latency
 from sglbench.viz.poller import MIN_INTERVAL
 from sglbench.viz.tree import render_tree
-from sglbench.viz.widgets import _View
+from sglbench.viz.view_data import calls_data, tree_data
+from sglbench.viz.widgets import HtmlSource, _View
 
 
 def latencies_from_runs(runs: Iterable[Any]) -> tuple[CallLatency, ...]:
@@ -48,9 +49,16 @@ class PromptTreeView(_View):
     def _probe(self) -> object:
         return self.tree.version
 
-    def _render(self, key: Any) -> str:
-        svg = render_tree(self.tree.snapshot(), max_nodes=self.max_nodes, max_depth=self.max_depth)
-        return f'<div class="sgl-tree" style="max-height:640px;overflow:auto">{svg}</div>'
+    PANELS = ("tree",)
+
+    def _frame(self, key: Any) -> tuple[HtmlSource, dict[str, Any]]:
+        snapshot = self.tree.snapshot()
+
+        def html() -> str:
+            svg = render_tree(snapshot, max_nodes=self.max_nodes, max_depth=self.max_depth)
+            return f'<div class="sgl-tree" style="max-height:640px;overflow:auto">{svg}</div>'
+
+        return html, {"tree": tree_data(snapshot, None)}
 
 
 class RemoteLatencyView(_View):
@@ -69,5 +77,9 @@ class RemoteLatencyView(_View):
     def _probe(self) -> object:
         return tuple((run.program_id, len(run.calls)) for run in self.runs())
 
-    def _render(self, key: Any) -> str:
-        return render_latency(latencies_from_runs(self.runs()), self.max_rows, self.width)
+    PANELS = ("latency",)
+
+    def _frame(self, key: Any) -> tuple[HtmlSource, dict[str, Any]]:
+        runs = list(self.runs())
+        calls = latencies_from_runs(runs)
+        return (lambda: render_latency(calls, self.max_rows, self.width)), {"calls": calls_data(calls, runs)}
