@@ -66,7 +66,8 @@ def chromium_context(user_data_dir: Path, timeout_ms: int = 30_000) -> Iterator[
 
 
 def save_screenshot(page: Any, path: Path, **options: Any) -> Path:
-    """Screenshot `page` to `path`; also copied into $SGLBENCH_ARTIFACTS when that is set."""
+    """Screenshot `page` (or one element: a playwright Locator) to `path`; also copied into $SGLBENCH_ARTIFACTS
+    when that is set."""
     page.screenshot(path=str(path), **options)
     artifacts = os.environ.get("SGLBENCH_ARTIFACTS")
     if artifacts:

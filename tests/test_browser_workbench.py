@@ -226,7 +226,7 @@ def test_live_cell_interrupt_tree_and_dark_theme(tmp_path):
         details.wait_for(state="visible", timeout=5_000)
         details.locator(".sglw-tree-path summary").click()  # the node's text is the end of the match
         assert "topic 7" in details.locator(".sglw-tree-path").inner_text()
-        save_screenshot(page, tmp_path / "workbench-light.png")
+        save_screenshot(page.locator(ROOT).first, tmp_path / "dashboard-light.png")  # the README's picture
 
         # 4. Dark theme: every text of the views keeps WCAG AA contrast.
         page.get_by_role("menuitem", name="Settings", exact=True).click()
@@ -240,7 +240,7 @@ def test_live_cell_interrupt_tree_and_dark_theme(tmp_path):
             result = page.evaluate(CONTRAST_JS)
             assert result["checked"] > 5 and not result["failures"], (panel, result)
         page.locator(".jp-OutputArea-output .sglw-tab[data-panel=stats]").first.click()
-        save_screenshot(page, tmp_path / "workbench-dark.png")
+        save_screenshot(page.locator(ROOT).first, tmp_path / "dashboard-dark.png")
     assert not page_errors, f"JupyterLab raised in the page: {page_errors}"
 
 

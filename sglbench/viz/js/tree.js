@@ -462,8 +462,8 @@ function treeMount(container, model) {
         sglSvg("svg", { width: 14, height: 14, viewBox: "-7 -7 14 14", "aria-hidden": "true" },
                sglSvg("circle", { class: `sglw-tree-mark sglw-tree-${state}`, r: 5 })),
         info === index.root ? "Root" : `Node ${n.id}`]),
-      sglEl("dl", { class: "sglw-tree-facts" },
-            facts.flatMap(([k, v]) => [sglEl("dt", {}, k), sglEl("dd", {}, v)])),
+      sglEl("div", { class: "sglw-tree-facts", role: "list" }, facts.flatMap(([k, v]) => [
+        sglEl("span", { class: "sglw-tree-fact-key" }, k), sglEl("span", { class: "sglw-tree-fact-value" }, v)])),
       sglEl("pre", { class: "sglw-tree-text" }, text || "(empty)"),
       text.length >= 2000 ? sglEl("p", { class: "sglw-tree-hint" }, "The kernel sends the first 2,000 characters.")
         : null,
