@@ -188,8 +188,17 @@ const sglWorkbench = {
     const progress = appProgress(model);
     const panels = appPanels(model);
     const root = sglEl("div", { class: "sglw-root" }, [header.node, progress.node, panels.node]);
+    // Outside JupyterLab (a report, another front end) the page's colour scheme picks the dark palette.
+    const dark = matchMedia("(prefers-color-scheme: dark)");
+    const scheme = () => root.classList.toggle("sglw-dark", dark.matches && !document.body.dataset.jpThemeLight);
+    scheme();
+    dark.addEventListener("change", scheme);
+    const themeWatch = new MutationObserver(scheme);  // JupyterLab setting its theme attribute wins
+    themeWatch.observe(document.body, { attributes: true, attributeFilter: ["data-jp-theme-light"] });
     el.append(root);
     return () => {
+      dark.removeEventListener("change", scheme);
+      themeWatch.disconnect();
       header.destroy();
       progress.destroy();
       panels.destroy();
