@@ -1,4 +1,5 @@
-"""Our Llama-family runner against transformers on random tiny checkpoints of every family (fp32)."""
+"""Our Llama-family runner against transformers on random tiny checkpoints of every family (fp32, and bf16
+within bf16 tolerance)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 import transformers
 
+from sglbench.kernel import cpu_features, cpu_linear
 from sglbench.runtime.attention import TorchAttentionBackend
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
 from sglbench.runtime.kv_pool import KVPool, KVPoolConfig
@@ -92,3 +94,64 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path):
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_path"):
         Runtime(str(tmp_path / "nowhere"), device="cpu")
+
+
+# ---------------------------------------------------------------- bf16: packed linears, fused decode attention
+@pytest.fixture(scope="module", params=FAMILIES)
+def bf16_checkpoint(request, tmp_path_factory):
+    path = make_random_checkpoint(tmp_path_factory.mktemp(f"{request.param}_bf16"), family=request.param, seed=1,
+                                  dtype=torch.bfloat16)
+    hf32 = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    hf16 = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).eval()
+    return path, hf32, hf16
+
+
+def _decode_batch(token: int, pos: int, base: int) -> ForwardBatch:
+    """One decode step of one request whose context sits in slots base .. base + pos."""
+    t = lambda x: torch.tensor(x, dtype=torch.int64)  # noqa: E731
+    return ForwardBatch(ForwardMode.DECODE, t([token]), t([pos]), t([base + pos]), t([0, 1]), t([0, pos + 1]),
+                        torch.arange(base, base + pos + 1), t([0]))
+
+
+def test_bf16_logits_within_bf16_tolerance_of_transformers(bf16_checkpoint):
+    """Prefill then token-by-token decode in bf16 (linears packed where this CPU allows): every position's
+    logits are as close to transformers' fp32 ones as transformers' own bf16 run is (bf16 rounding, not a
+    different function)."""
+    path, hf32, hf16 = bf16_checkpoint
+    config = ModelConfig.from_path(path)
+    model = load_model(path, "cpu", torch.bfloat16, config)
+    packed = [m.packed for m in model.modules() if isinstance(m, cpu_linear.Linear)]
+    assert all(packed) if cpu_linear.packing_available(torch.bfloat16) else not any(packed)
+    if config.tie_word_embeddings:  # the lookup keeps the dense embedding; a packed head is its own copy
+        assert not model.model.embed_tokens.weight.is_mkldnn
+        assert torch.equal(model.state_dict()["lm_head.weight"], model.model.embed_tokens.weight.detach())
+    pool = KVPool(KVPoolConfig(256, config.num_layers, config.num_kv_heads, config.head_dim, torch.bfloat16, "cpu"))
+    backend = TorchAttentionBackend(pool, config.head_dim**-0.5)
+    prompt = _prompts(config.vocab_size)[2]
+    n = len(prompt) - 10
+    ours = [model(_extend_batch([prompt[:n]], pool, [0]), backend)]
+    ours += [model(_decode_batch(prompt[p], p, 1), backend) for p in range(n, len(prompt))]
+    ours = torch.cat(ours)
+    with torch.no_grad():
+        ref32 = hf32(torch.tensor([prompt])).logits[0]
+        ref16 = hf16(torch.tensor([prompt])).logits[0].float()
+    hf_error = (ref16 - ref32).abs().max().item()
+    assert 0 < hf_error < 0.1 * ref32.abs().max().item()  # the tolerance is bf16's, and bf16 did round
+    assert (ours - ref32).abs().max().item() <= 2 * hf_error
+
+
+def test_bf16_checkpoint_dtype_choice_is_reported(bf16_checkpoint):
+    """dtype="auto" on a bf16 checkpoint, served end to end with chunked prefill (chunks that need no logits)."""
+    path, _, _ = bf16_checkpoint
+    prompts = _prompts(ModelConfig.from_path(path).vocab_size)
+    with Runtime(str(path), device="cpu", max_total_tokens=256, chunked_prefill_size=8) as rt:
+        info = rt.model_info()
+        results = rt.generate(prompts, max_new_tokens=4, temperature=0, ignore_eos=True)
+        assert [len(r["output_ids"]) for r in results] == [4] * len(prompts)
+        assert_pool_full(rt)
+    assert info.dtype == ("torch.bfloat16" if cpu_features.detect().fast_bf16 else "torch.float32")
+    assert info.dtype_reason.startswith("auto: checkpoint stored in bfloat16")
+    assert info.cpu_features == cpu_features.detect().describe()
+    layers = ModelConfig.from_path(path).num_layers
+    packs = info.dtype == "torch.bfloat16" and cpu_linear.packing_available(torch.bfloat16)
+    assert info.packed_linears == (4 * layers + 1 if packs else 0)  # qkv, o, gate_up, down; the lm-head

@@ -29,7 +29,10 @@ def test_model_info_is_what_the_engine_was_built_with(rt):
         model_path=rt.config.model_path, architecture=mc.architecture, num_params=mc.num_params(),
         context_length=engine.context_length, vocab_size=mc.vocab_size, dtype=str(engine.dtype),
         device="cpu", attention_backend=engine.attention.name, max_total_tokens=engine.pool.num_slots,
+        dtype_reason=engine.dtype_choice.reason, cpu_features=engine.runner.cpu_features,
+        packed_linears=engine.runner.packed_linears,
     )
+    assert info.dtype_reason.startswith("auto: ") and info.cpu_features  # why this dtype, on what CPU
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.vocab_size = 1  # type: ignore[misc]
     assert f"slots={engine.pool.num_slots}" in repr(rt) and f"dtype={engine.dtype}," in repr(rt)

@@ -13,6 +13,13 @@ Each request's attention splits into parts whose softmax results merge exactly b
 reuses it. Against one bottom-right-masked SDPA call per request (``python -m sglbench.bench kernels`` on
 this repository's 2-core CPU): 40 requests of 20 new tokens over one 1,200-token prefix (HellaSwag-like)
 take 40 % less time; 60 questions of 100 tokens over four 520-token prefixes (MMLU-like) the same time.
+
+Decode (one query per request) goes through the same fused kernel: ``plan_decode`` gathers each request's
+slots into one padded [batch, longest context] block once per step, and every layer reads its K/V rows
+with one ``index_select`` and attends with each kv head's query group as a short query run (no GQA
+expansion). Against the score-matrix reference, per layer at Qwen2.5-0.5B's 14/2 heads of 64, bf16, one
+thread of this repository's CPU (noisy): batch 1 at 2,048 tokens 0.18 ms against 0.82, batch 32 at 2,048
+tokens 11 ms against 144.
 """
 
 from __future__ import annotations
@@ -119,6 +126,67 @@ def _shared_runs(slots: list[int], kvp: list[int], prefix_len: dict[int, int], r
     return runs
 
 
+@dataclass(frozen=True)
+class DecodePlan:
+    """A decode batch's contexts as one padded block: every layer gathers its K/V rows with `slots`."""
+
+    slots: torch.Tensor  # [batch * max_len] pool slots, row-major; padding repeats some valid slot
+    batch: int
+    max_len: int
+    mask: torch.Tensor | None  # [batch, 1, 1, max_len] additive (0 / -inf) in the query dtype; None: no padding
+
+
+def plan_decode(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, dtype: torch.dtype,
+                padded: torch.Tensor | None = None) -> DecodePlan:
+    """Plan a decode batch (reference.py's indptr/indices contract). padded: the same slots already laid out
+    as [batch, >= max_len] (model_runner builds it from the request-to-token table), anything past a row's
+    length being some valid slot; without it they are gathered from kv_indices."""
+    lens = kv_indptr[1:] - kv_indptr[:-1]  # [batch]
+    batch = lens.numel()
+    max_len = int(lens.max()) if batch else 0
+    offsets = torch.arange(max_len, device=kv_indices.device)
+    valid = offsets[None, :] < lens[:, None]  # [batch, max_len]
+    if padded is None:
+        at = (kv_indptr[:-1, None] + offsets[None, :]).clamp(max=max(kv_indices.numel() - 1, 0))
+        padded = kv_indices[at] if kv_indices.numel() else torch.zeros_like(at)
+    slots = padded[:, :max_len].reshape(-1)
+    mask = None
+    if batch and not bool(valid.all()):
+        mask = torch.zeros(batch, 1, 1, max_len, dtype=dtype, device=kv_indices.device)
+        mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
+    return DecodePlan(slots, batch, max_len, mask)
+
+
+def decode_attention_cpu(
+    q: torch.Tensor,  # [batch, num_heads, head_dim]
+    k_buffer: torch.Tensor,  # [num_slots, kv_heads, head_dim]
+    v_buffer: torch.Tensor,  # [num_slots, kv_heads, head_dim]
+    plan: DecodePlan,
+    sm_scale: float,
+) -> torch.Tensor:
+    """One query token per request over its whole context (`plan_decode`); returns [batch, heads, dim]."""
+    batch, num_heads, head_dim = q.shape
+    kv_heads = k_buffer.shape[1]
+    if batch == 0 or plan.max_len == 0:
+        return torch.zeros_like(q)
+    shape = (batch, plan.max_len, kv_heads, head_dim)
+    k = k_buffer.index_select(0, plan.slots).view(shape).to(q.dtype).transpose(1, 2)  # [batch, kv_heads, len, dim]
+    v = v_buffer.index_select(0, plan.slots).view(shape).to(q.dtype).transpose(1, 2)
+    groups = q.reshape(batch, kv_heads, num_heads // kv_heads, head_dim)  # a kv head's query heads as a query run
+    if q.device.type == "cpu":
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(groups, k, v, attn_mask=plan.mask,
+                                                                         scale=sm_scale)[0]
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(groups, k, v, attn_mask=plan.mask, scale=sm_scale)
+    return out.reshape(batch, num_heads, head_dim)
+
+
+def _rows(buffer: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """buffer[slots] for an index tensor of any shape, through index_select (4-6x faster on the CPU than
+    advanced indexing, which goes element by element)."""
+    return buffer.index_select(0, slots.reshape(-1)).view(*slots.shape, *buffer.shape[1:])
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float):
     """Softmax attention and each query's log-sum-exp: q [batch, heads, q_len, dim], k/v [batch, kv_heads,
     kv_len, dim] (causal: q_len == kv_len). torch's fused flash kernel on the CPU; elsewhere (this backend
@@ -157,8 +225,8 @@ def extend_attention_cpu(
     out_lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if plan.segments else None
     for bucket in plan.buckets:
         qb = q[bucket.rows].transpose(1, 2)  # [batch, heads, length, dim]
-        kb = k_buffer[bucket.slots].to(q.dtype).transpose(1, 2)  # [batch, kv_heads, length, dim]
-        vb = v_buffer[bucket.slots].to(q.dtype).transpose(1, 2)
+        kb = _rows(k_buffer, bucket.slots).to(q.dtype).transpose(1, 2)  # [batch, kv_heads, length, dim]
+        vb = _rows(v_buffer, bucket.slots).to(q.dtype).transpose(1, 2)
         o, lse = _attend(qb, kb, vb, True, sm_scale)
         rows = bucket.rows[bucket.valid]
         out[rows] = o.transpose(1, 2)[bucket.valid].to(work)
@@ -166,8 +234,8 @@ def extend_attention_cpu(
             out_lse[rows] = lse.transpose(1, 2)[bucket.valid]
     for seg in plan.segments:
         qs = q[seg.rows].transpose(0, 1)[None]  # [1, heads, tokens, dim]
-        ks = k_buffer[seg.slots].to(q.dtype).transpose(0, 1)[None]  # [1, kv_heads, length, dim]
-        vs = v_buffer[seg.slots].to(q.dtype).transpose(0, 1)[None]
+        ks = _rows(k_buffer, seg.slots).to(q.dtype).transpose(0, 1)[None]  # [1, kv_heads, length, dim]
+        vs = _rows(v_buffer, seg.slots).to(q.dtype).transpose(0, 1)[None]
         o, lse = _attend(qs, ks, vs, False, sm_scale)
         o, lse = o[0].transpose(0, 1).to(work), lse[0].transpose(0, 1)  # [tokens, heads, dim], [tokens, heads]
         acc, acc_lse = out[seg.rows], out_lse[seg.rows]

@@ -52,21 +52,25 @@ class AttentionBackend(abc.ABC):
 
 
 class TorchAttentionBackend(AttentionBackend):
-    """Plain-torch path (CPU, or any device without Triton): the reference decode, and extend through
-    torch's fused SDPA (kernel/cpu_attention.py)."""
+    """Plain-torch path (CPU, or any device without Triton): decode and extend through torch's fused SDPA
+    (kernel/cpu_attention.py)."""
 
     name = "torch"
     wants_prefix_order = True
 
     def __init__(self, pool: KVPool, sm_scale: float):
         super().__init__(pool, sm_scale)
-        self._planned: tuple[ForwardBatch, cpu_attention.ExtendPlan] | None = None  # the last batch's plan
+        # The last batch's plan (planned once, used by every layer).
+        self._planned: tuple[ForwardBatch, cpu_attention.ExtendPlan | cpu_attention.DecodePlan] | None = None
 
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
-        return reference.decode_attention_ref(q, k_buf, v_buf, batch.kv_indptr, batch.kv_indices, self.sm_scale)
+        if self._planned is None or self._planned[0] is not batch:
+            plan = cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, q.dtype, batch.padded_kv_indices)
+            self._planned = (batch, plan)
+        return cpu_attention.decode_attention_cpu(q, k_buf, v_buf, self._planned[1], self.sm_scale)
 
     def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
-        if self._planned is None or self._planned[0] is not batch:  # planned once, used by every layer
+        if self._planned is None or self._planned[0] is not batch:
             self._planned = (batch, cpu_attention.plan_extend(batch.qo_indptr, batch.kv_indptr, batch.kv_indices))
         return cpu_attention.extend_attention_cpu(
             q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale, self._planned[1]

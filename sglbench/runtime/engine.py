@@ -34,7 +34,7 @@ from sglbench.runtime.grammar import GrammarCompiler, GrammarMatcher
 from sglbench.runtime.kv_pool import KVPoolConfig
 from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.model_runner import ModelRunner
-from sglbench.runtime.models.loader import resolve_dtype
+from sglbench.runtime.models.loader import choose_dtype
 from sglbench.runtime.output_processor import OutputProcessor
 from sglbench.runtime.records import CacheEvent, EngineMetrics
 from sglbench.runtime.request import ReqState, Request, RequestHandle
@@ -79,7 +79,8 @@ class Engine:
         mc = self.model_config = ModelConfig.from_path(config.model_path)
         self.tokenizer = Tokenizer(config.model_path)
         self.device = config.device
-        self.dtype = resolve_dtype(config.dtype, config.device, mc)
+        self.dtype_choice = choose_dtype(config.dtype, config.device, mc)
+        self.dtype = self.dtype_choice.dtype
         if self.device == "cpu" and config.retain_freed_memory:
             retain_freed_memory()
         self.context_length = min(config.context_length or mc.max_position_embeddings, mc.max_position_embeddings)

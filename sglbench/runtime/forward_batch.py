@@ -21,6 +21,9 @@ class ForwardBatch:
     qo_indptr, kv_indptr:               [batch + 1]
     kv_indices:                         [total kv tokens], pool slots of each request's whole context
     logits_rows:                        rows of the hidden states the LM head is applied to
+    padded_kv_indices:                  decode only, optional: [batch, >= longest context] the same slots
+                                        as kv_indices, one row per request, anything past its length
+                                        being some valid slot (a backend may gather from it directly)
     """
 
     mode: ForwardMode
@@ -32,6 +35,7 @@ class ForwardBatch:
     kv_indices: torch.Tensor
     logits_rows: torch.Tensor
     max_q_len: int = 0  # longest new-token run of one request (0: unknown); spares kernels a device sync
+    padded_kv_indices: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

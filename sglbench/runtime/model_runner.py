@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sglbench.kernel import cpu_features
+from sglbench.kernel.cpu_linear import Linear
 from sglbench.runtime.attention import make_attention_backend
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
 from sglbench.runtime.kv_pool import KVPool, ReqToTokenTable
@@ -41,6 +43,8 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.model = load_model(model_path, device, dtype, model_config)
+        self.packed_linears = sum(1 for m in self.model.modules() if isinstance(m, Linear) and m.packed)
+        self.cpu_features = cpu_features.detect().describe() if device == "cpu" else ""
         if attention_backend == "auto":
             attention_backend = "triton" if device.startswith("cuda") else "torch"
         self.attention = make_attention_backend(attention_backend, pool, model_config.head_dim**-0.5)
@@ -79,16 +83,32 @@ class ModelRunner:
         return batch, ExtendLayout(tuple(plan), sample_rows, prompt_rows, offset)
 
     def prepare_decode(self, reqs: list[Request], table: ReqToTokenTable) -> ForwardBatch:
-        """A decode batch: each request's last token over its whole context."""
-        ids = [r.output_ids[-1] for r in reqs]
-        positions = [r.kv_len for r in reqs]
-        out_loc = [table.slots(r.row, r.kv_len, r.kv_len + 1) for r in reqs]
-        kv_indices = [table.slots(r.row, 0, r.kv_len + 1) for r in reqs]
-        qo = list(range(len(reqs) + 1))
-        kv = [0]
-        for r in reqs:
-            kv.append(kv[-1] + r.kv_len + 1)
-        return self._make_batch(ForwardMode.DECODE, ids, positions, out_loc, qo, kv, kv_indices, list(range(len(reqs))))
+        """A decode batch: each request's last token over its whole context. The contexts' slots come from
+        the table in one gather of the requests' rows ([batch, longest context], also handed to the
+        backend as padded_kv_indices), not one slice and concatenation per request."""
+        dev, batch = self.device, len(reqs)
+        lens = [r.kv_len + 1 for r in reqs]
+        kv = list(itertools.accumulate(lens, initial=0))
+        positions = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64, device=dev)
+        rows = torch.tensor([r.row for r in reqs], dtype=torch.int64, device=dev)
+        padded = table.table[:, : max(lens)].index_select(0, rows)  # past a row's length: stale slots
+        if min(lens) == max(lens):  # one request, or equal lengths: the block is the flat list
+            kv_indices = padded.reshape(-1)
+        else:
+            valid = torch.arange(padded.shape[1], device=dev)[None, :] <= positions[:, None]
+            kv_indices = torch.masked_select(padded, valid)  # 2-3x faster than boolean indexing
+        return ForwardBatch(
+            mode=ForwardMode.DECODE,
+            input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64, device=dev),
+            positions=positions,
+            out_cache_loc=padded.gather(1, positions[:, None]).squeeze(1),
+            qo_indptr=torch.arange(batch + 1, dtype=torch.int64, device=dev),
+            kv_indptr=torch.tensor(kv, dtype=torch.int64, device=dev),
+            kv_indices=kv_indices,
+            logits_rows=torch.arange(batch, dtype=torch.int64, device=dev),
+            max_q_len=1,
+            padded_kv_indices=padded,
+        )
 
     def _make_batch(self, mode, ids, positions, out_loc, qo, kv, kv_indices, logits_rows) -> ForwardBatch:
         dev = self.device

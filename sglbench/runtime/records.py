@@ -123,6 +123,9 @@ class ModelInfo:
     device: str
     attention_backend: str  # the attention kernels in use: 'torch' or 'triton'
     max_total_tokens: int  # KV pool slots
+    dtype_reason: str = ""  # why this dtype, e.g. 'auto: checkpoint stored in bfloat16 and the CPU has AMX-BF16'
+    cpu_features: str = ""  # the CPU's bf16-relevant instruction sets (kernel/cpu_features.py); '' on a GPU
+    packed_linears: int = 0  # linear layers whose weights are packed for oneDNN (kernel/cpu_linear.py)
 
 
 @dataclass(frozen=True)

@@ -413,7 +413,8 @@ class Runtime:
             model_path=self.config.model_path, architecture=mc.architecture, num_params=mc.num_params(),
             context_length=engine.context_length, vocab_size=mc.vocab_size, dtype=str(engine.dtype),
             device=self.config.device, attention_backend=engine.attention.name,
-            max_total_tokens=engine.pool.num_slots,
+            max_total_tokens=engine.pool.num_slots, dtype_reason=engine.dtype_choice.reason,
+            cpu_features=engine.runner.cpu_features, packed_linears=engine.runner.packed_linears,
         )
 
     def metrics(self) -> EngineMetrics:

@@ -121,15 +121,18 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
 
-    def forward(self, batch: ForwardBatch, backend: AttentionBackend) -> torch.Tensor:
+    def forward(self, batch: ForwardBatch, backend: AttentionBackend, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states [tokens, hidden], or only those of `rows` (the last norm skips the others)."""
         x = self.embed_tokens(batch.input_ids)  # [tokens, hidden]
         for layer in self.layers:
             x = layer(x, batch.positions, self.rotary_emb, backend, batch)
-        return self.norm(x)
+        return self.norm(x if rows is None else x[rows])
 
 
 class LlamaForCausalLM(nn.Module):
-    """Returns logits [len(batch.logits_rows), vocab] in fp32 for the rows the engine asked for."""
+    """Returns logits [len(batch.logits_rows), vocab] in fp32 for the rows the engine asked for: the last
+    token of each request whose next token is sampled, and prompt positions only when prompt logprobs
+    were asked (model_runner.prepare_extend); the lm-head never sees the other rows."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -141,5 +144,5 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, backend: AttentionBackend) -> torch.Tensor:
-        hidden = self.model(batch, backend)  # [tokens, hidden]
-        return self.lm_head(hidden[batch.logits_rows]).float()  # [rows, vocab]
+        hidden = self.model(batch, backend, batch.logits_rows)  # [rows, hidden]
+        return self.lm_head(hidden).float()  # [rows, vocab]
