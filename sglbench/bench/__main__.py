@@ -6,6 +6,7 @@ import importlib
 import sys
 
 WORKLOADS = {
+    "cpu": "sglbench.bench.cpu",
     "decode": "sglbench.bench.decode",
     "fewshot": "sglbench.bench.fewshot",
     "json": "sglbench.bench.json_decode",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="local Hugging Face folder (default: the embedded model)")
-    parser.add_argument("--preset", default=None, help="timing-only random-weight shape: llama-1b, llama-8b, qwen2-7b")
+    parser.add_argument("--preset", default=None, help="timing-only random-weight shape: one of synthetic.PRESETS "
+                        "(e.g. qwen2.5-0.5b, qwen2.5-1.5b, llama-3.2-1b, llama-8b)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="auto")
 

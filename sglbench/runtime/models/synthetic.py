@@ -33,6 +33,19 @@ PRESETS: dict[str, dict] = {
                      num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192),
     "qwen2-7b": dict(family="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                      num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, max_position_embeddings=8192),
+    # The small checkpoints users bring to a laptop or CPU box (shapes from their published config.json).
+    "qwen2.5-0.5b": dict(family="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6),
+    "qwen2.5-1.5b": dict(family="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
+                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6),
+    "llama-3.2-1b": dict(family="llama3", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
+                         max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         rope_theta=500000.0,
+                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
 }
 
 
@@ -87,10 +100,12 @@ def make_random_checkpoint(out_dir: str | Path, family: str = "llama", seed: int
     write_tokenizer(out, vocab_size=min(overrides.get("vocab_size", 400), 400))
     config = tiny_config(family, **overrides)
     torch.manual_seed(seed)
-    with torch.device("meta" if config.hidden_size >= 1024 else "cpu"):
+    large = config.hidden_size >= 1024 or config.hidden_size * config.vocab_size >= 2**24
+    with torch.device("meta" if large else "cpu"):
         model = transformers.AutoModelForCausalLM.from_config(config)
-    if config.hidden_size >= 1024:  # large presets: fill cheaply, values do not matter for timing
-        model = model.to_empty(device="cpu")
+    if large:  # real-shape presets: fill cheaply in the target dtype, values do not matter for timing
+        model = model.to_empty(device="cpu").to(dtype)
+        model.tie_weights()  # to_empty gives tied parameters separate storage; tie them again
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in model.parameters():
@@ -99,10 +114,12 @@ def make_random_checkpoint(out_dir: str | Path, family: str = "llama", seed: int
     return out
 
 
-def make_preset_checkpoint(out_dir: str | Path, preset: str, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """A real model shape with random weights, for timing only."""
+def make_preset_checkpoint(out_dir: str | Path, preset: str, dtype: torch.dtype = torch.bfloat16,
+                           **overrides) -> Path:
+    """A real model shape with random weights, for timing only, saved in dtype (bf16 by default, as the real
+    checkpoints are). overrides change config fields, e.g. to scale a preset down for a quick run."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    spec = dict(PRESETS[preset])
+    spec = {**PRESETS[preset], **overrides}
     family = spec.pop("family")
     return make_random_checkpoint(out_dir, family=family, dtype=dtype, initializer_range=0.02, **spec)
