@@ -375,7 +375,7 @@ def fallback_svgs(doc: str) -> list[str]:
 def test_dashboard_static_snapshot_and_report(rt, tmp_path):
     rt.generate(["Report " + EVIL + " one", "Report " + EVIL + " two"], max_new_tokens=3, temperature=0)
     dash = widgets.Dashboard(rt, graphs=lambda: [judge_graph("running")], static=True)
-    assert repr(dash) == "Dashboard(mode='static', tabs=['Radix tree', 'Cache stats', 'Latency', 'Programs'])"
+    assert repr(dash) == "Dashboard(mode='static', tabs=['Radix tree', 'Serving', 'Latency', 'Programs'])"
     w = dash.widget
     assert w.panels == ["tree", "stats", "latency", "programs"] and w.summary_line
     assert w.status == "static" and w.summary["finished"] == rt.metrics().num_finished

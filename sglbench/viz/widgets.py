@@ -572,7 +572,7 @@ class Dashboard(_Live):
     the runtime shuts down, and says so.
     """
 
-    TABS = ("Radix tree", "Cache stats", "Latency", "Programs")
+    TABS = ("Radix tree", "Serving", "Latency", "Programs")
     """Section titles of the HTML snapshot (the front end titles its tabs itself)."""
 
     def __init__(self, rt: Any, graphs: GraphSource = None, *, max_nodes: int = 200,
