@@ -143,7 +143,7 @@ class _Live(ABC):
     """Lifecycle shared by views and the dashboard: static or live mode, a poller driving `poll()`, a status
     the widget shows ("live", "stopped" with a note saying why and when, "static"), reprs."""
 
-    widget: ipywidgets.DOMWidget
+    widget: WorkbenchWidget
     static: bool
     _poller: Poller
     _owns_status: bool = True
@@ -177,11 +177,11 @@ class _Live(ABC):
         """Send the heartbeat when HEARTBEAT_S have passed since the last one (live views only)."""
         widget = self.widget
         now = time.time()
-        if self._owns_status and isinstance(widget, WorkbenchWidget) and now - widget.heartbeat >= HEARTBEAT_S:
+        if self._owns_status and now - widget.heartbeat >= HEARTBEAT_S:
             widget.push(heartbeat=now)
 
     def _set_status(self, status: str, note: str = "") -> None:
-        if self._owns_status and isinstance(self.widget, WorkbenchWidget):
+        if self._owns_status:
             self.widget.push(status=status, status_note=note)
 
     @property
@@ -197,8 +197,7 @@ class _Live(ABC):
     @property
     def status(self) -> tuple[str, str]:
         """(status, note) as the widget shows them."""
-        widget = self.widget
-        return (widget.status, widget.status_note) if isinstance(widget, WorkbenchWidget) else (self.mode, "")
+        return self.widget.status, self.widget.status_note
 
     def start(self):
         """Begin live updates (status "live"); in static mode only refresh once."""
@@ -243,9 +242,8 @@ HtmlSource = str | Callable[[], str] | None
 class _View(_Live):
     """One view: subclasses fingerprint their sources (`_probe`) and turn them into traits and HTML (`_frame`).
 
-    `PANELS` names the workbench panels it draws; a subclass with none (and only `_render`, returning HTML)
-    is shown as a plain `ipywidgets.HTML`. Given `widget`, a view pushes into that shared widget (a
-    dashboard's) and leaves its status to the owner.
+    `PANELS` names the workbench panels its own widget draws. Given `widget`, a view pushes into that shared
+    widget (a dashboard's) and leaves its status to the owner.
     """
 
     PANELS: tuple[str, ...] = ()
@@ -253,15 +251,12 @@ class _View(_Live):
     def __init__(self, *, static: bool | None, interval: float, autostart: bool,
                  widget: WorkbenchWidget | None = None):
         self._owns_status = widget is None
-        if widget is not None:
-            self.widget = widget
-        else:
-            self.widget = WorkbenchWidget(panels=list(self.PANELS)) if self.PANELS else ipywidgets.HTML()
+        self.widget = widget if widget is not None else WorkbenchWidget(panels=list(self.PANELS))
         self.pushes = 0
         self._key: object = _UNSEEN
         self._html_source: HtmlSource = ""
         self._html: str | None = ""
-        self._lock = self.widget.lock if isinstance(self.widget, WorkbenchWidget) else threading.RLock()
+        self._lock = self.widget.lock
         self._init_live(static, interval)
         self.poll()
         if self.static or autostart:
@@ -277,16 +272,12 @@ class _View(_Live):
     def _probe(self) -> object:
         """A cheap fingerprint of the sources: equal fingerprints mean nothing to redraw."""
 
+    @abstractmethod
     def _frame(self, key: Any) -> tuple[HtmlSource, dict[str, Any]]:
-        """The new HTML (or None) and traits for the sources behind `key`; by default `_render`'s HTML."""
-        return self._render(key), {}
-
-    def _render(self, key: Any) -> str | None:
-        """New HTML for the sources behind `key`, or None when nothing visible changed (HTML-only views)."""
-        raise NotImplementedError(f"{type(self).__name__} defines neither _frame nor _render")
+        """The new HTML snapshot (None: unchanged) and the traits for the sources behind `key`."""
 
     def poll(self) -> bool:
-        """Read the sources; push the traits (or HTML) that changed. Returns whether it pushed."""
+        """Read the sources; push the traits that changed. Returns whether it pushed."""
         with self._lock:
             key = self._probe()
             if key == self._key:
@@ -295,13 +286,7 @@ class _View(_Live):
             html, traits = self._frame(key)
             if html is not None:
                 self._html_source, self._html = html, None
-            if isinstance(self.widget, WorkbenchWidget):
-                pushed = self.widget.push(**traits)
-            else:
-                pushed = self.html != self.widget.value
-                if pushed:
-                    with self.widget.hold_sync():
-                        self.widget.value = self.html
+            pushed = self.widget.push(**traits)
             self.pushes += pushed
             return pushed
 
