@@ -805,14 +805,14 @@ Mixture = tuple[tuple[Callable[[random.Random, World], str], float], ...]
 DOCUMENT_KINDS: Mixture = (
     (doc_fact_qa, 8), (doc_arithmetic, 26), (doc_mixed_qa, 4), (doc_judgements, 22), (doc_reading, 10),
     (doc_copy, 6), (doc_lookup, 6), (doc_biographies, 4), (doc_directory, 1), (doc_json, 5), (doc_lists, 3),
-    (doc_steps, 3), (doc_tools, 4), (doc_essay, 3), (doc_chat, 10), (doc_tool_chat, 2), (doc_thinking, 3),
+    (doc_steps, 3), (doc_tools, 4), (doc_essay, 3), (doc_chat, 10), (doc_tool_chat, 3), (doc_thinking, 6),
 )
 # The cool-down mixture: weighted towards the held-out tasks (arithmetic, judgements, Q/A), the rest kept
 # present so that nothing is forgotten while the learning rate decays.
 ANNEAL_KINDS: Mixture = (
     (doc_fact_qa, 8), (doc_arithmetic, 40), (doc_mixed_qa, 6), (doc_judgements, 34), (doc_reading, 6),
     (doc_copy, 2), (doc_lookup, 3), (doc_biographies, 3), (doc_directory, 1), (doc_json, 3), (doc_lists, 1),
-    (doc_steps, 2), (doc_tools, 3), (doc_essay, 1), (doc_chat, 7), (doc_tool_chat, 2), (doc_thinking, 3),
+    (doc_steps, 2), (doc_tools, 3), (doc_essay, 1), (doc_chat, 7), (doc_tool_chat, 3), (doc_thinking, 6),
 )
 # Fine-tuning a trained checkpoint on the tool-call and thinking formats (train.py --init-from): the cool-down
 # mixture with tool-use chats (about 40 % of the tokens), thinking chats, plain chats and the ReAct traces

@@ -5,8 +5,8 @@ Tasks: few-shot Q/A over the world's facts, arithmetic, true/false/unknown judge
 template (`ChatExample`): a tool call (the reply is exactly the right `<tool_call>` block), the answer after a tool
 result, an answer in thinking mode (`<think>` trace, `</think>`, then the answer) and a plain chat answer (no
 `<think>`, no tool call). For tool calls and thinking the form alone is scored too (right tool and argument names;
-a closed trace then an answer): the small model learns the forms well, while copying arguments and values from
-the context into them is mostly beyond it.
+a closed trace then an answer): the small model learns the forms well; copying arguments from the question
+into a call works for names and cities, much less for expressions and values read from a tool's result.
 """
 
 from __future__ import annotations

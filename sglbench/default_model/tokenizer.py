@@ -76,11 +76,15 @@ _SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 def build_tokenizer_model() -> Tokenizer:
     """An untrained byte-level BPE pipeline: numbers in pieces of up to two digits, never joined to the space
     before them (as in Llama 3), so every number below 100 can become one token, small sums are a lookup and
-    `"A: " + gen_int()` continues the way the training text does; GPT-2 style word splitting.
+    `"A: " + gen_int()` continues the way the training text does; GPT-2 style word splitting, except that a
+    capitalised word never carries the space before it, so a name or city reads as the same tokens in a sentence,
+    after a quote in JSON or at a line start, and copying it into a tool call's arguments is a plain token copy
+    (about 11 % more tokens than GPT-2 splitting on the corpus).
     """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"\d{1,2}"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r" (?=\p{Lu})"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tok.decoder = decoders.ByteLevel()
@@ -132,6 +136,6 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out: str | Path) -> None:
 
 
 def update_chat_template(folder: str | Path) -> None:
-    """Rewrite a saved tokenizer with the current chat template, vocabulary and settings unchanged (how the shipped
-    checkpoint got the tools and thinking template without retraining)."""
+    """Rewrite a saved tokenizer with the current chat template, vocabulary and settings unchanged (a template
+    change needs no retraining)."""
     save_tokenizer(load_tokenizer(folder), folder)
