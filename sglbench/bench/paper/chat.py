@@ -11,10 +11,12 @@ user messages of 30 / 80 words (~85 / 220 tokens) and a 25-word system prompt sh
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sglbench as sgl
-from sglbench.bench.paper.base import Workload, WorkloadRun, greedy
+from sglbench.bench.paper.base import Workload, WorkloadRun, greedy, is_text
 from sglbench.bench.paper.cli import main as cli_main
 from sglbench.bench.paper.runner import SuiteResult
 from sglbench.bench.paper.text import paragraph
@@ -51,6 +53,11 @@ def make_program(answer_tokens: int) -> SglFunction:
     return chat
 
 
+def conforms(arguments: Mapping[str, Any], outputs: Any) -> bool:
+    """An answer to every user message."""
+    return all(is_text(outputs[f"answer_{i}"]) for i in range(len(arguments["messages"])))
+
+
 def _conversations(shape: Shape) -> tuple[dict, ...]:
     rng = random.Random(4)
     return tuple({"messages": [paragraph(rng, shape.user_words) for _ in range(shape.turns)]}
@@ -59,12 +66,14 @@ def _conversations(shape: Shape) -> tuple[dict, ...]:
 
 def build_short(size: str, fixed_lengths: bool) -> WorkloadRun:
     shape = SHAPES[size]
-    return WorkloadRun("chat-short", make_program(shape.short_tokens), _conversations(shape), greedy(fixed_lengths))
+    return WorkloadRun("chat-short", make_program(shape.short_tokens), _conversations(shape), greedy(fixed_lengths),
+                       conforms, {"max_tokens": shape.short_tokens}, fixed_lengths)
 
 
 def build_long(size: str, fixed_lengths: bool) -> WorkloadRun:
     shape = SHAPES[size]
-    return WorkloadRun("chat-long", make_program(shape.long_tokens), _conversations(shape), greedy(fixed_lengths))
+    return WorkloadRun("chat-long", make_program(shape.long_tokens), _conversations(shape), greedy(fixed_lengths),
+                       conforms, {"max_tokens": shape.long_tokens}, fixed_lengths)
 
 
 WORKLOADS = (

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 from sglbench.bench.common import add_model_args, print_table, resolve_model
 from sglbench.bench.paper.base import SIZES, Workload
+from sglbench.bench.paper.goals import goals
 from sglbench.bench.paper.report import save
-from sglbench.bench.paper.runner import SYSTEMS, SuiteConfig, SuiteResult, run_suite, summary
+from sglbench.bench.paper.runner import DEFAULT_SYSTEMS, SYSTEMS, SuiteConfig, SuiteResult, run_suite, summary
 
 
 def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> SuiteResult:
@@ -19,7 +20,9 @@ def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> Su
                     "cache hit rate and its optimum.\n\n" + "\n".join(f"  {w.name}: {w.summary}" for w in workloads))
     add_model_args(parser)
     parser.add_argument("--size", choices=SIZES, default="small", help="tiny (tests), small (CPU), full (GPU)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {list(SYSTEMS)}")
+    parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                        help=f"comma-separated subset of {list(SYSTEMS)}; outlines, guidance and lmql are the peer "
+                             "systems (pip install -e '.[peers]'), e.g. --systems lpm,outlines,guidance,lmql,transformers")
     parser.add_argument("--out", default="bench_results", help="folder for the CSV, JSON, SVG and HTML files")
     parser.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size of the engine")
     parser.add_argument("--hf-batch-size", type=int, default=16, help="rows per transformers call")
@@ -27,7 +30,15 @@ def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> Su
     parser.add_argument("--endpoint-model", default="default", help="model name sent to --endpoint")
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed runs per workload and system, each from a cold cache; the fastest is kept")
+    parser.add_argument("--workloads", default=None,
+                        help=f"comma-separated subset of {[w.name for w in workloads]} (default: all of them)")
     args = parser.parse_args(argv)
+    if args.workloads:
+        names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+        unknown = sorted(set(names) - {w.name for w in workloads})
+        if unknown:
+            parser.error(f"unknown workloads {unknown}")
+        workloads = [w for w in workloads if w.name in names]
     path, label = resolve_model(args)
     config = SuiteConfig(
         model_path=path, model_label=label, size=args.size, device=args.device, dtype=args.dtype,
@@ -42,6 +53,9 @@ def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> Su
                 f"SGLang paper workloads, {label}, size {args.size}, device {meta['device']}, "
                 f"{meta['torch_threads']} torch threads")
     print_table(summary(result.frame).to_dict(orient="records"), "sglbench (lpm): speedup over each system (x)")
+    print("\nGoals (every system side by side in this run):")
+    for goal in goals(result.frame):
+        print("  " + goal.line())
     paths = save(result, args.out, f"paper-{prog}-{args.size}")
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return result

@@ -2,6 +2,8 @@
 candidate endings scored by select.
 
 The prefix is a constant of the program, so run_batch's frontend hint caches it before the batch.
+`hellaswag` scores the endings (select, length-normalised logprob); `hellaswag-decoded` decodes the
+ending under a grammar (a regex of the four), the only way the peer systems have.
 Shape (small / full): 64 / 512 questions; contexts of 8 / 30 words and endings of 6 / 12 words, so
 the prefix is ~850 / 2,400 tokens, a context ~25 / 85 and an ending ~17 / 34 tokens (the default
 model's tokenizer).
@@ -12,10 +14,12 @@ model's tokenizer).
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sglbench as sgl
-from sglbench.bench.paper.base import Workload, WorkloadRun, greedy
+from sglbench.bench.paper.base import Workload, WorkloadRun, alternation, greedy
 from sglbench.bench.paper.cli import main as cli_main
 from sglbench.bench.paper.runner import SuiteResult
 from sglbench.bench.paper.text import paragraph, sentence
@@ -62,12 +66,41 @@ def make_program(prefix: str) -> SglFunction:
     return hellaswag
 
 
+def make_decoded_program(prefix: str, max_tokens: int) -> SglFunction:
+    """The same choice decoded under a grammar: a regex matching the four endings."""
+
+    @sgl.function
+    def hellaswag_decoded(s, context, endings):
+        s += prefix + context
+        s += sgl.gen("ending", max_tokens=max_tokens, regex=alternation(endings))
+
+    return hellaswag_decoded
+
+
+def conforms(arguments: Mapping[str, Any], outputs: Any) -> bool:
+    """The ending is one of the four, exactly."""
+    return outputs["ending"] in arguments["endings"]
+
+
 def build(size: str, fixed_lengths: bool) -> WorkloadRun:
     prefix, items = dataset(SHAPES[size])
-    return WorkloadRun("hellaswag", make_program(prefix), tuple(items), greedy(fixed_lengths))
+    return WorkloadRun("hellaswag", make_program(prefix), tuple(items), greedy(fixed_lengths), conforms,
+                       {"prefix": prefix}, fixed_lengths)
 
 
-WORKLOADS = (Workload("hellaswag", "HellaSwag-style 20-shot, 4 endings by select", build),)
+def build_decoded(size: str, fixed_lengths: bool) -> WorkloadRun:
+    shape = SHAPES[size]
+    prefix, items = dataset(shape)
+    max_tokens = 8 * shape.ending_words  # a bound the tokens of an ending never reach
+    # The grammar decides where the ending stops, so eos is never ignored here.
+    return WorkloadRun("hellaswag-decoded", make_decoded_program(prefix, max_tokens), tuple(items), greedy(False),
+                       conforms, {"prefix": prefix, "max_tokens": max_tokens}, False)
+
+
+WORKLOADS = (
+    Workload("hellaswag", "HellaSwag-style 20-shot, 4 endings by select (scored)", build),
+    Workload("hellaswag-decoded", "HellaSwag-style 20-shot, the ending decoded under a grammar", build_decoded),
+)
 
 
 def main(argv: list[str] | None = None) -> SuiteResult:

@@ -9,8 +9,12 @@ Only the instruction line is shared; each page is its own. Shape (small / full):
 
 from __future__ import annotations
 
+import json
 import random
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sglbench as sgl
 from sglbench.bench.paper.base import Workload, WorkloadRun, greedy
@@ -29,6 +33,8 @@ CITY_REGEX = (
     r"\n\}"
 )
 INSTRUCTION = "Extract the facts about the city described on this encyclopedia page as one JSON record.\n\n"
+FIELDS = ("name", "country", "founded", "population", "landmarks")
+MAX_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,26 @@ class Shape:
 SHAPES = {"tiny": Shape(3, page_words=30), "small": Shape(32, page_words=120), "full": Shape(256, page_words=500)}
 
 
+def prompt(page: str) -> str:
+    return INSTRUCTION + page + "\n\nJSON:\n"
+
+
 @sgl.function
 def json_regex(s, page):
-    s += INSTRUCTION + page + "\n\nJSON:\n"
-    s += sgl.gen("record", max_tokens=256, regex=CITY_REGEX)
+    s += prompt(page)
+    s += sgl.gen("record", max_tokens=MAX_TOKENS, regex=CITY_REGEX)
+
+
+def conforms(arguments: Mapping[str, Any], outputs: Any) -> bool:
+    """The record matches the regex in full and parses as JSON with the five fields."""
+    record = outputs["record"]
+    if re.fullmatch(CITY_REGEX, record) is None:
+        return False
+    try:
+        parsed = json.loads(record)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and tuple(parsed) == FIELDS
 
 
 def _page(rng: random.Random, words: int) -> str:
@@ -59,7 +81,8 @@ def build(size: str, fixed_lengths: bool) -> WorkloadRun:
     rng = random.Random(3)
     pages = tuple({"page": _page(rng, shape.page_words)} for _ in range(shape.pages))
     # The grammar decides where the output ends, so eos is never ignored here.
-    return WorkloadRun("json-regex", json_regex, pages, greedy(False))
+    return WorkloadRun("json-regex", json_regex, pages, greedy(False), conforms,
+                       {"regex": CITY_REGEX, "max_tokens": MAX_TOKENS}, False)
 
 
 WORKLOADS = (Workload("json-regex", "city record from a page, regex-constrained JSON", build),)

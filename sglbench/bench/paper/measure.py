@@ -1,9 +1,11 @@
-"""One measurement: a workload's programs run by run_batch on one system, from a cold cache.
+"""One measurement: a workload's programs run by one system, from a cold cache.
 
-programs/s is programs over the batch's wall time; a program's latency runs from its start on a
-run_batch thread to the end of its last call. The hit rate and its optimum come from the requests the
-system sent (see `optimal`); engine_hit_rate, prefilled and decoded tokens are the differences of the
-system's counters over the batch.
+programs/s is programs over the batch's wall time; a program's latency runs from its start to the end of
+its last call (for sglbench, on a run_batch thread; for a stage-batched peer, from the batch's start).
+The hit rate and its optimum come from the requests the system sent (see `optimal`); engine_hit_rate,
+prefilled and decoded tokens are the differences of the system's counters over the batch. conformance is
+the fraction of programs whose outputs pass the workload's check; note says how the system ran it (how
+select chose, or why it did not run: missing, not expressible, failed).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +24,11 @@ from sglbench.bench.paper.optimal import RequestRecord, hit_rate, optimal_hit_ra
 from sglbench.lang.backend.base import BaseBackend
 
 COLUMNS = ("workload", "system", "programs", "programs_s", "latency_p50_s", "latency_p90_s", "hit_rate",
-           "optimal_hit_rate", "engine_hit_rate", "prefill_tokens", "decode_tokens", "wall_s")
+           "optimal_hit_rate", "engine_hit_rate", "prefill_tokens", "decode_tokens", "wall_s", "conformance",
+           "note")
+
+SELECT_SCORED = "select: scored by normalised logprob"
+SELECT_DECODED = "select: decoded under a grammar"
 
 
 @dataclass(frozen=True)
@@ -42,14 +49,46 @@ class Usage:
         return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
 
 
+@dataclass(frozen=True)
+class ProgramOutput:
+    """One program's outputs by variable name (a ProgramState, or a dict from a peer) and its latency."""
+
+    outputs: Any
+    latency_s: float
+
+
+BatchRunner = Callable[[Sequence[Mapping[str, Any]]], list[ProgramOutput]]
+
+
 class System(ABC):
-    """Something that runs programs: hands out backends and reads its own counters."""
+    """Something that runs programs: by default it hands out sglbench backends that run_batch runs the
+    workload's program on; it reads its own counters."""
 
     name: str
+    tolerate_failures = False  # True: a failure is a row ("failed: ..."), not an exception
 
     @abstractmethod
     def open_backend(self) -> BaseBackend:
         """A fresh backend for one batch (its request records start empty)."""
+
+    def unavailable(self, run: WorkloadRun) -> str | None:
+        """Why this system cannot run the workload (missing, not expressible), or None."""
+        return None
+
+    def note(self, run: WorkloadRun) -> str:
+        """How the system runs the workload, for the table (how select chooses)."""
+        return SELECT_SCORED if run.uses_select() else ""
+
+    def prepare(self, run: WorkloadRun) -> BatchRunner:
+        """What runs one batch of the workload's programs (outputs in argument order), made before the clock
+        starts: by default run_batch of the workload's program on a fresh backend."""
+        backend = self.open_backend()
+
+        def run_programs(arguments: Sequence[Mapping[str, Any]]) -> list[ProgramOutput]:
+            states = _run_batch(run, arguments, backend)
+            return [ProgramOutput(s, s.telemetry.finished - s.telemetry.started) for s in states]
+
+        return run_programs
 
     def usage(self) -> Usage | None:
         """Counters now; None when the system cannot tell (a remote endpoint)."""
@@ -73,27 +112,51 @@ class System(ABC):
 class Measurement:
     workload: str
     system: str
-    wall_s: float
+    wall_s: float  # NaN: not run (see note)
     latencies: tuple[float, ...]
     usage: Usage | None
     records: tuple[RequestRecord, ...] | None
+    conformance: float = math.nan
+    note: str = ""
+    programs: int | None = None  # defaults to the number of latencies
 
     def row(self) -> dict:
-        """One table row, in COLUMNS order (NaN where the system cannot tell)."""
+        """One table row, in COLUMNS order (NaN where the system cannot tell or did not run)."""
         nan = math.nan
-        u, records = self.usage, self.records
+        u, records, lat = self.usage, self.records, self.latencies
         return {
-            "workload": self.workload, "system": self.system, "programs": len(self.latencies),
-            "programs_s": len(self.latencies) / self.wall_s,
-            "latency_p50_s": float(np.percentile(self.latencies, 50)),
-            "latency_p90_s": float(np.percentile(self.latencies, 90)),
+            "workload": self.workload, "system": self.system,
+            "programs": len(lat) if self.programs is None else self.programs,
+            "programs_s": len(lat) / self.wall_s if lat else nan,
+            "latency_p50_s": float(np.percentile(lat, 50)) if lat else nan,
+            "latency_p90_s": float(np.percentile(lat, 90)) if lat else nan,
             "hit_rate": hit_rate(records) if records is not None else nan,
             "optimal_hit_rate": optimal_hit_rate(records) if records is not None else nan,
             "engine_hit_rate": u.hit_rate if u is not None else nan,
             "prefill_tokens": u.prefill_tokens if u is not None else nan,
             "decode_tokens": u.decode_tokens if u is not None else nan,
-            "wall_s": self.wall_s,
+            "wall_s": self.wall_s, "conformance": self.conformance, "note": self.note,
         }
+
+
+def not_run(run: WorkloadRun, system: System, note: str) -> Measurement:
+    """The row of a system that did not run the workload, saying why."""
+    return Measurement(run.workload, system.name, math.nan, (), None, None, math.nan, note, len(run.arguments))
+
+
+def conformance(run: WorkloadRun, outputs: Sequence[ProgramOutput]) -> float:
+    """Fraction of programs whose outputs pass the workload's check (NaN when it has none); a missing
+    or malformed output fails."""
+    if run.conforms is None or not outputs:
+        return math.nan
+    return sum(_passes(run, args, out.outputs) for args, out in zip(run.arguments, outputs)) / len(outputs)
+
+
+def _passes(run: WorkloadRun, arguments: Mapping[str, Any], outputs: Any) -> bool:
+    try:
+        return bool(run.conforms(arguments, outputs))  # type: ignore[misc]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return False
 
 
 def _run_batch(run: WorkloadRun, arguments, backend: BaseBackend) -> list:
@@ -113,29 +176,56 @@ def measure(run: WorkloadRun, system: System, warmup: int = 1, repeats: int = 1)
 def measure_round_robin(run: WorkloadRun, systems: Sequence[System], warmup: int = 1,
                         repeats: int = 1) -> list[Measurement]:
     """`measure` for systems that are open together: each is warmed up, then every round times each system
-    once, so a slow spell of a shared machine hits all of them alike; each keeps its fastest run."""
+    once, so a slow spell of a shared machine hits all of them alike; each keeps its fastest run. A system
+    that cannot run the workload gets a row saying why; one that tolerates failures and fails gets a
+    "failed: ..." row and sits out the later rounds."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    out: dict[int, Measurement] = {}
+    for i, system in enumerate(systems):
+        reason = system.unavailable(run)
+        if reason is not None:
+            out[i] = not_run(run, system, reason)
+    timed: dict[int, list[Measurement]] = {i: [] for i in range(len(systems)) if i not in out}
+
+    def attempt(i: int, step: Callable[[System], Any]) -> None:
+        try:
+            step(systems[i])
+        except Exception as exc:
+            if not systems[i].tolerate_failures:
+                raise
+            systems[i].reset()
+            out[i] = not_run(run, systems[i], f"failed: {type(exc).__name__}: {_short(str(exc))}")
+            del timed[i]
+
     if warmup:
-        for system in systems:
-            _run_batch(run, run.arguments[:warmup], system.open_backend())
-            system.settle()
-    rounds = [[_measure_once(run, system) for system in systems] for _ in range(repeats)]
-    return [min(timed, key=lambda m: m.wall_s) for timed in zip(*rounds)]
+        for i in list(timed):
+            attempt(i, lambda s: (s.prepare(run)(run.arguments[:warmup]), s.settle()))
+    for _ in range(repeats):
+        for i in list(timed):
+            attempt(i, lambda s, i=i: timed[i].append(_measure_once(run, s)))
+    for i, measured in timed.items():
+        out[i] = min(measured, key=lambda m: m.wall_s)
+    return [out[i] for i in range(len(systems))]
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _measure_once(run: WorkloadRun, system: System) -> Measurement:
     system.reset()
-    backend = system.open_backend()
+    run_programs = system.prepare(run)
     before = system.usage()
     start = time.perf_counter()
-    states = _run_batch(run, run.arguments, backend)
+    outputs = run_programs(run.arguments)
     wall = time.perf_counter() - start
     system.settle()
     after = system.usage()
     records = system.records()
     system.reset()
-    latencies = tuple(s.telemetry.finished - s.telemetry.started for s in states)
     usage = after - before if after is not None and before is not None else None
-    return Measurement(run.workload, system.name, wall, latencies, usage,
-                       tuple(records) if records is not None else None)
+    return Measurement(run.workload, system.name, wall, tuple(o.latency_s for o in outputs), usage,
+                       tuple(records) if records is not None else None, conformance(run, outputs),
+                       system.note(run))

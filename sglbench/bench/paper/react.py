@@ -13,7 +13,10 @@ tokens and actions of 8 / 12 tokens, both stopped at a newline.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import sglbench as sgl
 from sglbench.bench.paper.base import Workload, WorkloadRun, greedy, stop_unless_fixed
@@ -86,14 +89,22 @@ def make_program(prefix: str, shape: Shape, stop: str | None) -> SglFunction:
     return react
 
 
+def conforms(stop: str | None, arguments: Mapping[str, Any], outputs: Any) -> bool:
+    """A thought and an action per step, each cut at the stop string (a newline) when there is one."""
+    texts = [outputs[f"{kind}_{i}"] for i in range(1, len(arguments["observations"]) + 1)
+             for kind in ("thought", "action")]
+    return all(isinstance(t, str) and (stop is None or stop not in t) for t in texts)
+
+
 def build(size: str, fixed_lengths: bool) -> WorkloadRun:
     shape = SHAPES[size]
     rng = random.Random(5)
     prefix = INSTRUCTIONS + "".join(render(*record_trace(rng, shape)) for _ in range(shape.shots))
     traces = [record_trace(rng, shape) for _ in range(shape.questions)]
     items = tuple({"question": q, "observations": [step.observation for step in steps]} for q, steps in traces)
-    program = make_program(prefix, shape, stop_unless_fixed("\n", fixed_lengths))
-    return WorkloadRun("react", program, items, greedy(fixed_lengths))
+    stop = stop_unless_fixed("\n", fixed_lengths)
+    return WorkloadRun("react", make_program(prefix, shape, stop), items, greedy(fixed_lengths),
+                       partial(conforms, stop), {"prefix": prefix, "shape": shape, "stop": stop}, fixed_lengths)
 
 
 WORKLOADS = (Workload("react", "ReAct agent replaying recorded observations", build),)

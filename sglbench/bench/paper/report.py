@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sglbench.bench.paper.goals import goals
 from sglbench.bench.paper.measure import COLUMNS
 from sglbench.bench.paper.runner import SuiteResult, summary
 from sglbench.viz.markup import TABLE_CSS, esc, fmt, inline, pct, svg, table, text
@@ -20,6 +21,9 @@ COLORS = {
     "sglbench (no frontend hints)": "#20c997",
     "sglbench (radix cache off)": "#fab005",
     "transformers (stage-batched)": "#fa5252",
+    "Outlines": "#be4bdb",
+    "Guidance": "#fd7e14",
+    "LMQL": "#82c91e",
     "optimal": "#adb5bd",
 }
 _OTHER = "#868e96"
@@ -98,13 +102,17 @@ def results_html(result: SuiteResult) -> str:
     facts = (f"model: {meta.get('model')}; device: {meta.get('device')}; size: {meta.get('size')}; "
              f"torch threads: {meta.get('torch_threads')}"
              + ("; fixed output lengths (timing only)" if meta.get("timing_only") else ""))
+    versions = {k: v for k, v in (meta.get("peer_versions") or {}).items() if v}
+    if versions:
+        facts += "; peers: " + ", ".join(f"{k} {v}" for k, v in versions.items())
     frame = result.frame
     speedups = summary(frame)
+    checked = "".join(f"<li>{esc(g.line())}</li>" for g in goals(frame))
     return (
         f'<div class="sgl-bench"><style>{TABLE_CSS}</style><h3>SGLang paper workloads</h3><p>{esc(facts)}</p>'
         f"{inline(throughput_svg(frame))}{inline(hit_rate_svg(frame))}"
         f"<h4>sglbench (lpm) against the other systems</h4>"
-        f"{table(list(speedups.columns), _cells(speedups))}"
+        f"{table(list(speedups.columns), _cells(speedups))}<h4>Goals</h4><ul>{checked}</ul>"
         f"<h4>All measurements</h4>{table(list(frame.columns), _cells(frame))}</div>"
     )
 

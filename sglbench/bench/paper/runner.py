@@ -1,6 +1,7 @@
 """Run paper workloads on every system and collect one table.
 
-Systems that share an engine configuration share one Runtime (lpm with and without frontend hints).
+Systems that share an engine configuration share one Runtime (lpm with and without frontend hints); the
+peers (Outlines, Guidance, LMQL: `peers`) each load the checkpoint through their own transformers backend.
 On a GPU one model is loaded at a time (each would claim most of the memory): a system runs every
 workload before the next loads. On the CPU all are loaded at once and a workload's timed runs go
 round-robin over the systems (`repeats` rounds), so a slow spell of a shared machine hits all alike.
@@ -31,7 +32,12 @@ SYSTEMS = {
     "no-hints": "sglbench (no frontend hints)",
     "no-cache": "sglbench (radix cache off)",
     "transformers": "transformers (stage-batched)",
+    "outlines": "Outlines",
+    "guidance": "Guidance",
+    "lmql": "LMQL",
 }
+PEER_SYSTEMS = ("outlines", "guidance", "lmql")  # other structured-generation systems (the `peers` extra)
+DEFAULT_SYSTEMS = tuple(k for k in SYSTEMS if k not in PEER_SYSTEMS)
 # (schedule policy, radix cache disabled, systems sharing that engine)
 _ENGINES = (("lpm", False, ("lpm", "no-hints")), ("fcfs", False, ("fcfs",)), ("lpm", True, ("no-cache",)))
 
@@ -45,7 +51,7 @@ class SuiteConfig:
     size: str = "small"
     device: str = "auto"
     dtype: str = "auto"
-    systems: tuple[str, ...] = tuple(SYSTEMS)
+    systems: tuple[str, ...] = DEFAULT_SYSTEMS
     timing_only: bool = False  # random-weight preset: fixed output lengths
     max_total_tokens: int | None = None  # KV pool size (None: the engine's default)
     hf_batch_size: int = 16
@@ -103,6 +109,22 @@ def _transformers(config: SuiteConfig):
     return open_systems
 
 
+def _peer(config: SuiteConfig, key: str):
+    @contextlib.contextmanager
+    def open_systems() -> Iterator[list[System]]:
+        from sglbench.bench.paper.peers import open_peer
+
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device, ModelConfig.from_path(config.model_path))
+        system = open_peer(key, SYSTEMS[key], config.model_path, device, dtype, config.hf_batch_size)
+        try:
+            yield [system]
+        finally:
+            system.close()
+
+    return open_systems
+
+
 def _endpoint(config: SuiteConfig, log: Callable[[str], None]):
     @contextlib.contextmanager
     def open_systems() -> Iterator[list[System]]:
@@ -129,6 +151,7 @@ def system_groups(config: SuiteConfig, log: Callable[[str], None] = print) -> li
               for policy, disable, names in _ENGINES if any(n in config.systems for n in names)]
     if "transformers" in config.systems:
         groups.append(_transformers(config))
+    groups += [_peer(config, key) for key in PEER_SYSTEMS if key in config.systems]
     if config.endpoint:
         groups.append(_endpoint(config, log))
     return groups
@@ -165,7 +188,8 @@ def run_suite(workloads: Sequence[Workload], config: SuiteConfig, log: Callable[
                 row = measurement.row()
                 rows.append(row)
                 log(f"  {row['workload']:<20} {row['system']:<30} {row['programs_s']:9.2f} programs/s  "
-                    f"hit {row['hit_rate']:.1%} (optimal {row['optimal_hit_rate']:.1%})")
+                    f"hit {row['hit_rate']:.1%} (optimal {row['optimal_hit_rate']:.1%})  "
+                    f"conformance {row['conformance']:.0%}  {row['note']}")
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     order = {**{w.name: i for i, w in enumerate(workloads)}, **{s: i for i, s in enumerate(SYSTEMS.values())}}
     frame = frame.sort_values(["workload", "system"], key=lambda col: col.map(order).fillna(len(order)),
@@ -179,20 +203,32 @@ def _meta(config: SuiteConfig) -> dict[str, Any]:
         "device": resolve_device(config.device), "dtype": config.dtype, "timing_only": config.timing_only,
         "systems": [SYSTEMS[s] for s in config.systems], "max_total_tokens": config.max_total_tokens,
         "hf_batch_size": config.hf_batch_size, "torch_threads": torch.get_num_threads(), "repeats": config.repeats,
+        "peer_versions": {key: _peer_version(key) for key in PEER_SYSTEMS if key in config.systems},
     }
 
 
+def _peer_version(key: str) -> str | None:
+    from sglbench.bench.paper.peers import peer_version
+
+    return peer_version(key)
+
+
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per workload: sglbench (lpm) programs/s, its speedup over every other system, its hit rate and optimum."""
+    """Per workload: sglbench (lpm) programs/s, its speedup over every other system in the table (NaN where
+    that system did not run the workload), its conformance, hit rate and optimum."""
     out = []
+    present = set(frame["system"])
     for workload, rows in frame.groupby("workload", sort=False):
         by_system = rows.set_index("system")
         if SYSTEMS["lpm"] not in by_system.index:
             continue
         ours = by_system.loc[SYSTEMS["lpm"]]
         row = {"workload": workload, "programs_s": ours["programs_s"]}
-        for key in ("transformers", "no-cache", "fcfs", "no-hints"):
+        for key in ("transformers", "no-cache", "fcfs", "no-hints", *PEER_SYSTEMS):
+            if SYSTEMS[key] not in present:
+                continue  # a system that was not asked for gets no column
             row[f"x_vs_{key}"] = ours["programs_s"] / by_system["programs_s"].get(SYSTEMS[key], math.nan)
+        row["conformance"] = ours.get("conformance", math.nan)
         row["hit_rate"] = ours["hit_rate"]
         row["optimal_hit_rate"] = ours["optimal_hit_rate"]
         out.append(row)
