@@ -57,11 +57,20 @@ EXPECTED_MISSES: dict[str, tuple[str, type[BaseException], str]] = {
                          "`\"[\\w\\d\\s]*\"` allows any length and newlines, and SGLang's client sends that same regex, "
                          "so this is the model, not sglbench",
                          json.JSONDecodeError, "js_obj = json.loads("),
+    "test_decode_json_regex": ("a model that closes its strings: greedy, the embedded model's name under SGLang's "
+                               "REGEX_STR `\"[\\w\\d\\s]*\"` rambles (newlines included) until max_tokens; the "
+                               "regex allows that, so the JSON has raw newlines inside a string (as test_decode_json)",
+                               json.JSONDecodeError, "js_obj = json.loads("),
     "test_gen_min_new_tokens": ("a model whose tokens re-encode to themselves: it re-tokenizes the answer and asks "
                                 "for >= 64 tokens; sglbench decodes >= 64 before the stop token, but the embedded "
                                 "model sometimes emits two tokens that the tokenizer would merge (e.g. 65 decoded, 63 "
                                 "re-encoded), so the recount can fall short",
                                 AssertionError, "assert len(token_ids) >= MIN_TOKENS"),
+    "test_stream_logprobs": ("SGLang's client to keep every streamed chunk: over HTTP its interpreter lost a chunk "
+                             "(the text \"'s\" and its logprob entry) when the embedded model's short tokens "
+                             "streamed quickly, while the server's chunks, read directly, carry every token with "
+                             "matching completion_tokens and incremental logprobs; in process it passes",
+                             AssertionError, "assert len(chunk_output_token_logprobs) == ("),
 }
 
 # Programs not run, in both modes, and why.
