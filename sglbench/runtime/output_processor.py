@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from tokenizers import decoders
 
 from sglbench.runtime.events import EventLog
 from sglbench.runtime.grammar import GrammarCompiler, GrammarMatcher, plan_jump
@@ -31,6 +32,45 @@ class Constraint:
     jump_forward_tokens: int = 0
 
 
+@dataclass
+class DecodedOutput:
+    """A request's output text as last decoded, and where it may be cut so that only later tokens are decoded again.
+
+    ends[i] is len(decode(ids[:i + 1])) where that text ends on a whole character (its bytes complete), else -1.
+    For a byte-level decoder the text of ids is then decode(ids[:n]) + decode(ids[n:]) at any such cut n: each
+    token is a byte string, and UTF-8 decoding resumes cleanly after a complete character."""
+
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    ends: list[int] = field(default_factory=list)
+
+    def cut(self, ids: list[int]) -> int:
+        """The longest cut n of self.ids whose tokens ids[:n] repeats (0: decode all of ids)."""
+        n = min(len(self.ids), len(ids))
+        if self.ids[:n] != ids[:n]:
+            n = common_prefix_len(self.ids, ids)
+        while n > 0 and self.ends[n - 1] < 0:
+            n -= 1
+        return n
+
+    def update(self, ids: list[int], text: str, cut: int) -> None:
+        """Record text as the decoding of ids, whose first `cut` tokens are this record's."""
+        del self.ends[cut:]
+        self.ends.extend([-1] * (len(ids) - cut))
+        if ids and not text.endswith("\ufffd"):  # a U+FFFD at the end may be half a character
+            self.ends[-1] = len(text)
+        self.ids, self.text = list(ids), text
+
+
+def decodes_by_concatenation(tokenizer: Tokenizer) -> bool:
+    """Whether decode(a + b) == decode(a) + decode(b) whenever decode(a) ends on a whole character: a Hugging Face
+    fast tokenizer with a byte-level decoder (GPT-2, Llama 3, Qwen, the default model) and no space clean-up."""
+    hf = getattr(tokenizer, "hf", None)
+    backend = getattr(hf, "backend_tokenizer", None)
+    return (isinstance(getattr(backend, "decoder", None), decoders.ByteLevel)
+            and getattr(hf, "clean_up_tokenization_spaces", True) is False)
+
+
 class OutputProcessor:
     def __init__(self, tokenizer: Tokenizer, eos_token_ids: frozenset[int], vocab_size: int, context_length: int,
                  grammars: GrammarCompiler, events: EventLog, jump_forward: bool, device: str, seed: int,
@@ -47,6 +87,8 @@ class OutputProcessor:
         self._requeue = requeue
         self._generator = torch.Generator(device=device).manual_seed(seed)
         self._constraints: dict[str, Constraint] = {}  # rid -> grammar state of constrained requests
+        self._incremental = decodes_by_concatenation(tokenizer)
+        self._decoded: dict[str, DecodedOutput] = {}  # rid -> output text decoded so far (when _incremental)
         self.jump_forward_tokens = 0  # output tokens appended by jump-forward: decode steps saved
 
     # ------------------------------------------------------------------ requests
@@ -68,6 +110,7 @@ class OutputProcessor:
 
     def release(self, req: Request) -> int | None:
         """Forget a finished request's grammar state; the tokens jump-forward gave it (None: unconstrained)."""
+        self._decoded.pop(req.rid, None)
         constraint = self._constraints.pop(req.rid, None)
         return None if constraint is None else constraint.jump_forward_tokens
 
@@ -204,7 +247,7 @@ class OutputProcessor:
         matched stop string, regex match or stop token's text is cut from the text unless no_stop_trim."""
         p = req.params
         prev_len = len(req.text)
-        req.text = self._decode(req.output_ids, p)
+        req.text = self._output_text(req)
         reason = None
         if len(req.output_ids) >= p.min_new_tokens:
             if token in p.stop_token_ids or (token in self.eos_token_ids and not p.ignore_eos):
@@ -229,6 +272,21 @@ class OutputProcessor:
         if isinstance(matched, int) and not p.no_stop_trim and self._shows(matched, p):
             req.text = self._decode(req.output_ids[:-1], p)  # a stop token's text, as SGLang, is not output
         self._finish(req, reason)
+
+    def _output_text(self, req: Request) -> str:
+        """The text of req's output tokens, equal to decoding them all; with a byte-level tokenizer only the tokens
+        after the last cut that is still valid (a rewritten tail, a split character: see `DecodedOutput`)."""
+        if not self._incremental:
+            return self._decode(req.output_ids, req.params)
+        decoded = self._decoded.get(req.rid)
+        if decoded is None:
+            decoded = self._decoded[req.rid] = DecodedOutput()
+        ids = req.output_ids
+        cut = decoded.cut(ids)
+        head = decoded.text[: decoded.ends[cut - 1]] if cut else ""
+        text = head + self._decode(ids[cut:], req.params) if cut < len(ids) else head
+        decoded.update(ids, text, cut)
+        return text
 
     def _decode(self, ids: list[int], p: SamplingParams) -> str:
         return self.tokenizer.decode(ids, p.skip_special_tokens, p.spaces_between_special_tokens)
