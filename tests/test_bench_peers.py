@@ -300,7 +300,7 @@ def test_an_installed_peer_runs_tiny_workloads_on_the_default_model(key):
     try:
         for workload in PEER_WORKLOADS:
             run = by_name(workload).run_for("tiny")
-            theirs = peer.run(run, run.arguments)
+            theirs = peer.prepare(run)(run.arguments)
             assert conformance(run, theirs) == 1.0, (workload, [o.outputs for o in theirs])
             assert all(o.latency_s > 0 for o in theirs)
             if workload == "mmlu-select-decoded":  # greedy decoding under the same grammar, the same prompt

@@ -21,6 +21,7 @@ import torch
 
 from sglbench.bench.paper.base import SIZES, Workload, WorkloadRun
 from sglbench.bench.paper.measure import COLUMNS, System, measure, measure_round_robin
+from sglbench.bench.paper.peers import open_peer, peer_version
 from sglbench.bench.paper.systems import EndpointSystem, RuntimeSystem, TransformersSystem
 from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.models.loader import resolve_dtype
@@ -95,12 +96,16 @@ def _engine(config: SuiteConfig, policy: str, disable_cache: bool, names: Sequen
     return open_systems
 
 
+def _hf_device_and_dtype(config: SuiteConfig) -> tuple[str, torch.dtype]:
+    """Where and in which dtype a transformers-backed system (the baseline, a peer) loads the checkpoint."""
+    device = resolve_device(config.device)
+    return device, resolve_dtype(config.dtype, device, ModelConfig.from_path(config.model_path))
+
+
 def _transformers(config: SuiteConfig):
     @contextlib.contextmanager
     def open_systems() -> Iterator[list[System]]:
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device, ModelConfig.from_path(config.model_path))
-        system = TransformersSystem(config.model_path, device, dtype, config.hf_batch_size)
+        system = TransformersSystem(config.model_path, *_hf_device_and_dtype(config), config.hf_batch_size)
         try:
             yield [system]
         finally:
@@ -112,11 +117,8 @@ def _transformers(config: SuiteConfig):
 def _peer(config: SuiteConfig, key: str):
     @contextlib.contextmanager
     def open_systems() -> Iterator[list[System]]:
-        from sglbench.bench.paper.peers import open_peer
-
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device, ModelConfig.from_path(config.model_path))
-        system = open_peer(key, SYSTEMS[key], config.model_path, device, dtype, config.hf_batch_size)
+        system = open_peer(key, SYSTEMS[key], config.model_path, *_hf_device_and_dtype(config),
+                           config.hf_batch_size)
         try:
             yield [system]
         finally:
@@ -203,14 +205,8 @@ def _meta(config: SuiteConfig) -> dict[str, Any]:
         "device": resolve_device(config.device), "dtype": config.dtype, "timing_only": config.timing_only,
         "systems": [SYSTEMS[s] for s in config.systems], "max_total_tokens": config.max_total_tokens,
         "hf_batch_size": config.hf_batch_size, "torch_threads": torch.get_num_threads(), "repeats": config.repeats,
-        "peer_versions": {key: _peer_version(key) for key in PEER_SYSTEMS if key in config.systems},
+        "peer_versions": {key: peer_version(key) for key in PEER_SYSTEMS if key in config.systems},
     }
-
-
-def _peer_version(key: str) -> str | None:
-    from sglbench.bench.paper.peers import peer_version
-
-    return peer_version(key)
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:

@@ -55,10 +55,6 @@ class PeerSystem(System):
         program = self.programs[run.workload]
         return lambda arguments: program(run, arguments)
 
-    def run(self, run: WorkloadRun, arguments: Sequence[Mapping[str, Any]]) -> list[PeerOutput]:
-        """The workload's programs for `arguments`, run as one batch in the peer's API."""
-        return self.prepare(run)(arguments)
-
 
 class UnavailablePeer(PeerSystem):
     """A peer that is not installed, or does not load: every workload's row gives the reason."""
