@@ -1,5 +1,5 @@
 """The CPU path's linear layers (sglbench/kernel/cpu_linear.py) against F.linear: dense weights on both
-routes (F.linear below `min_rows`, oneDNN above), packed bf16 weights at any row count, the fallbacks."""
+routes (F.linear below `min_rows` or for small weights, oneDNN above), packed bf16 weights at any row count, the fallbacks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ needs_packing = pytest.mark.skipif(not cpu_linear.packing_available(torch.bfloat
 
 @pytest.mark.parametrize("rows", [1, 3, 4, cpu_linear.MIN_ROWS - 1, cpu_linear.MIN_ROWS, 300])
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_matches_f_linear(rows, bias):
+@pytest.mark.parametrize("small_weights_to_onednn", [False, True])
+def test_linear_matches_f_linear(rows, bias, small_weights_to_onednn, monkeypatch):
+    if small_weights_to_onednn:  # these test weights are small: let them take oneDNN's route too
+        monkeypatch.setattr(cpu_linear, "MIN_ONEDNN_WEIGHT", 0)
     g = torch.Generator().manual_seed(rows)
     x, w = torch.randn(rows, 48, generator=g), torch.randn(40, 48, generator=g)
     b = torch.randn(40, generator=g) if bias else None

@@ -9,7 +9,9 @@ Two routes, picked by the weight:
   to 2,048; the bf16 lm-head at one row takes 13 ms against F.linear's 19.
 * dense weights (fp32, fp16, bf16 without native support) stay as they are: a few rows go to F.linear,
   whose GEMV reads fp32 weights near memory speed; from `min_rows(dtype)` rows on, oneDNN's matmul wins
-  (fp32 at 4 to 16 rows: 1.3-1.8x, because torch's BLAS switches to a slow GEMM there).
+  on large weights (fp32 at 4 to 16 rows: up to 1.3x, because torch's BLAS switches to a slow GEMM there).
+  oneDNN costs about 40 us a call on top, so weights under `MIN_ONEDNN_WEIGHT` elements (the embedded
+  model's: 0.1-0.4 M) stay on F.linear at every row count: 2-4x faster there at 4-23 rows.
 
 Where torch was built without oneDNN, or its ops refuse the input, everything stays on F.linear.
 """
@@ -23,6 +25,7 @@ from torch import nn
 from sglbench.kernel import cpu_features
 
 MIN_ROWS = 16  # dense weights below this many rows go to F.linear (fp16, unpacked bf16)
+MIN_ONEDNN_WEIGHT = 1 << 21  # dense weights smaller than this (elements) never go to oneDNN
 _MIN_ROWS_BY_DTYPE = {torch.float32: 4}  # fp32: torch's GEMV is fast up to 3 rows, its GEMM slow from 4
 PACKED_DTYPES = (torch.bfloat16,)  # fp16 packed gains little without AMX-FP16 and loses at one row
 _available: dict[torch.dtype, bool] = {}  # per dtype, probed on first use
@@ -70,14 +73,14 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T + bias, as F.linear: packed weights (`pack_weight`) at any row count, dense ones on
-    oneDNN for CPU batches of at least `min_rows` rows."""
+    """x @ weight.T + bias, as F.linear: packed weights (`pack_weight`) at any row count, dense ones of at
+    least MIN_ONEDNN_WEIGHT elements on oneDNN for CPU batches of at least `min_rows` rows."""
     if weight.is_mkldnn:
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
         return out.reshape(*x.shape[:-1], weight.shape[0])
     if (x.device.type != "cpu" or x.dim() != 2 or x.shape[0] < min_rows(x.dtype) or weight.dtype != x.dtype
-            or not _onednn_available(x.dtype)):
+            or weight.numel() < MIN_ONEDNN_WEIGHT or not _onednn_available(x.dtype)):
         return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
