@@ -13,8 +13,10 @@ def test_cpu_kernel_bench_runs_small_shapes_and_checks_results(capsys):
     rows = kernels.main(["--subjects", "2", "--questions", "6", "--prefix", "40", "--suffix", "9",
                          "--linear-rows", "32"])
     extend = [r for r in rows if "new_tokens" in r]
-    assert {r["impl"] for r in extend} == {"masked sdpa per request", "cpu_attention (planned once)",
-                                           "plan_extend alone"}
+    impls = {r["impl"] for r in extend}
+    assert {"masked sdpa per request", "cpu_attention, cut", "cpu_attention, dense", "cpu_attention, padded",
+            "plan_extend alone"} < impls
+    assert any(i.startswith("cpu_attention, chosen: ") for i in impls)
     assert all(r["max_abs_err"] < 1e-5 for r in extend if r["max_abs_err"] != "-")
     assert all(r["ms"] > 0 for r in rows)
     assert {r["layer"] for r in rows if "layer" in r} == {"qkv", "o", "gate_up", "down", "lm_head"}

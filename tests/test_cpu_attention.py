@@ -18,22 +18,49 @@ CASES = {
 }
 
 
+PLANS = cpu_attention.PLAN_KINDS  # chosen by cost ("auto"), or forced
+
+
+def planned(args, dtype=torch.float32, kind="auto"):
+    """plan_extend of a batch's indices (args as make_batch returns them)."""
+    return cpu_attention.plan_extend(*args[3:], dtype, kind)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("group", list(GQA))
 @pytest.mark.parametrize("head_dim", [32, 64])
-def test_extend_attention_cpu_matches_reference(head_dim, group, case):
+@pytest.mark.parametrize("plan", PLANS)
+def test_extend_attention_cpu_matches_reference(head_dim, group, case, plan):
     q_lens, prefix_lens = CASES[case]
     kv_heads = GQA[group]
     args = make_batch(q_lens, prefix_lens, kv_heads * group, kv_heads, head_dim)
     scale = 1 / math.sqrt(head_dim)
     torch.testing.assert_close(
-        cpu_attention.extend_attention_cpu(*args, scale), reference.extend_attention_ref(*args, scale),
+        cpu_attention.extend_attention_cpu(*args, scale, planned(args, kind=plan)),
+        reference.extend_attention_ref(*args, scale),
     )
 
 
-def test_low_precision_inputs_compute_in_fp32():
+def test_plan_kind_follows_the_batch():
+    """Forks of one state: one block over their shared slots; alike requests over their own contexts: a
+    block each; one long chunk beside short requests over long contexts: the cut."""
+    forks = shared_prefix_batch()  # 9 requests, 78 new tokens, contexts of at most 80 slots
+    dense = planned(forks)
+    assert isinstance(dense, cpu_attention.MaskedExtendPlan) and dense.rows is None
+    alike = make_batch([20] * 8, [200] * 8, 4, 2, 32)
+    padded = planned(alike)
+    assert isinstance(padded, cpu_attention.MaskedExtendPlan) and padded.rows.shape == (8, 20)
+    mixed = make_batch([1000, 4, 4, 4], [0, 900, 900, 900], 4, 2, 32)
+    assert isinstance(planned(mixed), cpu_attention.ExtendPlan)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        planned(forks, kind="fast")
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_low_precision_inputs_compute_in_fp32(plan):
     q, kb, vb, qo, kvp, kvi = make_batch([9, 4], [20, 0], 4, 2, 32)
-    out = cpu_attention.extend_attention_cpu(q.bfloat16(), kb.bfloat16(), vb.bfloat16(), qo, kvp, kvi, 0.2)
+    out = cpu_attention.extend_attention_cpu(q.bfloat16(), kb.bfloat16(), vb.bfloat16(), qo, kvp, kvi, 0.2,
+                                             cpu_attention.plan_extend(qo, kvp, kvi, torch.bfloat16, plan))
     expected = reference.extend_attention_ref(q.bfloat16(), kb.bfloat16(), vb.bfloat16(), qo, kvp, kvi, 0.2)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
@@ -65,14 +92,16 @@ def shared_prefix_batch(heads=4, kv_heads=2, head_dim=32, seed=1):
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_shared_prefixes_match_reference(kv_heads):
+@pytest.mark.parametrize("plan", PLANS)
+def test_shared_prefixes_match_reference(kv_heads, plan):
     args = shared_prefix_batch(kv_heads=kv_heads)
-    torch.testing.assert_close(cpu_attention.extend_attention_cpu(*args, 0.17), reference.extend_attention_ref(*args, 0.17))
+    torch.testing.assert_close(cpu_attention.extend_attention_cpu(*args, 0.17, planned(args, kind=plan)),
+                               reference.extend_attention_ref(*args, 0.17))
 
 
 def test_plan_reads_each_shared_prefix_once_and_covers_every_cached_slot_once():
     q, _, _, qo, kvp, kvi = shared_prefix_batch()
-    plan = cpu_attention.plan_extend(qo, kvp, kvi)
+    plan = cpu_attention.plan_extend(qo, kvp, kvi, kind="cut")
     qo_l, kvp_l = qo.tolist(), kvp.tolist()
     seen = {}  # query row -> cached slots it attends to through segments
     for seg in plan.segments:
@@ -95,9 +124,11 @@ def test_plan_reads_each_shared_prefix_once_and_covers_every_cached_slot_once():
         assert bucket.valid.shape[1] == lengths.max() <= lengths.min() * cpu_attention.BUCKET_SLACK
 
 
-def test_shared_prefixes_in_bf16_merge_in_fp32():
+@pytest.mark.parametrize("plan", PLANS)
+def test_shared_prefixes_in_bf16_merge_in_fp32(plan):
     q, kb, vb, qo, kvp, kvi = shared_prefix_batch()
-    out = cpu_attention.extend_attention_cpu(q.bfloat16(), kb.bfloat16(), vb.bfloat16(), qo, kvp, kvi, 0.2)
+    out = cpu_attention.extend_attention_cpu(q.bfloat16(), kb.bfloat16(), vb.bfloat16(), qo, kvp, kvi, 0.2,
+                                             cpu_attention.plan_extend(qo, kvp, kvi, torch.bfloat16, plan))
     expected = reference.extend_attention_ref(q.bfloat16(), kb.bfloat16(), vb.bfloat16(), qo, kvp, kvi, 0.2)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
@@ -113,3 +144,15 @@ def test_score_matrix_fallback_matches_fused_kernel(causal):
     ref_out, ref_lse = cpu_attention._attend_by_scores(q, k, v, causal, 0.2)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(lse, ref_lse)
+
+
+def test_score_matrix_fallback_takes_the_mask():
+    """Off the CPU, a masked plan's call goes through the score matrix: the same numbers."""
+    args = shared_prefix_batch()
+    plan = planned(args, kind="dense")
+    q, kb, vb = args[:3]
+    qd = q.transpose(0, 1)[None]
+    slots = plan.slots[0]
+    k, v = kb.index_select(0, slots).transpose(0, 1)[None], vb.index_select(0, slots).transpose(0, 1)[None]
+    fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qd, k, v, attn_mask=plan.mask, scale=0.2)[0]
+    torch.testing.assert_close(cpu_attention._attend_by_scores(qd, k, v, False, 0.2, plan.mask)[0], fused)

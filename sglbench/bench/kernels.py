@@ -17,11 +17,13 @@ Times are medians of ``triton.testing.do_bench`` (L2 flushed between runs).
 On the CPU (fp32, the default model's head shape, medians of wall-clock repeats):
 
 cpu extend: few-shot batches (an MMLU-like 60 questions of ~100 new tokens over four 520-token cached
-        prefixes, a HellaSwag-like 40 endings of ~20 tokens over one 1,200-token prefix, or the
-        ``--subjects/--questions/--prefix/--suffix`` given), ``cpu_attention`` (shared prefixes read
-        once, no masks) vs one bottom-right-masked SDPA call per request.
-cpu linear: ``cpu_linear.linear`` (oneDNN) vs F.linear (torch's default BLAS) at the default model's
-        projection shapes.
+        prefixes, a HellaSwag-like 40 endings of ~20 tokens over one 1,200-token prefix, a fork-like 14
+        branches of ~10 tokens over five 200-token states, or the ``--subjects/--questions/--prefix/--suffix``
+        given), ``cpu_attention`` with the plan it chooses and with each plan kind forced (the cut: shared
+        prefixes read once, no masks; one masked call, dense or padded) vs one bottom-right-masked SDPA
+        call per request.
+cpu linear: ``cpu_linear.linear`` (oneDNN for large weights) vs F.linear (torch's default BLAS) at the
+        default model's projection shapes.
 """
 
 from __future__ import annotations
@@ -174,7 +176,8 @@ def masked_sdpa_per_request(q, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, s
     return out
 
 
-FEW_SHOT_CASES = {"mmlu-like": (4, 60, 520, 100), "hellaswag-like": (1, 40, 1200, 20)}  # subjects, questions, prefix, suffix
+# subjects, questions, prefix, suffix
+FEW_SHOT_CASES = {"mmlu-like": (4, 60, 520, 100), "hellaswag-like": (1, 40, 1200, 20), "fork-like": (5, 14, 200, 10)}
 
 
 def bench_cpu_extend(subjects: int, questions: int, prefix: int, suffix: int) -> list[dict]:
@@ -184,9 +187,12 @@ def bench_cpu_extend(subjects: int, questions: int, prefix: int, suffix: int) ->
     scale = 1 / math.sqrt(args[0].shape[-1])
     plan = cpu_attention.plan_extend(*args[3:])
     baseline = masked_sdpa_per_request(*args, scale)
-    impls = (("masked sdpa per request", lambda: masked_sdpa_per_request(*args, scale)),
-             ("cpu_attention (planned once)", lambda: cpu_attention.extend_attention_cpu(*args, scale, plan)),
-             ("plan_extend alone", lambda: cpu_attention.plan_extend(*args[3:])))
+    impls = [("masked sdpa per request", lambda: masked_sdpa_per_request(*args, scale)),
+             (f"cpu_attention, chosen: {plan_kind(plan)}", lambda: cpu_attention.extend_attention_cpu(*args, scale, plan))]
+    for kind in cpu_attention.PLAN_KINDS[1:]:
+        forced = cpu_attention.plan_extend(*args[3:], kind=kind)
+        impls.append((f"cpu_attention, {kind}", lambda p=forced: cpu_attention.extend_attention_cpu(*args, scale, p)))
+    impls.append(("plan_extend alone", lambda: cpu_attention.plan_extend(*args[3:])))
     rows = []
     for name, fn in impls:
         out = fn()
@@ -194,6 +200,15 @@ def bench_cpu_extend(subjects: int, questions: int, prefix: int, suffix: int) ->
         rows.append({"impl": name, "requests": questions, "new_tokens": args[0].shape[0], "prefix": prefix,
                      "ms": _wall_ms(fn), "max_abs_err": err})
     return rows
+
+
+def plan_kind(plan) -> str:
+    """Which of cpu_attention.PLAN_KINDS a plan is."""
+    from sglbench.kernel import cpu_attention
+
+    if isinstance(plan, cpu_attention.ExtendPlan):
+        return "cut"
+    return "dense" if plan.rows is None else "padded"
 
 
 def bench_cpu_linear(rows: int) -> list[dict]:
@@ -205,7 +220,7 @@ def bench_cpu_linear(rows: int) -> list[dict]:
         x, w = torch.randn(rows, n_in), torch.randn(n_out, n_in)
         flops = 2 * rows * n_in * n_out
         for impl, fn in (("F.linear", lambda x=x, w=w: torch.nn.functional.linear(x, w)),
-                         ("cpu_linear (oneDNN)", lambda x=x, w=w: cpu_linear.linear(x, w))):
+                         ("cpu_linear.linear", lambda x=x, w=w: cpu_linear.linear(x, w))):
             ms = _wall_ms(fn)
             out.append({"layer": name, "impl": impl, "rows": rows, "ms": ms, "GFLOP/s": flops / ms / 1e6})
     return out

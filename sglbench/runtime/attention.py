@@ -61,7 +61,7 @@ class TorchAttentionBackend(AttentionBackend):
     def __init__(self, pool: KVPool, sm_scale: float):
         super().__init__(pool, sm_scale)
         # The last batch's plan (planned once, used by every layer).
-        self._planned: tuple[ForwardBatch, cpu_attention.ExtendPlan | cpu_attention.DecodePlan] | None = None
+        self._planned: tuple[ForwardBatch, cpu_attention.ExtendPlan | cpu_attention.MaskedExtendPlan | cpu_attention.DecodePlan] | None = None
 
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         if self._planned is None or self._planned[0] is not batch:
@@ -71,7 +71,7 @@ class TorchAttentionBackend(AttentionBackend):
 
     def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         if self._planned is None or self._planned[0] is not batch:
-            self._planned = (batch, cpu_attention.plan_extend(batch.qo_indptr, batch.kv_indptr, batch.kv_indices))
+            self._planned = (batch, cpu_attention.plan_extend(batch.qo_indptr, batch.kv_indptr, batch.kv_indices, q.dtype))
         return cpu_attention.extend_attention_cpu(
             q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale, self._planned[1]
         )
