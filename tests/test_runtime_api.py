@@ -68,3 +68,24 @@ def test_an_unregistered_feature_says_how_to_register_one():
         extensions.resolve("nowhere")
     with pytest.raises(ValueError, match=r"package\.module:function"):
         extensions.register("nowhere", "sglbench.viz.workbench")
+
+
+def test_the_engine_is_built_on_its_own_thread_and_a_failed_build_raises_here(tmp_path):
+    """Loading runs on the engine thread (one OpenMP pool for all its torch work, see `_build_and_serve`);
+    a build that fails raises on the caller's thread and leaves no engine thread behind."""
+    import threading
+
+    seen: list[str] = []
+    with Runtime(str(make_random_checkpoint(tmp_path / "ok", family="llama", seed=10)), device="cpu",
+                 max_total_tokens=256) as rt:
+        rt.call(lambda engine: seen.append(threading.current_thread().name))
+        assert seen == [rt._thread.name] and rt._thread is not threading.current_thread()
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(ValueError, match="max_total_tokens must be >= 2"):
+        Runtime(str(make_random_checkpoint(tmp_path / "bad", family="llama", seed=10)), device="cpu",
+                max_total_tokens=1)
+    broken = make_random_checkpoint(tmp_path / "broken", family="llama", seed=10)
+    (Path(broken) / "model.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="deserializing header"):  # safetensors' own error, as raised on its thread
+        Runtime(str(broken), device="cpu", max_total_tokens=256)
+    assert {t.name for t in threading.enumerate() if t.name.startswith("sglbench-engine")} <= before

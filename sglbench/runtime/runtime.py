@@ -165,6 +165,24 @@ class _Lifecycle:
                 req.handle.finish(req.abandoned_result(message))
 
 
+def _build_and_serve(config: EngineConfig, built: concurrent.futures.Future, commands: queue.Queue,
+                     life: _Lifecycle) -> None:
+    """The engine thread: build the engine here, hand it to the constructor through `built`, then serve.
+
+    Loading here rather than on the caller's thread keeps every parallel torch op of the engine on this one
+    thread. Each thread that runs OpenMP work gets a thread pool of its own in libgomp (torch's CPU
+    backend), and once a process holds more pool threads than cores libgomp stops spinning between
+    parallel regions: on a 2-core CPU a model loaded on the caller's thread made every later decode step of
+    the embedded model 1.7x slower (6.6 against 10.9 ms at batch 16, `python -m sglbench.bench decode`)."""
+    try:
+        engine = Engine(config)
+    except BaseException as exc:
+        built.set_exception(exc)
+        return
+    built.set_result(engine)
+    _engine_loop(engine, commands, life)
+
+
 def _engine_loop(engine: Engine, commands: queue.Queue, life: _Lifecycle) -> None:
     """Run the engine until the stop command or a fault, then close the lifecycle. Runs on the engine thread."""
     fault: BaseException | None = None
@@ -242,15 +260,20 @@ class Runtime:
             jump_forward=not disable_jump_forward,
         )
         self.limits = limits or RequestLimits()  # what one request may ask (stop strings, top logprobs...)
-        self.engine = Engine(self.config)
-        self.tokenizer = self.engine.tokenizer
         self._commands: queue.Queue = queue.Queue()
         self._life = _Lifecycle(self._commands)
+        built: concurrent.futures.Future = concurrent.futures.Future()
         self._thread = threading.Thread(
-            target=_engine_loop, args=(self.engine, self._commands, self._life),
+            target=_build_and_serve, args=(self.config, built, self._commands, self._life),
             name=f"sglbench-engine-{next(_instance_counter)}", daemon=True,
         )
         self._thread.start()
+        try:
+            self.engine: Engine = built.result()
+        except BaseException:
+            self._commands.put(_STOP)  # interrupted while loading: the thread stops as soon as it could serve
+            raise
+        self.tokenizer = self.engine.tokenizer
         self._finalizer = weakref.finalize(self, _stop_thread, self._commands, self._thread, self._life)
         self._on_shutdown: list[Callable[[], object]] = []
         # Objects higher layers keep one of per runtime (the viz dashboard), by key; they live as long as it.
