@@ -3,6 +3,8 @@ rate on hand-made requests, the baselines, and the table, files and HTML the sui
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -172,6 +174,25 @@ def test_suite_table_files_and_html(model_path, tmp_path):
     html = results_html(result)
     assert "sglbench (radix cache off)" in html and html.startswith('<div class="sgl-bench">')
     assert load(paths["json"])._repr_html_() == html
+
+
+def test_isolated_systems_measure_what_in_process_ones_do(model_path):
+    """With isolate, each model's systems run in a spawned process: the same rows (counts, hit rates,
+    conformance) as in this process, the children gone afterwards, and a child that cannot load says why."""
+    import multiprocessing
+
+    config = SuiteConfig(model_path=model_path, model_label="random", size="tiny", device="cpu",
+                         systems=("lpm", "no-hints", "transformers"))
+    runs = mmlu.WORKLOADS[:2]
+    here = run_suite(runs, config, log=lambda _: None).frame
+    isolated = run_suite(runs, dataclasses.replace(config, isolate=True), log=lambda _: None)
+    there = isolated.frame
+    same = ["workload", "system", "programs", "hit_rate", "optimal_hit_rate", "prefill_tokens", "decode_tokens",
+            "conformance", "note"]
+    assert there[same].equals(here[same]) and len(there) == 6 and isolated.meta["isolated"]
+    assert not multiprocessing.active_children()
+    with pytest.raises(RuntimeError, match="opening engine"):
+        run_suite(runs[:1], dataclasses.replace(config, isolate=True, model_path="/nonexistent"), log=lambda _: None)
 
 
 def test_runtime_report_includes_benchmark_results(rt, tmp_path):

@@ -10,6 +10,7 @@ from sglbench.bench.paper.base import SIZES, Workload
 from sglbench.bench.paper.goals import goals
 from sglbench.bench.paper.report import save
 from sglbench.bench.paper.runner import DEFAULT_SYSTEMS, SYSTEMS, SuiteConfig, SuiteResult, run_suite, summary
+from sglbench.runtime.runtime import resolve_device
 
 
 def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> SuiteResult:
@@ -30,6 +31,9 @@ def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> Su
     parser.add_argument("--endpoint-model", default="default", help="model name sent to --endpoint")
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed runs per workload and system, each from a cold cache; the fastest is kept")
+    parser.add_argument("--no-isolate", action="store_true",
+                        help="on the CPU, run every system in this process (by default each model's systems run "
+                             "in a process of their own, so they do not slow each other's torch threads down)")
     parser.add_argument("--workloads", default=None,
                         help=f"comma-separated subset of {[w.name for w in workloads]} (default: all of them)")
     args = parser.parse_args(argv)
@@ -45,6 +49,7 @@ def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> Su
         systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()), timing_only=args.preset is not None,
         max_total_tokens=args.max_total_tokens, hf_batch_size=args.hf_batch_size, endpoint=args.endpoint,
         endpoint_model=args.endpoint_model, repeats=args.repeats,
+        isolate=not args.no_isolate and resolve_device(args.device) == "cpu",
     )
     print(f"{prog} ({args.size}): {label}, device={args.device}")
     result = run_suite(workloads, config)

@@ -90,6 +90,15 @@ class System(ABC):
 
         return run_programs
 
+    def warm_up(self, run: WorkloadRun, count: int) -> None:
+        """Run the workload's first `count` programs, untimed, and wait until they are done."""
+        self.prepare(run)(run.arguments[:count])
+        self.settle()
+
+    def measure_once(self, run: WorkloadRun) -> Measurement:
+        """Time the whole batch once from a cold cache."""
+        return _measure_once(run, self)
+
     def usage(self) -> Usage | None:
         """Counters now; None when the system cannot tell (a remote endpoint)."""
         return None
@@ -200,10 +209,10 @@ def measure_round_robin(run: WorkloadRun, systems: Sequence[System], warmup: int
 
     if warmup:
         for i in list(timed):
-            attempt(i, lambda s: (s.prepare(run)(run.arguments[:warmup]), s.settle()))
+            attempt(i, lambda s: s.warm_up(run, warmup))
     for _ in range(repeats):
         for i in list(timed):
-            attempt(i, lambda s, i=i: timed[i].append(_measure_once(run, s)))
+            attempt(i, lambda s, i=i: timed[i].append(s.measure_once(run)))
     for i, measured in timed.items():
         out[i] = min(measured, key=lambda m: m.wall_s)
     return [out[i] for i in range(len(systems))]

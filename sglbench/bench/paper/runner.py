@@ -4,8 +4,8 @@ Systems that share an engine configuration share one Runtime (lpm with and witho
 peers (Outlines, Guidance, LMQL: `peers`) each load the checkpoint through their own transformers backend.
 On a GPU one model is loaded at a time (each would claim most of the memory): a system runs every
 workload before the next loads. On the CPU all are loaded at once and a workload's timed runs go
-round-robin over the systems (`repeats` rounds), so a slow spell of a shared machine hits all alike.
-Measurements never overlap.
+round-robin over the systems (`repeats` rounds), so a slow spell of a shared machine hits all alike; with
+`isolate` each model's systems live in a process of their own (isolated.py). Measurements never overlap.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ class SuiteConfig:
     endpoint: str | None = None
     endpoint_model: str = "default"
     repeats: int = 1  # timed runs per workload and system (each from a cold cache); the fastest is kept
+    # Each local group in a process of its own, its torch work on one thread (see isolated.py): the CPU
+    # command line's default, since systems sharing a process slow each other's small CPU ops down.
+    isolate: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -83,17 +86,13 @@ class SuiteResult:
         return results_html(self)
 
 
-def _engine(config: SuiteConfig, policy: str, disable_cache: bool, names: Sequence[str]):
-    @contextlib.contextmanager
-    def open_systems() -> Iterator[list[System]]:
-        rt = Runtime(config.model_path, device=config.device, dtype=config.dtype, schedule_policy=policy,
-                     disable_radix_cache=disable_cache, max_total_tokens=config.max_total_tokens)
-        try:
-            yield [RuntimeSystem(SYSTEMS[n], rt, hints=n != "no-hints") for n in names]
-        finally:
-            rt.shutdown()
+@dataclass(frozen=True)
+class GroupSpec:
+    """Systems that share one loaded model, by kind: ("engine", (policy, radix cache disabled, system keys)),
+    ("transformers", ()), ("peer", (key,)) or ("endpoint", ()). Plain data, so a child process can open it."""
 
-    return open_systems
+    kind: str
+    args: tuple = ()
 
 
 def _hf_device_and_dtype(config: SuiteConfig) -> tuple[str, torch.dtype]:
@@ -102,34 +101,19 @@ def _hf_device_and_dtype(config: SuiteConfig) -> tuple[str, torch.dtype]:
     return device, resolve_dtype(config.dtype, device, ModelConfig.from_path(config.model_path))
 
 
-def _transformers(config: SuiteConfig):
-    @contextlib.contextmanager
-    def open_systems() -> Iterator[list[System]]:
-        system = TransformersSystem(config.model_path, *_hf_device_and_dtype(config), config.hf_batch_size)
+@contextlib.contextmanager
+def open_group(config: SuiteConfig, spec: GroupSpec, log: Callable[[str], None] = print) -> Iterator[list[System]]:
+    """Load a group's model and yield its systems; release them on exit."""
+    if spec.kind == "engine":
+        policy, disable_cache, names = spec.args
+        rt = Runtime(config.model_path, device=config.device, dtype=config.dtype, schedule_policy=policy,
+                     disable_radix_cache=disable_cache, max_total_tokens=config.max_total_tokens)
         try:
-            yield [system]
+            yield [RuntimeSystem(SYSTEMS[n], rt, hints=n != "no-hints") for n in names]
         finally:
-            system.close()
-
-    return open_systems
-
-
-def _peer(config: SuiteConfig, key: str):
-    @contextlib.contextmanager
-    def open_systems() -> Iterator[list[System]]:
-        system = open_peer(key, SYSTEMS[key], config.model_path, *_hf_device_and_dtype(config),
-                           config.hf_batch_size)
-        try:
-            yield [system]
-        finally:
-            system.close()
-
-    return open_systems
-
-
-def _endpoint(config: SuiteConfig, log: Callable[[str], None]):
-    @contextlib.contextmanager
-    def open_systems() -> Iterator[list[System]]:
+            rt.shutdown()
+        return
+    if spec.kind == "endpoint":
         import sglbench
 
         if "OpenAI" not in dir(sglbench):
@@ -143,20 +127,44 @@ def _endpoint(config: SuiteConfig, log: Callable[[str], None]):
             yield [EndpointSystem(backend, config.endpoint)]
         finally:
             backend.close()
+        return
+    if spec.kind == "transformers":
+        system: System = TransformersSystem(config.model_path, *_hf_device_and_dtype(config), config.hf_batch_size)
+    elif spec.kind == "peer":
+        (key,) = spec.args
+        system = open_peer(key, SYSTEMS[key], config.model_path, *_hf_device_and_dtype(config), config.hf_batch_size)
+    else:
+        raise ValueError(f"unknown system group kind {spec.kind!r}")
+    try:
+        yield [system]
+    finally:
+        system.close()
 
-    return open_systems
 
-
-def system_groups(config: SuiteConfig, log: Callable[[str], None] = print) -> list[Callable]:
-    """Context-manager factories, each opening the systems that share one loaded model."""
-    groups = [_engine(config, policy, disable, [n for n in names if n in config.systems])
-              for policy, disable, names in _ENGINES if any(n in config.systems for n in names)]
+def group_specs(config: SuiteConfig) -> list[GroupSpec]:
+    """The groups of systems the config asks for, each sharing one loaded model."""
+    specs = [GroupSpec("engine", (policy, disable, tuple(n for n in names if n in config.systems)))
+             for policy, disable, names in _ENGINES if any(n in config.systems for n in names)]
     if "transformers" in config.systems:
-        groups.append(_transformers(config))
-    groups += [_peer(config, key) for key in PEER_SYSTEMS if key in config.systems]
+        specs.append(GroupSpec("transformers"))
+    specs += [GroupSpec("peer", (key,)) for key in PEER_SYSTEMS if key in config.systems]
     if config.endpoint:
-        groups.append(_endpoint(config, log))
-    return groups
+        specs.append(GroupSpec("endpoint"))
+    return specs
+
+
+def system_groups(config: SuiteConfig, log: Callable[[str], None] = print,
+                  workloads: Sequence[Workload] = ()) -> list[Callable]:
+    """Context-manager factories, each opening the systems that share one loaded model: in this process, or
+    with `config.isolate` each local group in a process of its own (see isolated.py) that knows `workloads`."""
+    from sglbench.bench.paper.isolated import open_isolated_group
+
+    def factory(spec: GroupSpec) -> Callable:
+        if config.isolate and spec.kind != "endpoint":
+            return lambda: open_isolated_group(config, spec, workloads)
+        return lambda: open_group(config, spec, log)
+
+    return [factory(spec) for spec in group_specs(config)]
 
 
 def _rounds(groups: list[Callable], runs: list[WorkloadRun], together: bool) -> Iterator[tuple[WorkloadRun, list[System]]]:
@@ -177,7 +185,7 @@ def run_suite(workloads: Sequence[Workload], config: SuiteConfig, log: Callable[
     runs = [w.run_for(config.size, config.timing_only) for w in workloads]
     together = resolve_device(config.device) == "cpu"
     rows = []
-    with contextlib.closing(_rounds(system_groups(config, log), runs, together)) as rounds:
+    with contextlib.closing(_rounds(system_groups(config, log, workloads), runs, together)) as rounds:
         for run, systems in rounds:
             local = [s for s in systems if not isinstance(s, EndpointSystem)]
             measured = measure_round_robin(run, local, repeats=config.repeats)
@@ -206,6 +214,7 @@ def _meta(config: SuiteConfig) -> dict[str, Any]:
         "systems": [SYSTEMS[s] for s in config.systems], "max_total_tokens": config.max_total_tokens,
         "hf_batch_size": config.hf_batch_size, "torch_threads": torch.get_num_threads(), "repeats": config.repeats,
         "peer_versions": {key: peer_version(key) for key in PEER_SYSTEMS if key in config.systems},
+        "isolated": config.isolate,
     }
 
 
