@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import multiprocessing
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+R = TypeVar("R")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +36,18 @@ def resolve_model(args: argparse.Namespace) -> tuple[str, str]:
     from sglbench.default_model import default_model_path
 
     return default_model_path(), "default embedded model"
+
+
+def run_isolated(fn: Callable[..., R], *args: Any) -> R:
+    """fn(*args) in a freshly spawned process (fn importable by name, arguments and result picklable).
+
+    For CPU measurements: torch's OpenMP runtime gives every thread that computes a pool of its own and,
+    once a process holds more pool threads than cores, stops spinning between ops, so a model stepped on
+    sglbench's engine thread and another run on the caller's thread slow each other's small ops 2-3x.
+    Each system measured in its own process runs as it would alone."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def print_table(rows: list[dict], title: str) -> None:

@@ -7,6 +7,10 @@ against the matmul peak (2 x decoder-layer params FLOPs per token), and a few-sh
 many questions, a few new tokens) for sglbench, transformers naive (`generate`) and careful (prefix KV computed
 once and reused), and llama.cpp through llama-cpp-python on a GGUF written from the same weights. A peer that
 cannot run is reported as missing, with why. The issue's goals close the run as pass/fail lines.
+
+The machine's limits and each system are measured in a spawned process of their own (`--no-isolate`: all in
+this one), as each would run alone: in one process sglbench's engine thread and transformers on the caller's
+thread would each hold an OpenMP pool, and libgomp then stops spinning between ops (see `run_isolated`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sglbench.bench.common import print_table
+from sglbench.bench.common import print_table, run_isolated
 from sglbench.runtime.model_config import ModelConfig
 
 PRESETS = ("qwen2.5-0.5b", "qwen2.5-1.5b", "llama-3.2-1b")
@@ -528,15 +532,25 @@ class CpuReport:
 
 
 # ---------------------------------------------------------------------------- the run
-def run_preset(path: str, preset: str, dtype: str, threads: int, s: Settings) -> RunResult:
+def _threaded(threads: int, fn: Callable, *args):
+    """fn(*args) with torch on `threads` threads (a spawned process starts with torch's default)."""
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
+def run_preset(path: str, preset: str, dtype: str, threads: int, s: Settings, isolate: bool = True) -> RunResult:
+    """Every system on one preset and dtype; with isolate each in a process of its own (see run_isolated)."""
     from transformers import AutoTokenizer
+
+    def call(fn, *args):
+        return run_isolated(_threaded, threads, fn, *args) if isolate else fn(*args)
 
     mc = ModelConfig.from_path(path)
     prompts = fewshot_prompts(AutoTokenizer.from_pretrained(path), s.prefix_tokens, s.questions, s.question_tokens)
-    ours, engine_dtype = run_sglbench(path, dtype, s, prompts)
+    ours, engine_dtype = call(run_sglbench, path, dtype, s, prompts)
     gc.collect()
-    naive, careful = run_transformers(path, dtype, s, prompts)
-    peer = llama_cpp_cells(path, dtype, threads, s, prompts, mc.vocab_size)
+    naive, careful = call(run_transformers, path, dtype, s, prompts)
+    peer = call(llama_cpp_cells, path, dtype, threads, s, prompts, mc.vocab_size)
     cells = {}
     for system, values in ((SGL, ours), (HF, naive), (HF_CAREFUL, careful), (LLAMA, peer)):
         cells.update({(measure, system): value for measure, value in values.items()})
@@ -563,6 +577,9 @@ def main(argv: list[str] | None = None) -> CpuReport:
     parser.add_argument("--dtypes", default="bf16,fp32", help="comma-separated: bf16, fp32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=None, help="best of this many (default 3; 1 with --quick)")
+    parser.add_argument("--no-isolate", action="store_true",
+                        help="measure every system in this process (by default each runs in a process of its own, "
+                             "so their torch threads do not slow each other down)")
     parser.add_argument("--quick", action="store_true",
                         help="the first preset scaled down, small workloads: checks the plumbing in seconds")
     args = parser.parse_args(argv)
@@ -584,7 +601,8 @@ def main(argv: list[str] | None = None) -> CpuReport:
         presets = presets[:1]
 
     def limits_now() -> MachineLimits:
-        return measure_limits(args.threads, dtypes, s.bandwidth_mb, s.gemm_size, s.repeats)
+        limits_args = (args.threads, dtypes, s.bandwidth_mb, s.gemm_size, s.repeats)
+        return measure_limits(*limits_args) if args.no_isolate else run_isolated(measure_limits, *limits_args)
 
     limits = limits_now()
     results = []
@@ -595,7 +613,7 @@ def main(argv: list[str] | None = None) -> CpuReport:
             label = f"{preset} scaled down (--quick)" if args.quick else preset
             for dtype in dtypes:
                 start = time.perf_counter()
-                r = replace(run_preset(str(folder), preset, dtype, args.threads, s), preset=label)
+                r = replace(run_preset(str(folder), preset, dtype, args.threads, s, not args.no_isolate), preset=label)
                 results.append(r)
                 print(f"measured {label} {dtype} in {time.perf_counter() - start:.0f} s: sglbench decode b1 "
                       f"{r.get(decode_key(1), SGL):.2f} tok/s, prefill {r.get(PREFILL, SGL):.1f} tok/s, "
