@@ -228,3 +228,36 @@ def test_recreating_runtimes_does_not_leak_threads(model_path):
     assert after <= before
     with pytest.raises(RuntimeError, match="shut down"):
         r.generate(PROMPTS[0])
+
+
+def test_decoding_requests_ride_along_with_a_prefill_step(model_path):
+    """Requests arriving while others decode are prefilled in the same forward as the others' next tokens
+    (a "mixed" step, no decode step of its own), with the outputs and token counts of an engine that does
+    not mix (SGLang's enable_mixed_chunk=False)."""
+    from sglbench.runtime.engine import Engine, EngineConfig
+    from sglbench.runtime.request import Request
+
+    def run(mixed: bool):
+        engine = Engine(EngineConfig(str(model_path), max_total_tokens=2048, mixed_chunk=mixed))
+        reqs = [Request(f"r{i}", list(p), rt_params(12)) for i, p in enumerate(PROMPTS)]
+        for r in reqs[:2]:
+            engine.add_request(r)
+        for _ in range(3):  # their prefill, then two decode steps
+            engine.step()
+        for r in reqs[2:]:
+            engine.add_request(r)
+        while engine.has_work():
+            engine.step()
+        engine.check_integrity()
+        steps = [e.data for e in engine.events.since(0, kinds=("batch.step",))]
+        return [r.output_ids for r in reqs], steps, engine.metrics
+
+    mixed_out, mixed_steps, mixed_metrics = run(True)
+    plain_out, plain_steps, plain_metrics = run(False)
+    assert mixed_out == plain_out and all(len(o) == 12 for o in mixed_out)
+    riding = [s for s in mixed_steps if s["mode"] == "mixed"]
+    late_new_tokens = sum(len(p) - 1 for p in PROMPTS[2:])  # each starts with token 1, which the cache holds
+    assert riding == [{"mode": "mixed", "batch_size": 4, "tokens": late_new_tokens + 2, "decode_size": 2}]
+    assert not any(s["mode"] == "mixed" for s in plain_steps)
+    assert mixed_metrics.decode_tokens == plain_metrics.decode_tokens == 4 * 11
+    assert mixed_metrics.prefill_tokens == plain_metrics.prefill_tokens

@@ -175,6 +175,8 @@ def test_server_args_map_onto_the_runtime():
     assert kwargs["dtype"] == "float16" and kwargs["attention_backend"] == "torch" and kwargs["device"] == "auto"
     assert kwargs["chunked_prefill_size"] == -1 and "schedule_policy" not in kwargs  # unset: the Runtime's default
     assert args.as_dict()["port"] == 1234 and args.as_dict()["dp_size"] == 1
+    assert "enable_mixed_chunk" not in kwargs  # sglbench mixes by default, SGLang does not: only when asked
+    assert ServerArgs.from_kwargs(enable_mixed_chunk=False).runtime_kwargs(None)["enable_mixed_chunk"] is False
 
 
 @pytest.mark.parametrize(("kwargs", "error", "named"), [

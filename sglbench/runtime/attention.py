@@ -60,20 +60,37 @@ class TorchAttentionBackend(AttentionBackend):
 
     def __init__(self, pool: KVPool, sm_scale: float):
         super().__init__(pool, sm_scale)
-        # The last batch's plan (planned once, used by every layer).
-        self._planned: tuple[ForwardBatch, cpu_attention.ExtendPlan | cpu_attention.MaskedExtendPlan | cpu_attention.DecodePlan] | None = None
+        self._planned: tuple[ForwardBatch, object] | None = None  # the latest batch's plan, used by every layer
+
+    def _plan(self, batch: ForwardBatch, make):
+        if self._planned is None or self._planned[0] is not batch:
+            self._planned = (batch, make())
+        return self._planned[1]
+
+    def _plan_extend(self, batch: ForwardBatch, dtype: torch.dtype):
+        return cpu_attention.plan_extend(batch.qo_indptr, batch.kv_indptr, batch.kv_indices, dtype)
+
+    def _plan_decode(self, batch: ForwardBatch, dtype: torch.dtype):
+        return cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, dtype, batch.padded_kv_indices)
 
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
-        if self._planned is None or self._planned[0] is not batch:
-            plan = cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, q.dtype, batch.padded_kv_indices)
-            self._planned = (batch, plan)
-        return cpu_attention.decode_attention_cpu(q, k_buf, v_buf, self._planned[1], self.sm_scale)
+        plan = self._plan(batch, lambda: self._plan_decode(batch, q.dtype))
+        return cpu_attention.decode_attention_cpu(q, k_buf, v_buf, plan, self.sm_scale)
 
     def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
-        if self._planned is None or self._planned[0] is not batch:
-            self._planned = (batch, cpu_attention.plan_extend(batch.qo_indptr, batch.kv_indptr, batch.kv_indices, q.dtype))
+        if batch.parts is not None:  # extend requests, then decode requests riding along: each its own way
+            head, tail = batch.parts
+            head_plan, tail_plan = self._plan(batch, lambda: (self._plan_extend(head, q.dtype),
+                                                              self._plan_decode(tail, q.dtype)))
+            split = head.num_tokens
+            return torch.cat([
+                cpu_attention.extend_attention_cpu(q[:split], k_buf, v_buf, head.qo_indptr, head.kv_indptr,
+                                                   head.kv_indices, self.sm_scale, head_plan),
+                cpu_attention.decode_attention_cpu(q[split:], k_buf, v_buf, tail_plan, self.sm_scale),
+            ])
+        plan = self._plan(batch, lambda: self._plan_extend(batch, q.dtype))
         return cpu_attention.extend_attention_cpu(
-            q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale, self._planned[1]
+            q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale, plan
         )
 
 

@@ -1,7 +1,8 @@
 """The engine: one step = plan, run, process, publish metrics. Stepped by one thread (see runtime.py).
 
 A step is one model forward: a prefill batch (new or chunked requests) when the scheduler admits
-any, else a decode batch of every running request. The engine wires its owners together and holds
+any, with every decoding request riding along for its next token (mixed batches, SGLang's
+`enable_mixed_chunk`), else a decode batch of every running request. The engine wires its owners together and holds
 the request lifecycle (add, retract, finish):
 
     Scheduler        which requests run next (owns the waiting and running queues)
@@ -64,6 +65,10 @@ class EngineConfig:
     chunked_prefill_size: int = 2048
     random_seed: int = 0
     jump_forward: bool = True  # append a grammar's forced text without decoding it token by token
+    # Decoding requests ride along with a prefill step (one token each) instead of waiting for a decode step
+    # of their own: on the CPU a forward's fixed cost is most of a small batch's, and new requests, resumed
+    # jump-forwards and multi-turn programs arrive while others decode.
+    mixed_chunk: bool = True
     retain_freed_memory: bool = True  # CPU: keep freed activations in the heap (runtime/cpu_memory.py)
 
     def __post_init__(self) -> None:
@@ -242,7 +247,7 @@ class Engine:
         """Run one batch, then publish. A fault inside it fails the request that causes it and nothing else."""
         plan = self.scheduler.plan_prefill(self._admit, self._match)
         if plan:
-            self._run_extend(plan)
+            self._run_extend(plan, self._riders() if self.config.mixed_chunk else [])
         else:
             reqs = self._prepare_decode()
             if reqs:
@@ -278,30 +283,50 @@ class Engine:
                 self._fail(reqs[i], exc)
         return done
 
-    def _run_extend(self, plan: list[tuple[Request, int]]) -> None:
+    def _riders(self) -> list[Request]:
+        """The decoding requests, each given a slot for its next token, to ride along with this step's
+        prefill; none when the pool cannot give them one now (a decode step of their own handles that)."""
+        reqs = self.scheduler.decoding()
+        if not reqs or not self.kv.ensure_free(len(reqs)):
+            return []
+        for r in reqs:
+            self.kv.alloc_slots(r, 1)
+        return reqs
+
+    def _run_extend(self, plan: list[tuple[Request, int]], riders: list[Request]) -> None:
+        """One forward over plan's prefill chunks, riders decoding one token each alongside."""
         def forward(indices: list[int]):
-            batch, layout = self.runner.prepare_extend([plan[i] for i in indices], self.req_to_token)
+            batch, layout = self.runner.prepare_mixed([plan[i] for i in indices if i < len(plan)],
+                                                      [riders[i - len(plan)] for i in indices if i >= len(plan)],
+                                                      self.req_to_token)
             return layout, self.runner.run(batch)  # logits [rows, vocab]
 
-        parts = self._isolated([r for r, _ in plan], forward)
-        num_tokens = sum(layout.num_tokens for _, (layout, _) in parts)
-        self._stats["prefill_tokens"] += num_tokens
-        self.events.emit("batch.step", mode="prefill", batch_size=len(plan), tokens=num_tokens)
+        parts = self._isolated([r for r, _ in plan] + riders, forward)
+        decoded = sum(layout.riders for _, (layout, _) in parts)
+        prefilled = sum(layout.num_tokens for _, (layout, _) in parts) - decoded
+        self._stats["prefill_tokens"] += prefilled
+        self._stats["decode_tokens"] += decoded
+        if decoded:
+            self.scheduler.decode_ran()
+        self.events.emit("batch.step", mode="mixed" if riders else "prefill", batch_size=len(plan) + len(riders),
+                         tokens=prefilled + decoded, decode_size=decoded)
         to_sample: list[Request] = []
         sample_logits = []  # [k, vocab] per part
         for _, (layout, logits) in parts:
             rows = []
             for i, (req, n) in enumerate(layout.plan):
+                rider = i >= layout.num_extend
                 try:
                     req.kv_len += n
-                    self.kv.cache_computed_prefix(req)
-                    if i in layout.prompt_rows:
-                        self.outputs.record_prompt_logprobs(req, logits, layout.prompt_rows[i])
+                    if not rider:
+                        self.kv.cache_computed_prefix(req)
+                        if i in layout.prompt_rows:
+                            self.outputs.record_prompt_logprobs(req, logits, layout.prompt_rows[i])
                 except Exception as exc:
                     self._fail(req, exc)
                     continue
                 if i in layout.sample_rows:
-                    if req.params.max_new_tokens == 0:
+                    if not rider and req.params.max_new_tokens == 0:
                         self._finish(req, {"type": "length", "matched": None})
                     else:
                         to_sample.append(req)

@@ -24,6 +24,10 @@ class ForwardBatch:
     padded_kv_indices:                  decode only, optional: [batch, >= longest context] the same slots
                                         as kv_indices, one row per request, anything past its length
                                         being some valid slot (a backend may gather from it directly)
+    parts:                              a mixed extend batch, optional: (the extend requests' own batch,
+                                        the decode batch of the requests riding along, one token each,
+                                        whose tokens come last); the whole is a valid extend batch too,
+                                        so a backend may split it or treat it as one
     """
 
     mode: ForwardMode
@@ -36,6 +40,7 @@ class ForwardBatch:
     logits_rows: torch.Tensor
     max_q_len: int = 0  # longest new-token run of one request (0: unknown); spares kernels a device sync
     padded_kv_indices: torch.Tensor | None = None
+    parts: tuple[ForwardBatch, ForwardBatch] | None = None
 
     @property
     def batch_size(self) -> int:

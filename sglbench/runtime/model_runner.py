@@ -26,13 +26,20 @@ from sglbench.runtime.request import Request
 class ExtendLayout:
     """Where each planned request's logits sit in an extend batch's output.
 
-    plan: (request, new tokens) in batch order; sample_rows: plan index -> logits row to sample the
-    next token from; prompt_rows: plan index -> [(logits row, prompt position it scores)]."""
+    plan: (request, new tokens) in batch order: the extend requests, then `riders`, decoding requests
+    that ride along with one token each; sample_rows: plan index -> logits row to sample the next token
+    from; prompt_rows: plan index -> [(logits row, prompt position it scores)]."""
 
     plan: tuple[tuple[Request, int], ...]
     sample_rows: dict[int, int]
     prompt_rows: dict[int, list[tuple[int, int]]]
     num_tokens: int
+    riders: int = 0
+
+    @property
+    def num_extend(self) -> int:
+        """Plan entries that are extend requests (the riders follow them)."""
+        return len(self.plan) - self.riders
 
 
 class ModelRunner:
@@ -81,6 +88,38 @@ class ModelRunner:
             offset += n
         batch = self._make_batch(ForwardMode.EXTEND, ids, positions, out_loc, qo, kv, kv_indices, logits_rows)
         return batch, ExtendLayout(tuple(plan), sample_rows, prompt_rows, offset)
+
+    def prepare_mixed(self, plan: list[tuple[Request, int]], riders: list[Request],
+                      table: ReqToTokenTable) -> tuple[ForwardBatch, ExtendLayout]:
+        """An extend batch of plan's chunks with decoding requests riding along (one token each, last): one
+        forward instead of a prefill step and a decode step. Either list may be empty. The batch is a plain
+        extend batch whose `parts` let a backend run each part its own way."""
+        if not riders:
+            return self.prepare_extend(plan, table)
+        tail = self.prepare_decode(riders, table)
+        entries = tuple((r, 1) for r in riders)
+        if not plan:
+            layout = ExtendLayout(entries, {i: i for i in range(len(riders))}, {}, len(riders), len(riders))
+            return tail, layout
+        head, head_layout = self.prepare_extend(plan, table)
+        split, rows = head.num_tokens, head.logits_rows.numel()
+        batch = ForwardBatch(
+            mode=ForwardMode.EXTEND,
+            input_ids=torch.cat([head.input_ids, tail.input_ids]),
+            positions=torch.cat([head.positions, tail.positions]),
+            out_cache_loc=torch.cat([head.out_cache_loc, tail.out_cache_loc]),
+            qo_indptr=torch.cat([head.qo_indptr, tail.qo_indptr[1:] + split]),
+            kv_indptr=torch.cat([head.kv_indptr, tail.kv_indptr[1:] + head.kv_indptr[-1]]),
+            kv_indices=torch.cat([head.kv_indices, tail.kv_indices]),
+            logits_rows=torch.cat([head.logits_rows, tail.logits_rows + split]),
+            max_q_len=head.max_q_len,
+            parts=(head, tail),
+        )
+        sample_rows = {**head_layout.sample_rows,
+                       **{len(head_layout.plan) + i: rows + i for i in range(len(riders))}}
+        layout = ExtendLayout(head_layout.plan + entries, sample_rows, head_layout.prompt_rows,
+                              head_layout.num_tokens + len(riders), len(riders))
+        return batch, layout
 
     def prepare_decode(self, reqs: list[Request], table: ReqToTokenTable) -> ForwardBatch:
         """A decode batch: each request's last token over its whole context. The contexts' slots come from

@@ -244,6 +244,7 @@ class Runtime:
         chunked_prefill_size: int = 2048,
         random_seed: int = 0,
         disable_jump_forward: bool = False,
+        enable_mixed_chunk: bool = True,
         limits: RequestLimits | None = None,
     ):
         if model_path is None:
@@ -257,7 +258,7 @@ class Runtime:
             attention_backend=attention_backend, disable_radix_cache=disable_radix_cache,
             schedule_policy=schedule_policy, max_running_requests=max_running_requests,
             max_prefill_tokens=max_prefill_tokens, chunked_prefill_size=chunked_prefill_size, random_seed=random_seed,
-            jump_forward=not disable_jump_forward,
+            jump_forward=not disable_jump_forward, mixed_chunk=enable_mixed_chunk,
         )
         self.limits = limits or RequestLimits()  # what one request may ask (stop strings, top logprobs...)
         self._commands: queue.Queue = queue.Queue()

@@ -88,6 +88,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def decode_ran(self) -> None:
+        """The decoding requests got their next token in a prefill step (mixed batch): no decode step is owed."""
+        self._consecutive_prefills = 0
+
     @staticmethod
     def is_prefilling(req: Request) -> bool:
         return req.kv_len < req.prefill_len

@@ -60,7 +60,7 @@ IGNORED = frozenset({
     "watchdog_timeout", "log_level_http", "log_requests", "log_requests_level", "show_time_cost",
     "enable_metrics", "crash_dump_folder", "decode_log_interval", "stream_interval", "disable_cuda_graph",
     "cuda_graph_max_bs", "cuda_graph_bs", "disable_overlap_schedule", "enable_torch_compile",
-    "torch_compile_max_bs", "disable_custom_all_reduce", "enable_mixed_chunk", "num_continuous_decode_steps",
+    "torch_compile_max_bs", "disable_custom_all_reduce", "num_continuous_decode_steps",
     "schedule_conservativeness", "sampling_backend", "triton_attention_num_kv_splits", "sleep_on_idle",
     "enable_deterministic_inference", "weight_version", "dist_timeout", "nccl_port", "gpu_id_step",
 })
@@ -88,6 +88,8 @@ class ServerArgs:
     random_seed: int | None = None
     log_level: str | None = None  # the "sglbench" logger's level; None leaves logging as it is
     disable_jump_forward: bool = False  # sglbench's own: grammar jump-forward on (the default) or off
+    # decoding requests ride along with prefill steps; None: sglbench's default (on), unlike SGLang's (off)
+    enable_mixed_chunk: bool | None = None
     ignored: tuple[tuple[str, Any], ...] = ()  # SGLang arguments given that have no effect here
 
     def __post_init__(self) -> None:
@@ -130,7 +132,7 @@ class ServerArgs:
         """Keyword arguments for `Runtime` (model_path: the resolved local folder); unset ones keep its defaults."""
         optional = {name: getattr(self, name) for name in (
             "mem_fraction_static", "max_running_requests", "chunked_prefill_size", "max_prefill_tokens",
-            "schedule_policy", "random_seed")}
+            "schedule_policy", "random_seed", "enable_mixed_chunk")}
         return {
             "model_path": model_path, "device": self.device or "auto", "dtype": DTYPES[self.dtype],
             "max_total_tokens": self.max_total_tokens, "context_length": self.context_length,
