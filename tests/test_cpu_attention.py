@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sglbench.kernel import cpu_attention, reference
+from sglbench.bench.kernels import few_shot_batch
 from tests.helpers import EXTEND_CASES, GQA, make_batch
 
 CASES = {
@@ -52,6 +53,13 @@ def test_plan_kind_follows_the_batch():
     assert isinstance(padded, cpu_attention.MaskedExtendPlan) and padded.rows.shape == (8, 20)
     mixed = make_batch([1000, 4, 4, 4], [0, 900, 900, 900], 4, 2, 32)
     assert isinstance(planned(mixed), cpu_attention.ExtendPlan)
+    # 15 questions of 30 tokens over one 600-token prefix at Qwen2.5-0.5B's heads (14 x 64): the cut in fp32,
+    # where its merges cost little more per score than one dense call, the dense call in bf16, where they do
+    few_shot = few_shot_batch(subjects=1, questions=15, prefix=600, suffix=30)
+    assert isinstance(cpu_attention.plan_extend(*few_shot[3:], torch.float32, work_per_score=14 * 64),
+                      cpu_attention.ExtendPlan)
+    dense_bf16 = cpu_attention.plan_extend(*few_shot[3:], torch.bfloat16, work_per_score=14 * 64)
+    assert isinstance(dense_bf16, cpu_attention.MaskedExtendPlan) and dense_bf16.rows is None
     with pytest.raises(ValueError, match="kind must be one of"):
         planned(forks, kind="fast")
 

@@ -36,9 +36,14 @@ import torch
 
 from sglbench.sequences import common_prefix_len
 
-# Plan costs in score elements of a masked call (~8-12 ns each with 8 heads of 32 on this 2-core CPU)
+# Plan costs, in score elements of one dense masked call (~7-9 ns each with 8 heads of 32 in fp32 on this
+# 2-core CPU, ~8 ns with 14 heads of 64 in bf16). Per element, a padded call's short query blocks and the
+# cut's merges cost more: factors measured against the dense call (fp32, fp16/bf16) on a tree-of-thought
+# step, a HellaSwag-like batch and a Qwen2.5-0.5B few-shot batch (15 questions over a 600-token prefix).
+PER_ELEMENT = {"dense": (1.0, 1.0), "padded": (2.0, 2.5), "cut": (1.5, 2.0)}
+REFERENCE_WORK = 8 * 32  # heads x head dim the call costs below were measured at (the embedded model)
 MASKED_CALL_COST = 4_000  # a masked call's own cost (~20-40 us)
-CUT_CALL_COST = 30_000  # one call of the cut: gather, attend, merge (~0.2-0.4 us in a tree-of-thought step)
+CUT_CALL_COST = 30_000  # one call of the cut: gather, attend, merge (~0.2-0.4 ms in a tree-of-thought step)
 MASKED_MAX_ELEMENTS = 1 << 22  # a masked call's mask stays under 16 MB of fp32
 MIN_SHARED_SLOTS = 16  # a shared run shorter than this is attended by each branch below it instead
 BUCKET_SLACK = 1.25  # causal blocks padded to a common length at most this factor over the shortest
@@ -86,11 +91,13 @@ PLAN_KINDS = ("auto", "cut", "dense", "padded")
 
 
 def plan_extend(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, kv_indices: torch.Tensor,
-                dtype: torch.dtype = torch.float32, kind: str = "auto") -> ExtendPlan | MaskedExtendPlan:
+                dtype: torch.dtype = torch.float32, kind: str = "auto",
+                work_per_score: int = REFERENCE_WORK) -> ExtendPlan | MaskedExtendPlan:
     """Plan a batch (reference.py's indptr/indices contract) as one of PLAN_KINDS: one masked call over
     the distinct slots of all contexts ("dense") or over each request's own ("padded"), or causal buckets
-    and prefix segments ("cut"); "auto" takes whichever scores fewest elements, counting each call of the
-    cut as CUT_CALL_COST and a masked call as MASKED_CALL_COST. dtype: the queries' (the mask's)."""
+    and prefix segments ("cut"); "auto" takes the cheapest by PER_ELEMENT and the call costs, which are a
+    fixed time and so fewer elements the more work one is (work_per_score: heads x head dim). dtype: the
+    queries' (the mask's)."""
     if kind not in PLAN_KINDS:
         raise ValueError(f"kind must be one of {PLAN_KINDS}, got {kind!r}")
     qo, kvp = qo_indptr.tolist(), kv_indptr.tolist()
@@ -102,15 +109,17 @@ def plan_extend(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, kv_indices: to
     slots, inverse = torch.unique(kv_indices, return_inverse=True)
     if kind == "dense":
         return _plan_dense(qo, kvp, requests, slots, inverse, dtype)
+    low = int(dtype in (torch.float16, torch.bfloat16))
+    scale = REFERENCE_WORK / work_per_score
     q_lens = [qo[b + 1] - qo[b] for b in requests]
     kv_lens = [kvp[b + 1] - kvp[b] for b in requests]
-    costs = {"dense": qo[-1] * slots.numel(), "padded": len(requests) * max(q_lens) * max(kv_lens)}
-    best = min(costs, key=costs.__getitem__)
-    masked_cost = costs[best] + MASKED_CALL_COST
-    needed = sum(q * kv for q, kv in zip(q_lens, kv_lens))  # scores the queries must see
-    if masked_cost > MASKED_MAX_ELEMENTS or masked_cost > needed + 2 * CUT_CALL_COST:  # the cut: 2 calls or more
+    sizes = {"dense": qo[-1] * slots.numel(), "padded": len(requests) * max(q_lens) * max(kv_lens)}
+    costs = {k: n * PER_ELEMENT[k][low] + MASKED_CALL_COST * scale for k, n in sizes.items() if n <= MASKED_MAX_ELEMENTS}
+    best = min(costs, key=costs.__getitem__) if costs else None
+    needed = sum(q * kv for q, kv in zip(q_lens, kv_lens)) * PER_ELEMENT["cut"][low]  # scores the queries must see
+    if best is None or costs[best] > needed + 2 * CUT_CALL_COST * scale:  # the cut makes 2 calls at least
         cut = _plan_cut(qo, kvp, requests, kv_indices)
-        if masked_cost > MASKED_MAX_ELEMENTS or masked_cost > needed + CUT_CALL_COST * (len(cut.buckets) + len(cut.segments)):
+        if best is None or costs[best] > needed + CUT_CALL_COST * scale * (len(cut.buckets) + len(cut.segments)):
             return cut
     if best == "padded":
         return _plan_padded(qo_indptr, kv_indptr, kv_indices, requests, dtype)

@@ -67,8 +67,9 @@ class TorchAttentionBackend(AttentionBackend):
             self._planned = (batch, make())
         return self._planned[1]
 
-    def _plan_extend(self, batch: ForwardBatch, dtype: torch.dtype):
-        return cpu_attention.plan_extend(batch.qo_indptr, batch.kv_indptr, batch.kv_indices, dtype)
+    def _plan_extend(self, batch: ForwardBatch, q: torch.Tensor):
+        return cpu_attention.plan_extend(batch.qo_indptr, batch.kv_indptr, batch.kv_indices, q.dtype,
+                                         work_per_score=q.shape[1] * q.shape[2])
 
     def _plan_decode(self, batch: ForwardBatch, dtype: torch.dtype):
         return cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, dtype, batch.padded_kv_indices)
@@ -80,7 +81,7 @@ class TorchAttentionBackend(AttentionBackend):
     def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         if batch.parts is not None:  # extend requests, then decode requests riding along: each its own way
             head, tail = batch.parts
-            head_plan, tail_plan = self._plan(batch, lambda: (self._plan_extend(head, q.dtype),
+            head_plan, tail_plan = self._plan(batch, lambda: (self._plan_extend(head, q),
                                                               self._plan_decode(tail, q.dtype)))
             split = head.num_tokens
             return torch.cat([
@@ -88,7 +89,7 @@ class TorchAttentionBackend(AttentionBackend):
                                                    head.kv_indices, self.sm_scale, head_plan),
                 cpu_attention.decode_attention_cpu(q[split:], k_buf, v_buf, tail_plan, self.sm_scale),
             ])
-        plan = self._plan(batch, lambda: self._plan_extend(batch, q.dtype))
+        plan = self._plan(batch, lambda: self._plan_extend(batch, q))
         return cpu_attention.extend_attention_cpu(
             q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale, plan
         )
