@@ -21,7 +21,7 @@ import torch
 
 from sglbench.bench.paper.base import SIZES, Workload, WorkloadRun
 from sglbench.bench.paper.measure import COLUMNS, System, measure, measure_round_robin
-from sglbench.bench.paper.peers import open_peer, peer_version
+from sglbench.bench.paper.peers import PEERS, open_peer, peer_version
 from sglbench.bench.paper.systems import EndpointSystem, RuntimeSystem, TransformersSystem
 from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.models.loader import resolve_dtype
@@ -156,11 +156,14 @@ def group_specs(config: SuiteConfig) -> list[GroupSpec]:
 def system_groups(config: SuiteConfig, log: Callable[[str], None] = print,
                   workloads: Sequence[Workload] = ()) -> list[Callable]:
     """Context-manager factories, each opening the systems that share one loaded model: in this process, or
-    with `config.isolate` each local group in a process of its own (see isolated.py) that knows `workloads`."""
+    with `config.isolate` each group that computes in this process in a process of its own (see isolated.py)
+    that knows `workloads`; an endpoint, and a peer that already serves its model from a process of its own
+    (PeerSpec.own_process), stay here."""
     from sglbench.bench.paper.isolated import open_isolated_group
 
     def factory(spec: GroupSpec) -> Callable:
-        if config.isolate and spec.kind != "endpoint":
+        computes_here = spec.kind != "endpoint" and not (spec.kind == "peer" and PEERS[spec.args[0]].own_process)
+        if config.isolate and computes_here:
             return lambda: open_isolated_group(config, spec, workloads)
         return lambda: open_group(config, spec, log)
 

@@ -24,12 +24,15 @@ class PeerSpec:
     distribution: str
     module: str
     cls: str
+    # The model already computes in a process of the peer's own, and the peer refuses to start inside a
+    # multiprocessing worker (LMQL's in-process model server): the suite never isolates it again.
+    own_process: bool = False
 
 
 PEERS = {
     "outlines": PeerSpec("outlines", "sglbench.bench.paper.peers.outlines_peer", "OutlinesPeer"),
     "guidance": PeerSpec("guidance", "sglbench.bench.paper.peers.guidance_peer", "GuidancePeer"),
-    "lmql": PeerSpec("lmql", "sglbench.bench.paper.peers.lmql_peer", "LmqlPeer"),
+    "lmql": PeerSpec("lmql", "sglbench.bench.paper.peers.lmql_peer", "LmqlPeer", own_process=True),
 }
 
 
