@@ -4,7 +4,6 @@ rate on hand-made requests, the baselines, and the table, files and HTML the sui
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import re
 import xml.etree.ElementTree as ET

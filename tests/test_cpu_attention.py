@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from sglbench.kernel import cpu_attention, reference
 from sglbench.bench.kernels import few_shot_batch
+from sglbench.kernel import cpu_attention, reference
 from tests.helpers import EXTEND_CASES, GQA, make_batch
 
 CASES = {

@@ -1,5 +1,6 @@
 """The CPU path's linear layers (sglbench/kernel/cpu_linear.py) against F.linear: dense weights on both
-routes (F.linear below `min_rows` or for small weights, oneDNN above), packed bf16 weights at any row count, the fallbacks."""
+routes (F.linear below `min_rows` or for small weights, oneDNN above), packed bf16 weights at any row
+count, the fallbacks."""
 
 from __future__ import annotations
 

@@ -188,7 +188,8 @@ def bench_cpu_extend(subjects: int, questions: int, prefix: int, suffix: int) ->
     plan = cpu_attention.plan_extend(*args[3:])
     baseline = masked_sdpa_per_request(*args, scale)
     impls = [("masked sdpa per request", lambda: masked_sdpa_per_request(*args, scale)),
-             (f"cpu_attention, chosen: {plan_kind(plan)}", lambda: cpu_attention.extend_attention_cpu(*args, scale, plan))]
+             (f"cpu_attention, chosen: {plan_kind(plan)}",
+              lambda: cpu_attention.extend_attention_cpu(*args, scale, plan))]
     for kind in cpu_attention.PLAN_KINDS[1:]:
         forced = cpu_attention.plan_extend(*args[3:], kind=kind)
         impls.append((f"cpu_attention, {kind}", lambda p=forced: cpu_attention.extend_attention_cpu(*args, scale, p)))

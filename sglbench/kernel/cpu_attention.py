@@ -10,12 +10,11 @@ Each request's attention splits into parts whose softmax results merge exactly b
   slots in one call over all their new tokens.
 
 ``plan_extend`` finds that structure once per batch (a trie over the requests' slot lists); every layer
-reuses it. A small batch is cheaper as one masked call
-(``MaskedExtendPlan``): over the distinct slots of all its contexts when its requests share most of them
-(forks of one state), or each request over its own context, padded, when their lengths are alike. Each
-call of the cut costs as much as tens of thousands of score elements, and a tree-of-thought step of 14
-requests and 130 new tokens made 14 of them per layer. Against one bottom-right-masked SDPA call per request (``python -m sglbench.bench kernels`` on
-this repository's 2-core CPU): 40 requests of 20 new tokens over one 1,200-token prefix (HellaSwag-like)
+reuses it. A small batch is cheaper as one masked call (``MaskedExtendPlan``): over the distinct slots of
+all its contexts when its requests share most of them (forks of one state), or each request over its own
+context, padded, when their lengths are alike. Each call of the cut costs as much as tens of thousands of
+score elements, and a tree-of-thought step of 14 requests and 130 new tokens made 14 of them per layer.
+Against one bottom-right-masked SDPA call per request (``python -m sglbench.bench kernels`` on this repository's 2-core CPU): 40 requests of 20 new tokens over one 1,200-token prefix (HellaSwag-like)
 take 40 % less time; 60 questions of 100 tokens over four 520-token prefixes (MMLU-like) the same time.
 
 Decode (one query per request) goes through the same fused kernel: ``plan_decode`` gathers each request's
@@ -114,7 +113,8 @@ def plan_extend(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, kv_indices: to
     q_lens = [qo[b + 1] - qo[b] for b in requests]
     kv_lens = [kvp[b + 1] - kvp[b] for b in requests]
     sizes = {"dense": qo[-1] * slots.numel(), "padded": len(requests) * max(q_lens) * max(kv_lens)}
-    costs = {k: n * PER_ELEMENT[k][low] + MASKED_CALL_COST * scale for k, n in sizes.items() if n <= MASKED_MAX_ELEMENTS}
+    costs = {k: n * PER_ELEMENT[k][low] + MASKED_CALL_COST * scale
+             for k, n in sizes.items() if n <= MASKED_MAX_ELEMENTS}
     best = min(costs, key=costs.__getitem__) if costs else None
     needed = sum(q * kv for q, kv in zip(q_lens, kv_lens)) * PER_ELEMENT["cut"][low]  # scores the queries must see
     if best is None or costs[best] > needed + 2 * CUT_CALL_COST * scale:  # the cut makes 2 calls at least
@@ -352,8 +352,9 @@ def _extend_masked(q, k_buffer, v_buffer, plan: MaskedExtendPlan, sm_scale: floa
     else:
         qg = q[plan.rows].transpose(1, 2)  # [groups, heads, q_max, dim]
     shape = (groups, kv_max, k_buffer.shape[1], k_buffer.shape[2])
-    k = k_buffer.index_select(0, plan.slots.reshape(-1)).view(shape).to(q.dtype).transpose(1, 2)  # [groups, kv_heads, kv_max, dim]
-    v = v_buffer.index_select(0, plan.slots.reshape(-1)).view(shape).to(q.dtype).transpose(1, 2)
+    slots = plan.slots.reshape(-1)
+    k = k_buffer.index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)  # [groups, kv_heads, kv_max, dim]
+    v = v_buffer.index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)
     mask = plan.mask.to(q.dtype)
     if q.device.type == "cpu":
         out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qg, k, v, attn_mask=mask, scale=sm_scale)[0]

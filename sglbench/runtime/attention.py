@@ -71,18 +71,18 @@ class TorchAttentionBackend(AttentionBackend):
         return cpu_attention.plan_extend(batch.qo_indptr, batch.kv_indptr, batch.kv_indices, q.dtype,
                                          work_per_score=q.shape[1] * q.shape[2])
 
-    def _plan_decode(self, batch: ForwardBatch, dtype: torch.dtype):
-        return cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, dtype, batch.padded_kv_indices)
+    def _plan_decode(self, batch: ForwardBatch, q: torch.Tensor):
+        return cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, q.dtype, batch.padded_kv_indices)
 
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
-        plan = self._plan(batch, lambda: self._plan_decode(batch, q.dtype))
+        plan = self._plan(batch, lambda: self._plan_decode(batch, q))
         return cpu_attention.decode_attention_cpu(q, k_buf, v_buf, plan, self.sm_scale)
 
     def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         if batch.parts is not None:  # extend requests, then decode requests riding along: each its own way
             head, tail = batch.parts
             head_plan, tail_plan = self._plan(batch, lambda: (self._plan_extend(head, q),
-                                                              self._plan_decode(tail, q.dtype)))
+                                                              self._plan_decode(tail, q)))
             split = head.num_tokens
             return torch.cat([
                 cpu_attention.extend_attention_cpu(q[:split], k_buf, v_buf, head.qo_indptr, head.kv_indptr,

@@ -2,8 +2,8 @@
 
 A step is one model forward: a prefill batch (new or chunked requests) when the scheduler admits
 any, with every decoding request riding along for its next token (mixed batches, SGLang's
-`enable_mixed_chunk`), else a decode batch of every running request. The engine wires its owners together and holds
-the request lifecycle (add, retract, finish):
+`enable_mixed_chunk`), else a decode batch of every running request. The engine wires its owners
+together and holds the request lifecycle (add, retract, finish):
 
     Scheduler        which requests run next (owns the waiting and running queues)
     CacheManager     KV pool, request-to-token table, radix cache: match, admit, release
