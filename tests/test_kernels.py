@@ -16,6 +16,7 @@ triton = pytest.importorskip("triton")
 from sglbench.kernel import reference  # noqa: E402
 from sglbench.kernel.decode_attention import decode_attention  # noqa: E402
 from sglbench.kernel.extend_attention import extend_attention  # noqa: E402
+from sglbench.kernel.kv_indices import build_kv_indices  # noqa: E402
 from sglbench.kernel.rms_norm import rms_norm  # noqa: E402
 from sglbench.kernel.store_kv import store_kv  # noqa: E402
 from tests.helpers import DEVICE, EXTEND_CASES, GQA, make_batch  # noqa: E402
@@ -92,6 +93,27 @@ def test_store_kv_matches_reference(src_dtype):
     store_kv(kb, vb, slots, k, v)
     reference.store_kv(kb_ref, vb_ref, slots, k, v)
     assert torch.equal(kb, kb_ref) and torch.equal(vb, vb_ref)
+
+
+def test_build_kv_indices_matches_reference():
+    """Contexts of several lengths (one past a block of 512, one of a single slot) from scattered table rows;
+    the index buffer is longer than their total and its tail stays untouched."""
+    table = torch.randint(1, 5000, (6, 1100), dtype=torch.int64, device=DEVICE)  # [rows, max_context]
+    rows = torch.tensor([4, 0, 2, 5], dtype=torch.int64, device=DEVICE)
+    lens = torch.tensor([700, 1, 513, 37], dtype=torch.int64, device=DEVICE)
+    indptr = torch.zeros(5, dtype=torch.int64, device=DEVICE)
+    indptr[1:] = torch.cumsum(lens, 0)
+    out = torch.full((1300,), -1, dtype=torch.int64, device=DEVICE)
+    expected = out.clone()
+    build_kv_indices(table, rows, indptr, out)
+    reference.build_kv_indices(table, rows, indptr, expected)
+    assert torch.equal(out, expected)
+    assert torch.equal(out[:700], table[4, :700]) and int(out[700]) == int(table[0, 0])
+    assert (out[int(indptr[-1]):] == -1).all()
+    with pytest.raises(TypeError, match="rows must be int64"):
+        build_kv_indices(table, rows.int(), indptr, out)
+    with pytest.raises(ValueError, match="kv_indptr must have"):
+        build_kv_indices(table, rows, indptr[:3], out)
 
 
 @pytest.mark.parametrize("hidden", [64, 100])

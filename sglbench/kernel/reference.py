@@ -102,3 +102,17 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
+
+
+def build_kv_indices(
+    req_to_token: torch.Tensor,  # [rows, max_context] int64: req_to_token[row, pos] = pool slot
+    rows: torch.Tensor,  # [batch] int64
+    kv_indptr: torch.Tensor,  # [batch + 1] int64
+    kv_indices: torch.Tensor,  # [>= kv_indptr[-1]] int64, written in place
+) -> None:
+    """Flatten each request's context slots: kv_indices[kv_indptr[b] + p] = req_to_token[rows[b], p] for
+    p < kv_indptr[b+1] - kv_indptr[b]; entries past kv_indptr[-1] are left as they are."""
+    bounds = kv_indptr.tolist()
+    for b, row in enumerate(rows.tolist()):
+        start, end = bounds[b], bounds[b + 1]
+        kv_indices[start:end] = req_to_token[row, : end - start]
