@@ -23,14 +23,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import xgrammar as xgr
 
 from sglbench.runtime.grammar_limits import check_grammar_limits, grammar_shape, incompletable_part, shorten
 from sglbench.runtime.regex_dialect import xgrammar_regex
 from sglbench.runtime.sampling_params import GrammarSpec
+
+if TYPE_CHECKING:
+    import xgrammar as xgr
 
 # Output tokens retokenized with the forced text: enough for a UTF-8 character split over byte
 # tokens and for BPE merges across the boundary (as SGLang's surrounding-token offset).
@@ -40,6 +42,17 @@ _BITS = torch.arange(32, dtype=torch.int32)
 CACHE_BYTES = 512 * 1024 * 1024  # compiled grammars kept (xgrammar's estimate), beside the count limit
 _CHECK_MASK_AFTER = 3  # refusals in one state before its whole mask is checked instead of resampling
 _XGRAMMAR_LOG_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")  # "[15:57:21] /project/cpp/x.cc:83: "
+
+
+def xgrammar():
+    """The xgrammar module, imported on the first constrained request: the engine runs without it (a GPU
+    image may lack it); a constrained request then fails alone with an error that says what to install."""
+    try:
+        import xgrammar as module
+    except ImportError as exc:
+        raise RuntimeError("constrained decoding (regex=, json_schema=, ebnf=, select by grammar) needs xgrammar: "
+                           "pip install xgrammar") from exc
+    return module
 
 
 
@@ -107,7 +120,7 @@ class GrammarCompiler:
                 raise ValueError(f"json_schema: {problem}")
         if self._compiler is None:
             info = tokenizer_info(self._hf, self.vocab_size, self.stop_token_ids)
-            self._compiler = xgr.GrammarCompiler(info, max_threads=COMPILE_THREADS, cache_enabled=False)
+            self._compiler = xgrammar().GrammarCompiler(info, max_threads=COMPILE_THREADS, cache_enabled=False)
         try:
             grammar = _xgrammar_grammar(spec)
             shape = grammar_shape(grammar)
@@ -122,6 +135,7 @@ class GrammarCompiler:
 
 def _xgrammar_grammar(spec: GrammarSpec) -> xgr.Grammar:
     """spec as xgrammar's grammar, before compilation (which `grammar_shape` reads)."""
+    xgr = xgrammar()
     if spec.kind == "regex":
         return xgr.Grammar.from_regex(xgrammar_regex(spec.pattern))
     if spec.kind == "ebnf":
@@ -139,6 +153,7 @@ def tokenizer_info(hf_tokenizer: Any, vocab_size: int, stop_token_ids: tuple[int
     entry marks a token the grammar never accepts as text. Stop tokens are empty too: xgrammar allows
     them by id where the grammar can end, and as text "</s>" would let eos through any `.`.
     """
+    xgr = xgrammar()
     base = xgr.TokenizerInfo.from_huggingface(hf_tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids))
     special = {i for i, t in hf_tokenizer.added_tokens_decoder.items() if t.special} | set(hf_tokenizer.all_special_ids)
     special |= set(stop_token_ids)
@@ -158,6 +173,7 @@ class GrammarMatcher:
     """One request's position in its grammar (engine thread only after submission)."""
 
     def __init__(self, compiled: CompiledGrammar, vocab_size: int, stop_token_ids: tuple[int, ...]):
+        xgr = xgrammar()
         self._matcher = xgr.GrammarMatcher(compiled.grammar)
         self.jump_forward_safe = compiled.jump_forward_safe  # see `forced_string`
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)  # [1, ceil(vocab / 32)] int32

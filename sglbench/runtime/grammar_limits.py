@@ -12,12 +12,13 @@ import urllib.parse
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-import xgrammar as xgr
+from typing import TYPE_CHECKING, Any
 
 from sglbench.runtime.regex_dialect import _CATEGORIES, _complement, _merge
 from sglbench.runtime.sampling_params import GrammarSpec
+
+if TYPE_CHECKING:
+    import xgrammar as xgr
 
 try:  # Python's own regex parser: the dialect is read exactly as `re` reads it
     from re import _constants as _sre
