@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every endpoint but /health")
     sv.add_argument("--device", default="auto")
     sv.add_argument("--max-total-tokens", type=int, default=None)
+    sv.add_argument("--disable-cuda-graph", action="store_true", help="decode steps run eagerly on CUDA too")
+    sv.add_argument("--cuda-graph-max-bs", type=int, default=None,
+                    help="largest decode batch replayed from a CUDA graph (default: the running-request limit)")
     sv.add_argument("--incremental-streaming-output", action="store_true",
                     help="stream chunks carry only their new logprobs (SGLang's flag of the same name)")
     sv.add_argument("--tool-call-parser", default=None,
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                   max_total_tokens=args.max_total_tokens, incremental_streaming_output=args.incremental_streaming_output,
                   tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser, limits=limits,
                   shutdown_timeout=args.shutdown_timeout, show_model_path=args.show_model_path,
-                  request_limits=request_limits)
+                  request_limits=request_limits, disable_cuda_graph=args.disable_cuda_graph,
+                  cuda_graph_max_bs=args.cuda_graph_max_bs)
         except KeyboardInterrupt:  # SIGINT: the server has drained and stopped; no traceback
             sys.exit(130)
     else:

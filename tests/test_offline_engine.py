@@ -177,6 +177,10 @@ def test_server_args_map_onto_the_runtime():
     assert args.as_dict()["port"] == 1234 and args.as_dict()["dp_size"] == 1
     assert "enable_mixed_chunk" not in kwargs  # sglbench mixes by default, SGLang does not: only when asked
     assert ServerArgs.from_kwargs(enable_mixed_chunk=False).runtime_kwargs(None)["enable_mixed_chunk"] is False
+    assert kwargs["disable_cuda_graph"] is True and "cuda_graph_max_bs" not in kwargs
+    graphs = ServerArgs.from_kwargs(cuda_graph_max_bs=16, cuda_graph_bs=[1, 4, 16]).runtime_kwargs(None)
+    assert graphs["cuda_graph_max_bs"] == 16 and graphs["cuda_graph_bs"] == [1, 4, 16]
+    assert graphs["disable_cuda_graph"] is False
 
 
 @pytest.mark.parametrize(("kwargs", "error", "named"), [

@@ -9,7 +9,7 @@ import pytest
 
 from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime
-from tests.helpers import assert_pool_full
+from tests.helpers import DEVICE, assert_pool_full
 
 pytest.importorskip("triton")
 
@@ -19,7 +19,7 @@ def test_triton_backend_matches_torch_backend(tmp_path):
     prompts = [[1, *range(10, 30)], [1, 50, 51], [1, *range(100, 112)]]
     outputs = {}
     for backend in ("torch", "triton"):
-        with Runtime(str(path), device="cpu", attention_backend=backend, max_total_tokens=256) as rt:
+        with Runtime(str(path), device=DEVICE, attention_backend=backend, max_total_tokens=256) as rt:
             first = rt.generate(prompts, max_new_tokens=4, temperature=0, ignore_eos=True)
             # The second round reads the prompts' prefixes from the radix cache (extend over a prefix).
             second = rt.generate([[*p, 7, 8, 9] for p in prompts], max_new_tokens=4, temperature=0, ignore_eos=True)
@@ -41,7 +41,7 @@ def test_triton_backend_runs_a_mixed_batch_whole(tmp_path):
     prompts = [[1, *range(10, 30)], [1, 50, 51], [1, *range(100, 112)]]
     outputs = {}
     for backend in ("torch", "triton"):
-        engine = Engine(EngineConfig(str(path), attention_backend=backend, max_total_tokens=256))
+        engine = Engine(EngineConfig(str(path), device=DEVICE, attention_backend=backend, max_total_tokens=256))
         params = SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True)
         reqs = [Request(f"r{i}", p, params) for i, p in enumerate(prompts)]
         for r in reqs[:2]:

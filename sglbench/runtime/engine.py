@@ -32,6 +32,7 @@ from sglbench.runtime.cache_manager import CacheManager, default_pool_size
 from sglbench.runtime.cpu_memory import retain_freed_memory
 from sglbench.runtime.events import EventLog
 from sglbench.runtime.grammar import GrammarCompiler, GrammarMatcher
+from sglbench.runtime.graph_runner import CAPTURABLE_BACKENDS, capture_sizes
 from sglbench.runtime.kv_pool import KVPoolConfig
 from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.model_runner import ModelRunner
@@ -70,12 +71,31 @@ class EngineConfig:
     # jump-forwards and multi-turn programs arrive while others decode.
     mixed_chunk: bool = True
     retain_freed_memory: bool = True  # CPU: keep freed activations in the heap (runtime/cpu_memory.py)
+    # CUDA graphs for decode steps (runtime/graph_runner.py): on CUDA with the Triton backend unless disabled;
+    # captured for cuda_graph_bs (None: SGLang's ladder) up to cuda_graph_max_bs (None: max_running_requests).
+    disable_cuda_graph: bool = False
+    cuda_graph_max_bs: int | None = None
+    cuda_graph_bs: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError(f"max_total_tokens must be >= 2, got {self.max_total_tokens}")
         if not 0 < self.mem_fraction_static < 1:
             raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
+        if self.cuda_graph_max_bs is not None and self.cuda_graph_max_bs < 1:
+            raise ValueError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
+
+    def graph_sizes(self, attention_backend: str) -> tuple[tuple[int, ...], str]:
+        """(batch sizes to capture decode graphs for, why); no sizes when graphs are off."""
+        if self.disable_cuda_graph:
+            return (), "off: disable_cuda_graph=True"
+        if not str(self.device).startswith("cuda"):
+            return (), f"off: CUDA graphs need a CUDA device, this engine runs on {self.device}"
+        if attention_backend not in CAPTURABLE_BACKENDS:
+            return (), f"off: the {attention_backend} attention backend plans decode on the host"
+        max_bs = min(self.cuda_graph_max_bs or self.max_running_requests, self.max_running_requests)
+        sizes = capture_sizes(max_bs, self.cuda_graph_bs)
+        return sizes, f"on: decode batches of 1..{sizes[-1]} replay {len(sizes)} captured graphs"
 
 
 class Engine:
@@ -98,6 +118,11 @@ class Engine:
         self.pool, self.cache, self.req_to_token = self.kv.pool, self.kv.cache, self.kv.req_to_token
         self.runner = ModelRunner(config.model_path, mc, self.device, self.dtype, self.pool, config.attention_backend)
         self.model, self.attention = self.runner.model, self.runner.attention
+        sizes, self.cuda_graph_reason = config.graph_sizes(self.attention.name)
+        if sizes:
+            start = time.perf_counter()
+            self.runner.use_graphs(self.req_to_token, sizes)
+            self.cuda_graph_reason += f" (captured in {time.perf_counter() - start:.1f} s)"
         self.scheduler = Scheduler(SchedulerConfig(
             policy=config.schedule_policy, max_running_requests=config.max_running_requests,
             max_prefill_tokens=config.max_prefill_tokens, chunked_prefill_size=config.chunked_prefill_size,
@@ -337,8 +362,8 @@ class Engine:
             self._sample(to_sample, sample_logits[0] if len(sample_logits) == 1 else torch.cat(sample_logits))
 
     def _run_decode(self, reqs: list[Request]) -> None:
-        parts = self._isolated(reqs, lambda indices: self.runner.run(
-            self.runner.prepare_decode([reqs[i] for i in indices], self.req_to_token)))  # [batch, vocab]
+        parts = self._isolated(reqs, lambda indices: self.runner.run_decode(
+            [reqs[i] for i in indices], self.req_to_token))  # [batch, vocab]
         ran = [reqs[i] for indices, _ in parts for i in indices]
         for r in ran:
             r.kv_len += 1

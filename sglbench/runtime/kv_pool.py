@@ -104,11 +104,14 @@ class KVPool:
 class ReqToTokenTable:
     """Maps each admitted request's token positions to pool slots: table[row, pos] = slot.
 
-    A row is held from admission to release; width is the longest context a request may have.
+    A row is held from admission to release; width is the longest context a request may have. One more
+    row, `padding_row`, is never handed out and stays all zeros (slot 0, the pool's padding slot): the
+    rows a padded decode batch (a replayed CUDA graph) fills its unused places with.
     """
 
     def __init__(self, max_requests: int, max_context: int, device: str = "cpu"):
-        self.table = torch.zeros((max_requests, max_context), dtype=torch.int64, device=device)
+        self.table = torch.zeros((max_requests + 1, max_context), dtype=torch.int64, device=device)
+        self.padding_row = max_requests
         self._free_rows = list(range(max_requests - 1, -1, -1))
 
     @property

@@ -16,6 +16,7 @@ from sglbench.kernel import cpu_features
 from sglbench.kernel.cpu_linear import Linear
 from sglbench.runtime.attention import make_attention_backend
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
+from sglbench.runtime.graph_runner import DecodeGraphRunner
 from sglbench.runtime.kv_pool import KVPool, ReqToTokenTable
 from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.models.loader import load_model
@@ -55,6 +56,12 @@ class ModelRunner:
         if attention_backend == "auto":
             attention_backend = "triton" if device.startswith("cuda") else "torch"
         self.attention = make_attention_backend(attention_backend, pool, model_config.head_dim**-0.5)
+        self.graphs: DecodeGraphRunner | None = None  # decode steps replayed from CUDA graphs (`use_graphs`)
+
+    def use_graphs(self, table: ReqToTokenTable, sizes: tuple[int, ...], capture: bool = True) -> None:
+        """Run decode batches of up to sizes[-1] requests through a DecodeGraphRunner (captured now when
+        `capture`); larger ones, and every extend batch, run eagerly as before."""
+        self.graphs = DecodeGraphRunner(self.model, self.attention, table, sizes, capture)
 
     # ------------------------------------------------------------------ prepare
     def prepare_extend(self, plan: list[tuple[Request, int]], table: ReqToTokenTable) -> tuple[ForwardBatch, ExtendLayout]:
@@ -167,3 +174,9 @@ class ModelRunner:
     def run(self, batch: ForwardBatch) -> torch.Tensor:
         """One forward; the logits of the batch's logits rows. [rows, vocab]"""
         return self.model(batch, self.attention)
+
+    def run_decode(self, reqs: list[Request], table: ReqToTokenTable) -> torch.Tensor:
+        """The decode step of reqs: a graph replay when one fits, else an eager forward. [len(reqs), vocab]"""
+        if self.graphs is not None and self.graphs.fits(len(reqs)):
+            return self.graphs.run(reqs)
+        return self.run(self.prepare_decode(reqs, table))

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,9 @@ class Runtime:
         random_seed: int = 0,
         disable_jump_forward: bool = False,
         enable_mixed_chunk: bool = True,
+        disable_cuda_graph: bool = False,
+        cuda_graph_max_bs: int | None = None,
+        cuda_graph_bs: Sequence[int] | None = None,
         limits: RequestLimits | None = None,
     ):
         if model_path is None:
@@ -259,6 +262,8 @@ class Runtime:
             schedule_policy=schedule_policy, max_running_requests=max_running_requests,
             max_prefill_tokens=max_prefill_tokens, chunked_prefill_size=chunked_prefill_size, random_seed=random_seed,
             jump_forward=not disable_jump_forward, mixed_chunk=enable_mixed_chunk,
+            disable_cuda_graph=disable_cuda_graph, cuda_graph_max_bs=cuda_graph_max_bs,
+            cuda_graph_bs=None if cuda_graph_bs is None else tuple(cuda_graph_bs),
         )
         self.limits = limits or RequestLimits()  # what one request may ask (stop strings, top logprobs...)
         self._commands: queue.Queue = queue.Queue()
@@ -439,6 +444,8 @@ class Runtime:
             device=self.config.device, attention_backend=engine.attention.name,
             max_total_tokens=engine.pool.num_slots, dtype_reason=engine.dtype_choice.reason,
             cpu_features=engine.runner.cpu_features, packed_linears=engine.runner.packed_linears,
+            cuda_graph_bs=engine.runner.graphs.sizes if engine.runner.graphs else (),
+            cuda_graph=engine.cuda_graph_reason,
         )
 
     def metrics(self) -> EngineMetrics:

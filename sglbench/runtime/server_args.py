@@ -1,7 +1,7 @@
 """`ServerArgs`: SGLang's server arguments as `sgl.Engine(**kwargs)` takes them, for one in-process engine.
 
 Every name SGLang's ServerArgs has that `sgl.Engine` users pass falls in one group: a field here (mapped onto
-`Runtime`), accepted and ignored (HTTP, CUDA-graph and logging knobs one in-process engine has no use for), or
+`Runtime`), accepted and ignored (HTTP, compilation and logging knobs one in-process engine has no use for), or
 accepted at SGLang's default only (multi-process parallelism, and features this engine lacks): any other value
 is a ValueError naming it. A name SGLang does not have is a TypeError. Torch-free.
 """
@@ -53,13 +53,13 @@ LACKING: dict[str, tuple[tuple[Any, ...], str]] = {
     "base_gpu_id": ((0,), "pick the GPU with device='cuda:N'"),
 }
 
-# Accepted with no effect: they tune an HTTP server, CUDA graphs, compilation, metrics or request logs.
+# Accepted with no effect: they tune an HTTP server, compilation, metrics or request logs.
 IGNORED = frozenset({
     "host", "port", "served_model_name", "trust_remote_code", "skip_server_warmup", "warmups", "api_key",
     "chat_template", "reasoning_parser", "tool_call_parser", "file_storage_path", "enable_cache_report",
     "watchdog_timeout", "log_level_http", "log_requests", "log_requests_level", "show_time_cost",
-    "enable_metrics", "crash_dump_folder", "decode_log_interval", "stream_interval", "disable_cuda_graph",
-    "cuda_graph_max_bs", "cuda_graph_bs", "disable_overlap_schedule", "enable_torch_compile",
+    "enable_metrics", "crash_dump_folder", "decode_log_interval", "stream_interval",
+    "disable_overlap_schedule", "enable_torch_compile",
     "torch_compile_max_bs", "disable_custom_all_reduce", "num_continuous_decode_steps",
     "schedule_conservativeness", "sampling_backend", "triton_attention_num_kv_splits", "sleep_on_idle",
     "enable_deterministic_inference", "weight_version", "dist_timeout", "nccl_port", "gpu_id_step",
@@ -90,6 +90,10 @@ class ServerArgs:
     disable_jump_forward: bool = False  # sglbench's own: grammar jump-forward on (the default) or off
     # decoding requests ride along with prefill steps; None: sglbench's default (on), unlike SGLang's (off)
     enable_mixed_chunk: bool | None = None
+    # CUDA graphs for decode (on CUDA with the Triton backend); SGLang's names and meanings
+    disable_cuda_graph: bool = False
+    cuda_graph_max_bs: int | None = None
+    cuda_graph_bs: tuple[int, ...] | list[int] | None = None
     ignored: tuple[tuple[str, Any], ...] = ()  # SGLang arguments given that have no effect here
 
     def __post_init__(self) -> None:
@@ -132,12 +136,13 @@ class ServerArgs:
         """Keyword arguments for `Runtime` (model_path: the resolved local folder); unset ones keep its defaults."""
         optional = {name: getattr(self, name) for name in (
             "mem_fraction_static", "max_running_requests", "chunked_prefill_size", "max_prefill_tokens",
-            "schedule_policy", "random_seed", "enable_mixed_chunk")}
+            "schedule_policy", "random_seed", "enable_mixed_chunk", "cuda_graph_max_bs", "cuda_graph_bs")}
         return {
             "model_path": model_path, "device": self.device or "auto", "dtype": DTYPES[self.dtype],
             "max_total_tokens": self.max_total_tokens, "context_length": self.context_length,
             "attention_backend": ATTENTION_BACKENDS[self.attention_backend],
             "disable_radix_cache": self.disable_radix_cache, "disable_jump_forward": self.disable_jump_forward,
+            "disable_cuda_graph": self.disable_cuda_graph,
             **{k: v for k, v in optional.items() if v is not None},
         }
 
