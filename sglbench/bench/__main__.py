@@ -8,6 +8,7 @@ import sys
 WORKLOADS = {
     "cpu": "sglbench.bench.cpu",
     "decode": "sglbench.bench.decode",
+    "device-check": "sglbench.bench.device_check",
     "fewshot": "sglbench.bench.fewshot",
     "json": "sglbench.bench.json_decode",
     "kernels": "sglbench.bench.kernels",

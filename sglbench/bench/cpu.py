@@ -125,12 +125,16 @@ def peak_tok_s(flops_per_token: float, peak_flops: float) -> float:
     return peak_flops / flops_per_token
 
 
-def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+def _best_seconds(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
+    """Best wall seconds of fn, waiting for a CUDA device's queue before and after each call."""
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -143,19 +147,19 @@ def best_limits(a: MachineLimits, b: MachineLimits) -> MachineLimits:
                          copy_bytes_s=max(a.copy_bytes_s, b.copy_bytes_s), peak_flops=peaks)
 
 
-def _bandwidth(megabytes: int, repeats: int) -> tuple[float, float]:
-    """(read, copy) bytes/s over a tensor far larger than the caches."""
-    src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
+def bandwidth(megabytes: int, repeats: int, device: str = "cpu") -> tuple[float, float]:
+    """(read, copy) bytes/s over a tensor far larger than the caches (on a GPU: than L2)."""
+    src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
     dst = torch.zeros_like(src)
     nbytes = src.numel() * 4
-    return (nbytes / _best_seconds(lambda: src.sum(), repeats),
-            2 * nbytes / _best_seconds(lambda: dst.copy_(src), repeats))
+    return (nbytes / _best_seconds(lambda: src.sum(), repeats, device),
+            2 * nbytes / _best_seconds(lambda: dst.copy_(src), repeats, device))
 
 
 def measure_limits(threads: int, dtypes: list[str], megabytes: int, gemm_size: int, repeats: int) -> MachineLimits:
     """Sets torch to `threads` threads (the whole run uses them) and measures what they reach."""
     torch.set_num_threads(threads)
-    read, copy = _bandwidth(megabytes, repeats)
+    read, copy = bandwidth(megabytes, repeats)
     peaks = {}
     for name in dtypes:
         dtype = getattr(torch, DTYPES[name])

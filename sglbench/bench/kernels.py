@@ -42,16 +42,20 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE = "cuda"
 
 
-def _bench(fn) -> float:
+def _bench(fn, device: str = DEVICE) -> float:
+    """Median ms: triton's do_bench on CUDA; wall clock elsewhere (the device check's CPU dry run)."""
+    if not str(device).startswith("cuda"):
+        return _wall_ms(fn, repeats=3)
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
-def bench_extend(seq: int, batch: int, heads: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
+def bench_extend(seq: int, batch: int, heads: int, head_dim: int, dtype: torch.dtype,
+                 device: str = DEVICE) -> list[dict]:
     from sglbench.kernel.extend_attention import extend_attention
 
-    dev = DEVICE
+    dev = device
     scale = 1 / math.sqrt(head_dim)
     q = torch.randn(batch, heads, seq, head_dim, device=dev, dtype=dtype)  # [batch, heads, seq, dim]
     k = torch.randn_like(q)
@@ -74,7 +78,7 @@ def bench_extend(seq: int, batch: int, heads: int, head_dim: int, dtype: torch.d
     flops = 2 * batch * heads * seq * seq * head_dim  # QK^T and PV, causal half
     rows = []
     for name, fn in (("sdpa", sdpa), ("triton extend (paged)", triton_extend)):
-        ms = _bench(fn)
+        ms = _bench(fn, dev)
         rows.append({"impl": name, "head_dim": head_dim, "batch": batch, "heads": heads, "seq": seq,
                      "ms": ms, "TFLOP/s": flops / ms / 1e9, "max_abs_err": err if name != "sdpa" else "-"})  # fmt: skip
     return rows
@@ -89,10 +93,11 @@ def bench_decode(
     dtype: torch.dtype,
     shuffled: bool,
     num_kv_splits: int | None = None,
+    device: str = DEVICE,
 ) -> list[dict]:
     from sglbench.kernel.decode_attention import decode_attention
 
-    dev = DEVICE
+    dev = device
     group = heads // kv_heads
     scale = 1 / math.sqrt(head_dim)
     q = torch.randn(batch, heads, head_dim, device=dev, dtype=dtype)  # [batch, heads, dim]
@@ -116,14 +121,14 @@ def bench_decode(
         def sdpa():
             return torch.nn.functional.scaled_dot_product_attention(qg, k, v, scale=scale)
 
-        ms = _bench(sdpa)
+        ms = _bench(sdpa, dev)
         rows.append({"impl": "sdpa", "ctx": ctx, "batch": batch, "ms": ms, "TB/s": bytes_read / ms / 1e9,
                      "max_abs_err": "-"})  # fmt: skip
         err = (triton_decode().float() - sdpa().reshape(batch, heads, head_dim).float()).abs().max().item()
         del k, v
     else:
         err = "-"  # other slots, other values: no SDPA twin
-    ms = _bench(triton_decode)
+    ms = _bench(triton_decode, dev)
     layout = "shuffled" if shuffled else "paged"
     rows.append({"impl": f"triton decode ({layout})", "ctx": ctx, "batch": batch, "ms": ms,
                  "TB/s": bytes_read / ms / 1e9, "max_abs_err": err})  # fmt: skip
