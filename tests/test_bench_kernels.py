@@ -18,6 +18,11 @@ def test_cpu_kernel_bench_runs_small_shapes_and_checks_results(capsys):
             "plan_extend alone"} < impls
     assert any(i.startswith("cpu_attention, chosen: ") for i in impls)
     assert all(r["max_abs_err"] < 1e-5 for r in extend if r["max_abs_err"] != "-")
+    decode = [r for r in rows if "longest" in r]
+    assert [r["impl"] for r in decode if r["requests"] == 60][:3] == [
+        "cpu_attention, chosen: shared prefix", "cpu_attention, padded", "cpu_attention, shared prefix"]
+    assert next(r["impl"] for r in decode if r["requests"] == 32) == "cpu_attention, chosen: padded"  # none shared
+    assert all(r["max_abs_err"] < 1e-5 for r in decode if r["max_abs_err"] != "-")
     assert all(r["ms"] > 0 for r in rows)
     assert {r["layer"] for r in rows if "layer" in r} == {"qkv", "o", "gate_up", "down", "lm_head"}
     assert "cpu extend attention" in capsys.readouterr().out

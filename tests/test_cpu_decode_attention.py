@@ -3,6 +3,7 @@ against the plain-torch reference, and the decode batch the model runner builds 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -77,3 +78,62 @@ def test_prepare_decode_reads_contexts_from_the_table():
     assert batch.out_cache_loc.tolist() == [int(table.table[r.row, r.kv_len]) for r in reqs]
     assert batch.logits_rows.tolist() == [0, 1, 2, 3] and batch.qo_indptr.tolist() == [0, 1, 2, 3, 4]
     assert batch.padded_kv_indices.shape == (4, 41)
+
+
+def _forked_batch(dtype=torch.float32, kv_heads=2, group=4, head_dim=32):
+    """Decode contexts that start alike, in mixed order: three forks of a 100-slot state, two requests over a
+    50-slot prefix, a chain (120 slots shared by two, 60 of them by a third), a lone context and a request
+    with nothing cached (its new token only)."""
+    gen = torch.Generator().manual_seed(7)
+    free = iter(torch.randperm(4000, generator=gen).tolist())
+
+    def take(n):
+        return [next(free) for _ in range(n)]
+
+    a, b, c = take(100), take(50), take(120)
+    contexts = [a + take(3), b + take(9), c + take(5), a + take(20), take(70), a + take(1), b + take(30),
+                c[:60] + take(11), c + take(2), take(1)]
+    lens = [len(x) for x in contexts]
+    kvp = torch.tensor([0, *itertools.accumulate(lens)])
+    kvi = torch.tensor([s for x in contexts for s in x])
+    heads = kv_heads * group
+    q = torch.randn(len(contexts), heads, head_dim, generator=gen).to(dtype)
+    kb = torch.randn(4000, kv_heads, head_dim, generator=gen).to(dtype)
+    vb = torch.randn(4000, kv_heads, head_dim, generator=gen).to(dtype)
+    return q, kb, vb, kvp, kvi
+
+
+def test_requests_sharing_prefixes_read_them_once_and_match_the_reference():
+    q, kb, vb, kvp, kvi = _forked_batch()
+    assert cpu_attention.plan_decode(kvp, kvi, q.dtype).shared is None  # too small a batch to pay for two parts
+    plan = cpu_attention.plan_decode(kvp, kvi, q.dtype, share_prefixes=True)
+    shared = plan.shared
+    assert shared is not None and shared.groups == 3 and shared.prefix_max == 100
+    assert shared.members.shape == (3, 3)  # padded to the most members by repeating one
+    assert sorted(sorted(set(group)) for group in shared.members.tolist()) == [[0, 3, 5], [1, 6], [2, 7, 8]]
+    assert shared.grouped.flatten().tolist() == [True] * 4 + [False] + [True] * 4 + [False]
+    out = cpu_attention.decode_attention_cpu(q, kb, vb, plan, 0.17)
+    torch.testing.assert_close(out, reference.decode_attention_ref(q, kb, vb, kvp, kvi, 0.17))
+    alone = cpu_attention.plan_decode(kvp, kvi, q.dtype, share_prefixes=False)
+    assert alone.shared is None
+    torch.testing.assert_close(cpu_attention.decode_attention_cpu(q, kb, vb, alone, 0.17), out)
+
+
+def test_shared_prefix_decode_in_bf16_and_when_sharing_pays():
+    q, kb, vb, kvp, kvi = _forked_batch(torch.bfloat16, kv_heads=2, group=7, head_dim=64)
+    plan = cpu_attention.plan_decode(kvp, kvi, q.dtype, share_prefixes=True)
+    assert plan.shared is not None
+    out = cpu_attention.decode_attention_cpu(q, kb, vb, plan, 0.125)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, reference.decode_attention_ref(q, kb, vb, kvp, kvi, 0.125), atol=2e-2, rtol=2e-2)
+    # an LLM judge's decode: 8 answers of 300 slots, 6 judgments of each 20 tokens in: two parts pay
+    judge = [list(range(1000 * a + 1, 1000 * a + 301)) + list(range(1000 * a + 400 + 30 * j, 1000 * a + 420 + 30 * j))
+             for a in range(8) for j in range(6)]
+    kvp2 = torch.tensor([0, *itertools.accumulate(len(x) for x in judge)])
+    judged = cpu_attention.plan_decode(kvp2, torch.tensor([s for x in judge for s in x]), torch.float32)
+    assert judged.shared is not None and judged.shared.groups == 8 and judged.shared.suffix_max == 20
+    # two requests over a 40-slot prefix with long contexts of their own: one padded block is cheaper
+    common = list(range(1, 41))
+    contexts = [common + list(range(100, 400)), common + list(range(500, 790))]
+    kvp3 = torch.tensor([0, len(contexts[0]), len(contexts[0]) + len(contexts[1])])
+    assert cpu_attention.plan_decode(kvp3, torch.tensor(contexts[0] + contexts[1]), torch.float32).shared is None

@@ -22,6 +22,9 @@ cpu extend: few-shot batches (an MMLU-like 60 questions of ~100 new tokens over 
         given), ``cpu_attention`` with the plan it chooses and with each plan kind forced (the cut: shared
         prefixes read once, no masks; one masked call, dense or padded) vs one bottom-right-masked SDPA
         call per request.
+cpu decode: decode batches whose contexts share prefixes (an LLM judge's 10 answers x 6 branches, a ReAct
+        step's 12 requests over one 556-token prompt) and one of independent requests, through one padded
+        block and through the shared-prefix plan (each shared prefix read once).
 cpu linear: ``cpu_linear.linear`` (oneDNN for large weights) vs F.linear (torch's default BLAS) at the
         default model's projection shapes.
 """
@@ -208,6 +211,36 @@ def bench_cpu_extend(subjects: int, questions: int, prefix: int, suffix: int) ->
     return rows
 
 
+# states, branches, shared prefix, own tokens per branch
+DECODE_CASES = {"judge-like": (10, 6, 420, 30), "react-like": (1, 12, 556, 150), "independent": (32, 1, 0, 400)}
+
+
+def bench_cpu_decode(states: int, branches: int, prefix: int, own: int) -> list[dict]:
+    """Decode attention over contexts that share prefixes (each state's branches), through the padded block
+    and through the shared-prefix plan (chosen and forced), against the plain-torch reference."""
+    from sglbench.kernel import cpu_attention, reference
+
+    _, k_buf, v_buf, _, kv_indptr, kv_indices = few_shot_batch(states, states * branches, prefix, own)
+    q = torch.randn(kv_indptr.numel() - 1, 8, k_buf.shape[-1], generator=torch.Generator().manual_seed(1))
+    scale = 1 / math.sqrt(q.shape[-1])
+    baseline = reference.decode_attention_ref(q, k_buf, v_buf, kv_indptr, kv_indices, scale)
+    chosen = cpu_attention.plan_decode(kv_indptr, kv_indices, q.dtype)
+    impls = [(f"cpu_attention, chosen: {'shared prefix' if chosen.shared else 'padded'}", chosen),
+             ("cpu_attention, padded", cpu_attention.plan_decode(kv_indptr, kv_indices, q.dtype, share_prefixes=False))]
+    forced = cpu_attention.plan_decode(kv_indptr, kv_indices, q.dtype, share_prefixes=True)
+    if forced.shared is not None:
+        impls.append(("cpu_attention, shared prefix", forced))
+    rows = []
+    for name, plan in impls:
+        out = cpu_attention.decode_attention_cpu(q, k_buf, v_buf, plan, scale)
+        rows.append({"impl": name, "requests": q.shape[0], "prefix": prefix, "longest": chosen.max_len,
+                     "ms": _wall_ms(lambda p=plan: cpu_attention.decode_attention_cpu(q, k_buf, v_buf, p, scale)),
+                     "max_abs_err": (out - baseline).abs().max().item()})
+    rows.append({"impl": "plan_decode alone", "requests": q.shape[0], "prefix": prefix, "longest": chosen.max_len,
+                 "ms": _wall_ms(lambda: cpu_attention.plan_decode(kv_indptr, kv_indices, q.dtype)), "max_abs_err": "-"})
+    return rows
+
+
 def plan_kind(plan) -> str:
     """Which of cpu_attention.PLAN_KINDS a plan is."""
     from sglbench.kernel import cpu_attention
@@ -260,9 +293,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  else [(args.subjects, args.questions, args.prefix, args.suffix)])
         ext = [row for case in cases for row in bench_cpu_extend(*case)]
         print_table(ext, f"cpu extend attention, few-shot batch, fp32, {torch.get_num_threads()} threads")
+        dec = [row for case in DECODE_CASES.values() for row in bench_cpu_decode(*case)]
+        print_table(dec, f"cpu decode attention (one layer), fp32, {torch.get_num_threads()} threads")
         lin = bench_cpu_linear(args.linear_rows)
         print_table(lin, f"cpu linear, fp32, {torch.get_num_threads()} threads")
-        return ext + lin
+        return ext + dec + lin
     dtype = DTYPES[args.dtype]
     device_name = torch.cuda.get_device_name()
     rows: list[dict] = []
