@@ -116,7 +116,9 @@ class DecodeGraphRunner:
                     self._forward(bs)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, stream=stream):
+            # thread_local: CUDA work another thread of the process does meanwhile (a notebook's own) does not
+            # invalidate the capture; only this thread's unsafe calls would.
+            with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
                 self._outputs[bs] = self._forward(bs)
             pool = graph.pool()
             self._graphs[bs] = graph
