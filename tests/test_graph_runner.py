@@ -141,6 +141,25 @@ def test_captured_graphs_replay_the_eager_decode(checkpoint, dtype):
     assert [r["output_ids"] for r in on] == [r["output_ids"] for r in off]
 
 
+def test_a_failed_capture_leaves_the_engine_decoding_eagerly(checkpoint, monkeypatch, caplog):
+    engine = Engine(EngineConfig(checkpoint, device=DEVICE, attention_backend="triton", max_total_tokens=256,
+                                 disable_cuda_graph=True))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr("sglbench.runtime.model_runner.DecodeGraphRunner", refuse)
+    reason = engine._capture_graphs((1, 2), "on: decode batches of 1..2 replay 2 captured graphs")
+    assert engine.runner.graphs is None
+    assert reason.startswith("off: capture failed (RuntimeError('operation not permitted")
+    assert "decode steps run eagerly" in caplog.text
+    req = Request("r", [1, 5, 6, 7], SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True))
+    engine.add_request(req)
+    while engine.has_work():
+        engine.step()
+    assert len(req.output_ids) == 3
+
+
 def test_model_info_says_why_graphs_are_off():
     with Runtime(device="cpu", max_total_tokens=256) as rt:
         info = rt.model_info()

@@ -220,7 +220,7 @@ def parity(device: str, sizes: CheckSizes) -> dict:
             graphs_on, sizes_on = greedy(path, device, "triton", "float32", graphs=True)
             graphs_off, _ = greedy(path, device, "triton", "float32", graphs=False)
             row: dict[str, Any] = {"device_equals_cpu": graphs_on == cpu, "graphs_on_equals_off": graphs_on == graphs_off,
-                                   "captured_sizes": list(sizes_on)}
+                                   "captured_sizes": list(sizes_on), "graphs_ran": bool(sizes_on)}
             if graphs_on != cpu:
                 row["first_mismatch"] = next(
                     {"prompt": j, "cpu": a, "device": b} for j, (a, b) in enumerate(zip(cpu, graphs_on)) if a != b)
@@ -231,7 +231,7 @@ def parity(device: str, sizes: CheckSizes) -> dict:
             families[family] = row
             torch.cuda.empty_cache() if on_gpu else None
     return {"families": families,
-            "all_equal": all(r["device_equals_cpu"] and r["graphs_on_equals_off"]
+            "all_equal": all(r["device_equals_cpu"] and r["graphs_on_equals_off"] and r["graphs_ran"]
                              and r.get("bf16_graphs_on_equals_off", True) for r in families.values())}
 
 
@@ -337,8 +337,8 @@ def goals(sections: dict[str, dict]) -> list[Goal]:
                     f"{tests.get('errors', '?')} errors, {tests.get('skipped', '?')} skipped",
                     None if "tests" not in tests else tests["failures"] + tests["errors"] == 0 and tests["passed"] > 0))
     par = sections.get("parity", {})
-    out.append(Goal("greedy outputs equal: device vs CPU, CUDA graphs on vs off",
-                    json.dumps({f: {k: v for k, v in r.items() if k.endswith("equals_cpu") or "equals" in k}
+    out.append(Goal("greedy outputs equal: device vs CPU, CUDA graphs on (and captured) vs off",
+                    json.dumps({f: {k: v for k, v in r.items() if "equals" in k or k == "graphs_ran"}
                                 for f, r in par.get("families", {}).items()}), par.get("all_equal")))
     rows = sections.get("decode", {}).get("rows", [])
     b1 = next((r for r in rows if r["graphs"] and r["batch"] == 1), None)

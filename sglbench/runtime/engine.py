@@ -21,6 +21,7 @@ so a caller reading `metrics()` after its result sees its request counted.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from sglbench.runtime.scheduler import PrefixMatch, Scheduler, SchedulerConfig
 from sglbench.runtime.tokenizer import Tokenizer
 
 R = TypeVar("R")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,7 @@ class Engine:
         self.model, self.attention = self.runner.model, self.runner.attention
         sizes, self.cuda_graph_reason = config.graph_sizes(self.attention.name)
         if sizes:
-            start = time.perf_counter()
-            self.runner.use_graphs(self.req_to_token, sizes)
-            self.cuda_graph_reason += f" (captured in {time.perf_counter() - start:.1f} s)"
+            self.cuda_graph_reason = self._capture_graphs(sizes, self.cuda_graph_reason)
         self.scheduler = Scheduler(SchedulerConfig(
             policy=config.schedule_policy, max_running_requests=config.max_running_requests,
             max_prefill_tokens=config.max_prefill_tokens, chunked_prefill_size=config.chunked_prefill_size,
@@ -141,6 +141,18 @@ class Engine:
         self._stats = {"prefill_tokens": 0, "decode_tokens": 0, "num_steps": 0, "num_finished": 0,
                        "num_retractions": 0}
         self.metrics = self._build_metrics()
+
+    def _capture_graphs(self, sizes: tuple[int, ...], reason: str) -> str:
+        """Capture decode graphs for sizes and say so; when capture fails (a driver, memory, a kernel that
+        cannot be captured), decode eagerly and say why: graphs are an optimisation, never a reason not to serve."""
+        start = time.perf_counter()
+        try:
+            self.runner.use_graphs(self.req_to_token, sizes)
+        except Exception as exc:
+            self.runner.graphs = None
+            logger.warning("CUDA-graph capture failed, decode steps run eagerly: %r", exc)
+            return f"off: capture failed ({exc!r}); decode steps run eagerly"
+        return f"{reason} (captured in {time.perf_counter() - start:.1f} s)"
 
     def _on_cache_event(self, event: CacheEvent) -> None:
         self.events.emit(f"cache.{event.kind}", node_id=event.node_id, num_tokens=event.num_tokens)
