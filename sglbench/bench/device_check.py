@@ -229,7 +229,8 @@ def parity(device: str, sizes: CheckSizes) -> dict:
                 off16, _ = greedy(path, device, "triton", "bfloat16", graphs=False)
                 row["bf16_graphs_on_equals_off"] = on16 == off16
             families[family] = row
-            torch.cuda.empty_cache() if on_gpu else None
+            if on_gpu:
+                torch.cuda.empty_cache()
     return {"families": families,
             "all_equal": all(r["device_equals_cpu"] and r["graphs_on_equals_off"] and r["graphs_ran"]
                              and r.get("bf16_graphs_on_equals_off", True) for r in families.values())}

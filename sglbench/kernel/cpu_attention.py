@@ -261,7 +261,7 @@ class DecodePlan:
 
 # A shared prefix shorter than this is not worth its own part; the two-part plan is taken when its elements
 # (group prefixes + suffixes) times SHARED_ELEMENT_COST plus SHARED_CALL_COST are fewer than the padded
-# block's: a second call and the merge cost about as much as 3,000 elements of a call on this 2-core CPU.
+# block's: a second call and the merge cost about as much as 4,000 elements of a call on this 2-core CPU.
 MIN_SHARED_DECODE = 32
 SHARED_ELEMENT_COST = 1.5
 SHARED_CALL_COST = 4_000
@@ -286,10 +286,7 @@ def plan_decode(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, dtype: torch.
     shared = None
     if share_prefixes is not False and batch >= 2 and kv_indices.device.type == "cpu":
         shared = _plan_shared_prefixes(padded, lens, max_len, dtype, always=bool(share_prefixes))
-    mask = None
-    if batch and shared is None and not bool(valid.all()):
-        mask = torch.zeros(batch, 1, 1, max_len, dtype=dtype, device=kv_indices.device)
-        mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
+    mask = _padding_mask(valid, dtype) if shared is None else None
     return DecodePlan(padded.reshape(-1), batch, max_len, mask, shared)
 
 
@@ -380,11 +377,11 @@ def _runs(common: list[int], depth: int, max_len: int) -> list[tuple[int, int, i
     return runs
 
 
-def _padding_mask(valid: np.ndarray, dtype: torch.dtype) -> torch.Tensor | None:
+def _padding_mask(valid: np.ndarray | torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     """[rows, 1, 1, width] additive mask (0 / -inf) of valid [rows, width]; None when all are valid."""
-    if valid.all():
+    if bool(valid.all()):
         return None
-    return _additive(torch.from_numpy(valid), dtype)[:, None, None, :]
+    return _additive(torch.as_tensor(valid), dtype)[:, None, None, :]
 
 
 def decode_attention_cpu(
@@ -402,7 +399,7 @@ def decode_attention_cpu(
     if plan.shared is not None:
         return _decode_shared(q, k_buffer, v_buffer, plan.shared, sm_scale)
     groups = q.reshape(batch, kv_heads, num_heads // kv_heads, head_dim)  # a kv head's query heads as a query run
-    k, v = _gather_kv(k_buffer, v_buffer, plan.slots, batch, plan.max_len, q.dtype)
+    k, v = _gather_kv(k_buffer, v_buffer, plan.slots.view(batch, plan.max_len), q.dtype)
     if q.device.type == "cpu":
         out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(groups, k, v, attn_mask=plan.mask,
                                                                          scale=sm_scale)[0]
@@ -411,12 +408,9 @@ def decode_attention_cpu(
     return out.reshape(batch, num_heads, head_dim)
 
 
-def _gather_kv(k_buffer, v_buffer, slots: torch.Tensor, rows: int, length: int, dtype: torch.dtype):
-    """K and V of slots laid out [rows, length] as [rows, kv_heads, length, dim] (one index_select each)."""
-    shape = (rows, length, k_buffer.shape[1], k_buffer.shape[2])
-    k = k_buffer.index_select(0, slots).view(shape).to(dtype).transpose(1, 2)
-    v = v_buffer.index_select(0, slots).view(shape).to(dtype).transpose(1, 2)
-    return k, v
+def _gather_kv(k_buffer, v_buffer, slots: torch.Tensor, dtype: torch.dtype):
+    """K and V of slots [rows, length] as [rows, kv_heads, length, dim] in dtype (one index_select each)."""
+    return (_rows(k_buffer, slots).to(dtype).transpose(1, 2), _rows(v_buffer, slots).to(dtype).transpose(1, 2))
 
 
 def _decode_shared(q, k_buffer, v_buffer, plan: SharedPrefixPlan, sm_scale: float) -> torch.Tensor:
@@ -426,12 +420,12 @@ def _decode_shared(q, k_buffer, v_buffer, plan: SharedPrefixPlan, sm_scale: floa
     group = num_heads // kv_heads
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     runs = q.reshape(batch, kv_heads, group, head_dim)
-    k, v = _gather_kv(k_buffer, v_buffer, plan.suffix_slots, batch, plan.suffix_max, q.dtype)
+    k, v = _gather_kv(k_buffer, v_buffer, plan.suffix_slots.view(batch, plan.suffix_max), q.dtype)
     own, own_lse = flash(runs, k, v, attn_mask=plan.suffix_mask, scale=sm_scale)[:2]  # [batch, kv_heads, group, (dim)]
     members = plan.members.shape[1]
     stacked = runs[plan.members]  # [groups, members, kv_heads, group, dim]
     stacked = stacked.permute(0, 2, 1, 3, 4).reshape(plan.groups, kv_heads, members * group, head_dim)
-    k, v = _gather_kv(k_buffer, v_buffer, plan.prefix_slots, plan.groups, plan.prefix_max, q.dtype)
+    k, v = _gather_kv(k_buffer, v_buffer, plan.prefix_slots.view(plan.groups, plan.prefix_max), q.dtype)
     pre, pre_lse = flash(stacked, k, v, attn_mask=plan.prefix_mask, scale=sm_scale)[:2]
     pre = pre.view(plan.groups, kv_heads, members, group, head_dim).permute(0, 2, 1, 3, 4)
     pre = pre.reshape(plan.groups * members, kv_heads, group, head_dim)[plan.place]
@@ -491,8 +485,7 @@ def extend_attention_cpu(
     out_lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if plan.segments else None
     for bucket in plan.buckets:
         qb = q[bucket.rows].transpose(1, 2)  # [batch, heads, length, dim]
-        kb = _rows(k_buffer, bucket.slots).to(q.dtype).transpose(1, 2)  # [batch, kv_heads, length, dim]
-        vb = _rows(v_buffer, bucket.slots).to(q.dtype).transpose(1, 2)
+        kb, vb = _gather_kv(k_buffer, v_buffer, bucket.slots, q.dtype)  # [batch, kv_heads, length, dim]
         o, lse = _attend(qb, kb, vb, True, sm_scale)
         rows = bucket.rows[bucket.valid]
         out[rows] = o.transpose(1, 2)[bucket.valid].to(work)
@@ -513,15 +506,11 @@ def extend_attention_cpu(
 
 def _extend_masked(q, k_buffer, v_buffer, plan: MaskedExtendPlan, sm_scale: float) -> torch.Tensor:
     """A masked plan's one call over its blocks; returns [tokens, heads, dim]."""
-    groups, kv_max = plan.slots.shape
     if plan.rows is None:
         qg = q.transpose(0, 1)[None]  # [1, heads, tokens, dim]
     else:
         qg = q[plan.rows].transpose(1, 2)  # [groups, heads, q_max, dim]
-    shape = (groups, kv_max, k_buffer.shape[1], k_buffer.shape[2])
-    slots = plan.slots.reshape(-1)
-    k = k_buffer.index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)  # [groups, kv_heads, kv_max, dim]
-    v = v_buffer.index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)
+    k, v = _gather_kv(k_buffer, v_buffer, plan.slots, q.dtype)  # [groups, kv_heads, kv_max, dim]
     mask = plan.mask.to(q.dtype)
     if q.device.type == "cpu":
         out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qg, k, v, attn_mask=mask, scale=sm_scale)[0]
