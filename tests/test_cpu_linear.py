@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sglbench.kernel import cpu_linear
+from sglbench.kernel import cpu_linear, cpu_native
 
 needs_packing = pytest.mark.skipif(not cpu_linear.packing_available(torch.bfloat16),
                                    reason="this CPU or torch build does not pack bf16 weights")
@@ -66,19 +66,41 @@ def test_packed_bf16_matches_f_linear(rows, bias):
 
 
 @needs_packing
-def test_pack_swaps_the_weight_in_place_and_state_dict_stays_dense():
+@pytest.mark.parametrize("keep_dense", [False, True])
+def test_pack_swaps_or_keeps_the_weight_and_state_dict_stays_dense(keep_dense, monkeypatch):
+    if keep_dense and not cpu_native.available():
+        pytest.skip(f"the C kernels are off here: {cpu_native.unavailable_reason()}")
+    monkeypatch.setattr(cpu_linear, "keeps_dense", lambda dtype: keep_dense)
     layer = cpu_linear.Linear(96, 72, bias=True).bfloat16()
     dense = layer.weight.detach().clone()
     x = _bf16(5, 96, seed=3)
     before = layer(x)
     assert layer.pack() and layer.packed
-    assert layer.weight.is_mkldnn and not layer.pack()  # packed once
-    torch.testing.assert_close(layer(x), before, rtol=2e-2, atol=2e-2)
+    assert layer.weight.is_mkldnn is not keep_dense and not layer.pack()  # packed once
+    assert (layer.packed_weight is not None) is keep_dense
+    torch.testing.assert_close(layer(x), before, rtol=2e-2, atol=2e-2)  # 5 rows: the packed weight
+    torch.testing.assert_close(layer(x[:2]), before[:2], rtol=2e-2, atol=2e-2)  # 2 rows: the C GEMV if kept
     state = layer.state_dict()
+    assert set(state) == {"weight", "bias"}
     assert not state["weight"].is_mkldnn and torch.equal(state["weight"], dense)
     other = _bf16(72, 96, seed=4)
     layer.load_state_dict({"weight": other, "bias": state["bias"]})  # loads into the packed layer, repacks it
     assert layer.packed and torch.equal(layer.state_dict()["weight"], other)
+    expected = F.linear(x.float(), other.float(), state["bias"].float())
+    torch.testing.assert_close(layer(x).float(), expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(layer(x[:1]).float(), expected[:1], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(not cpu_native.available(), reason="the C kernels are off here")
+@pytest.mark.parametrize("rows", [1, 4, 5])
+def test_silu_mul_matches_the_unfused_mlp_activation(rows):
+    layer = cpu_linear.Linear(96, 2 * 40, bias=True).bfloat16()
+    layer.pack()
+    x = _bf16(rows, 96, seed=rows)
+    gate, up = F.linear(x, layer.weight, layer.bias).chunk(2, dim=-1)
+    torch.testing.assert_close(layer.silu_mul(x), F.silu(gate) * up, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(layer.silu_mul(x.reshape(1, rows, 96)), (F.silu(gate) * up)[None], rtol=1e-2,
+                               atol=1e-2)
 
 
 def test_only_bf16_cpu_weights_are_packed():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from sglbench.kernel import cpu_features, cpu_linear
+from sglbench.kernel import cpu_features, cpu_linear, cpu_native
 from sglbench.runtime.attention import TorchAttentionBackend
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
 from sglbench.runtime.kv_pool import KVPool, KVPoolConfig
@@ -113,10 +113,16 @@ def _decode_batch(token: int, pos: int, base: int) -> ForwardBatch:
                         torch.arange(base, base + pos + 1), t([0]))
 
 
-def test_bf16_logits_within_bf16_tolerance_of_transformers(bf16_checkpoint):
-    """Prefill then token-by-token decode in bf16 (linears packed where this CPU allows): every position's
-    logits are as close to transformers' fp32 ones as transformers' own bf16 run is (bf16 rounding, not a
-    different function)."""
+@pytest.mark.parametrize("native", [True, False], ids=["c-kernels", "torch-only"])
+def test_bf16_logits_within_bf16_tolerance_of_transformers(bf16_checkpoint, native, monkeypatch):
+    """Prefill then token-by-token decode in bf16 (linears packed where this CPU allows), with the C kernels
+    (kernel/cpu_native.py: GEMV, decode attention, RMSNorm, rotary) and without: every position's logits are
+    as close to transformers' fp32 ones as transformers' own bf16 run is (bf16 rounding, not a different
+    function)."""
+    if native and not cpu_native.available():
+        pytest.skip(f"the C kernels are off here: {cpu_native.unavailable_reason()}")
+    if not native:
+        monkeypatch.setattr(cpu_native, "_load", lambda: (None, "off in this test"))
     path, hf32, hf16 = bf16_checkpoint
     config = ModelConfig.from_path(path)
     model = load_model(path, "cpu", torch.bfloat16, config)
@@ -152,6 +158,28 @@ def test_bf16_checkpoint_dtype_choice_is_reported(bf16_checkpoint):
     assert info.dtype == ("torch.bfloat16" if cpu_features.detect().fast_bf16 else "torch.float32")
     assert info.dtype_reason.startswith("auto: checkpoint stored in bfloat16")
     assert info.cpu_features == cpu_features.detect().describe()
+    assert info.cpu_kernels == cpu_native.describe(torch.bfloat16 if "bfloat16" in info.dtype else torch.float32)
     layers = ModelConfig.from_path(path).num_layers
     packs = info.dtype == "torch.bfloat16" and cpu_linear.packing_available(torch.bfloat16)
     assert info.packed_linears == (4 * layers + 1 if packs else 0)  # qkv, o, gate_up, down; the lm-head
+
+
+def test_bf16_batched_decode_runs_as_one_batch_and_agrees_with_the_torch_path(bf16_checkpoint, monkeypatch):
+    """Batches of 1 to 7 requests (the C GEMV's widths, then oneDNN's) decode in one step each, with the C
+    kernels' strided query views and all: no step falls back to running requests one by one
+    ("engine.isolate"), and the greedy tokens equal the torch-only path's."""
+    path, _, _ = bf16_checkpoint
+    prompts = _prompts(ModelConfig.from_path(path).vocab_size)
+    prompts = (prompts * 4)[:7]
+
+    def run() -> tuple[list[list[int]], list]:
+        with Runtime(str(path), device="cpu", dtype="bfloat16", max_total_tokens=512) as rt:
+            outs = [r["output_ids"] for r in rt.generate(prompts, max_new_tokens=5, temperature=0, ignore_eos=True)]
+            return outs, rt.engine.events.since(0, kinds=("engine.isolate",))
+
+    native, isolated = run()
+    assert isolated == []
+    monkeypatch.setattr(cpu_native, "_load", lambda: (None, "off in this test"))
+    torch_only, isolated = run()
+    assert isolated == []
+    assert native == torch_only

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sglbench.kernel import cpu_native
 from sglbench.sequences import common_prefix_len
 
 # Plan costs, in score elements of one dense masked call (~7-9 ns each with 8 heads of 32 in fp32 on this
@@ -257,6 +258,7 @@ class DecodePlan:
     max_len: int
     mask: torch.Tensor | None  # [batch, 1, 1, max_len] additive (0 / -inf) in the query dtype; None: no padding
     shared: SharedPrefixPlan | None = None
+    lens: torch.Tensor | None = None  # [batch] int64 context lengths (the C kernel reads slots in place)
 
 
 # A shared prefix shorter than this is not worth its own part; the two-part plan is taken when its elements
@@ -287,7 +289,7 @@ def plan_decode(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, dtype: torch.
     if share_prefixes is not False and batch >= 2 and kv_indices.device.type == "cpu":
         shared = _plan_shared_prefixes(padded, lens, max_len, dtype, always=bool(share_prefixes))
     mask = _padding_mask(valid, dtype) if shared is None else None
-    return DecodePlan(padded.reshape(-1), batch, max_len, mask, shared)
+    return DecodePlan(padded.reshape(-1), batch, max_len, mask, shared, lens.to(torch.int64))
 
 
 def _plan_shared_prefixes(padded: torch.Tensor, lens: torch.Tensor, max_len: int, dtype: torch.dtype,
@@ -398,6 +400,9 @@ def decode_attention_cpu(
         return torch.zeros_like(q)
     if plan.shared is not None:
         return _decode_shared(q, k_buffer, v_buffer, plan.shared, sm_scale)
+    if plan.lens is not None and cpu_native.decode_attention_fits(q, k_buffer):  # K/V read in place, no gather
+        return cpu_native.decode_attention(q, k_buffer, v_buffer, plan.slots.view(batch, plan.max_len), plan.lens,
+                                           sm_scale)
     groups = q.reshape(batch, kv_heads, num_heads // kv_heads, head_dim)  # a kv head's query heads as a query run
     k, v = _gather_kv(k_buffer, v_buffer, plan.slots.view(batch, plan.max_len), q.dtype)
     if q.device.type == "cpu":

@@ -13,6 +13,12 @@ Two routes, picked by the weight:
   oneDNN costs about 40 us a call on top, so weights under `MIN_ONEDNN_WEIGHT` elements (the embedded
   model's: 0.1-0.4 M) stay on F.linear at every row count: 2-4x faster there at 4-23 rows.
 
+Where the C kernels run (cpu_native: AVX512-BF16 and a C compiler), a bf16 Linear keeps its dense weight as
+well as the packed one: batches of up to `cpu_native.MAX_GEMV_ROWS` rows (decode) go to the C GEMV, which
+streams dense rows at memory speed (about 1.2x oneDNN's packed GEMV over a Qwen2.5-0.5B step), and the MLP's
+gate-up projection fuses SiLU-and-multiply into it (`Linear.silu_mul`); more rows go to the packed weight.
+That costs a second copy of the layer weights; SGLBENCH_NATIVE_KERNELS=0 keeps one.
+
 Where torch was built without oneDNN, or its ops refuse the input, everything stays on F.linear.
 """
 
@@ -22,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglbench.kernel import cpu_features
+from sglbench.kernel import cpu_features, cpu_native
 
 MIN_ROWS = 16  # dense weights below this many rows go to F.linear (fp16, unpacked bf16)
 MIN_ONEDNN_WEIGHT = 1 << 21  # dense weights smaller than this (elements) never go to oneDNN
@@ -72,6 +78,17 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
 
 
+def keeps_dense(dtype: torch.dtype) -> bool:
+    """Whether a packed Linear of dtype also keeps its dense weight, for the C GEMV (see module doc)."""
+    return dtype == torch.bfloat16 and cpu_native.available()
+
+
+def _gemv_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
+            and not weight.is_mkldnn and 0 < x.numel() <= cpu_native.MAX_GEMV_ROWS * x.shape[-1]
+            and weight.is_contiguous() and cpu_native.available())
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T + bias, as F.linear: packed weights (`pack_weight`) at any row count, dense ones of at
     least MIN_ONEDNN_WEIGHT elements on oneDNN for CPU batches of at least `min_rows` rows."""
@@ -86,22 +103,44 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose forward goes through `linear`. `pack()` swaps the weight for its packed form in place;
-    the state dict still reads and writes the dense weight."""
+    """nn.Linear whose forward goes through the C GEMV (a few bf16 rows, dense weight) or `linear`. `pack()`
+    swaps the weight for its packed form in place, or keeps both (`keeps_dense`); the state dict still reads
+    and writes the dense weight."""
+
+    packed_weight: torch.Tensor | None = None  # the packed copy kept beside a dense weight (keeps_dense)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        if _gemv_fits(x, self.weight):
+            rows = x.reshape(-1, x.shape[-1])
+            return cpu_native.gemv_bf16(rows, self.weight, self.bias).reshape(*x.shape[:-1], self.weight.shape[0])
+        return linear(x, self.weight if self.packed_weight is None else self.packed_weight, self.bias)
+
+    def silu_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """F.silu(gate) * up, gate and up being this (gate-up) projection's two halves; fused into the C GEMV
+        where it runs."""
+        if _gemv_fits(x, self.weight):
+            rows = x.reshape(-1, x.shape[-1])
+            return cpu_native.gemv_silu_mul_bf16(rows, self.weight, self.bias).reshape(*x.shape[:-1], -1)
+        gate, up = self(x).chunk(2, dim=-1)
+        return F.silu(gate).mul_(up)
 
     @property
     def packed(self) -> bool:
-        return self.weight.is_mkldnn
+        return self.weight.is_mkldnn or self.packed_weight is not None
 
     def pack(self) -> bool:
-        """Replace the weight by its packed form where that is faster (see module doc); whether it was."""
+        """Pack the weight where that is faster (see module doc): in place of the dense one, or beside it
+        where `keeps_dense`; whether it was packed."""
+        if self.packed:
+            return False
         packed = pack_weight(self.weight)
-        if packed is not None:
+        if packed is None:
+            return False
+        if keeps_dense(self.weight.dtype):
+            self.packed_weight = packed
+        else:
             self.weight = nn.Parameter(packed, requires_grad=False)
-        return packed is not None
+        return True
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -113,7 +152,8 @@ class Linear(nn.Linear):
         if not self.packed:
             return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                                  unexpected_keys, error_msgs)
-        self.weight = nn.Parameter(self.weight.to_dense(), requires_grad=False)
+        self.weight = nn.Parameter(self.weight.to_dense(), requires_grad=False) if self.weight.is_mkldnn else self.weight
+        self.packed_weight = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         self.pack()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sglbench.kernel import cpu_features
+from sglbench.kernel import cpu_features, cpu_native
 from sglbench.kernel.cpu_linear import Linear
 from sglbench.runtime.attention import make_attention_backend
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
@@ -53,6 +53,7 @@ class ModelRunner:
         self.model = load_model(model_path, device, dtype, model_config)
         self.packed_linears = sum(1 for m in self.model.modules() if isinstance(m, Linear) and m.packed)
         self.cpu_features = cpu_features.detect().describe() if device == "cpu" else ""
+        self.cpu_kernels = cpu_native.describe(dtype) if device == "cpu" else ""
         if attention_backend == "auto":
             attention_backend = "triton" if device.startswith("cuda") else "torch"
         self.attention = make_attention_backend(attention_backend, pool, model_config.head_dim**-0.5)

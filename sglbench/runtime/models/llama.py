@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglbench.kernel import cpu_native
 from sglbench.kernel.cpu_linear import Linear
 from sglbench.kernel.reference import rms_norm_ref
 from sglbench.runtime.attention import AttentionBackend
@@ -28,7 +29,18 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # torch's fused kernel: the same numbers in one pass
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        rows = x.reshape(-1, x.shape[-1])
+        if cpu_native.rms_norm_fits(rows, self.weight):  # bf16 on the CPU: one C call, not eight ops
+            return cpu_native.add_rms_norm_bf16(rows, self.weight, self.eps).view(x.shape)
         return rms_norm_ref(x, self.weight, self.eps)  # fp32 math, cast back before the weight, as Llama does
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + x), residual + x): the residual stream's add and the next norm, one C call where
+        `forward` is one; `residual` may be updated in place."""
+        if x.dim() == 2 and residual.is_contiguous() and cpu_native.rms_norm_fits(x, self.weight):
+            return cpu_native.add_rms_norm_bf16(x, self.weight, self.eps, residual=residual), residual
+        summed = residual + x
+        return self(summed), summed
 
 
 class RotaryEmbedding(nn.Module):
@@ -43,6 +55,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cis", torch.polar(torch.ones_like(freqs), freqs), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        table = torch.view_as_real(self.cis)  # [positions, dim / 2, 2] fp32 (cos, sin)
+        if cpu_native.rope_fits(q, k, table):  # bf16 on the CPU: rotated in place by one C call
+            cpu_native.rope_bf16_(q, k, positions, table)
+            return q, k
         cis = self.cis[positions].unsqueeze(1)  # [tokens, 1, dim / 2] complex64
         return _rotate(q, cis), _rotate(k, cis)
 
@@ -96,8 +112,7 @@ class MLP(nn.Module):
         self.down_proj = Linear(i, h, bias=b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate).mul_(up))
+        return self.down_proj(self.gate_up_proj.silu_mul(x))
 
 
 class DecoderLayer(nn.Module):
@@ -108,9 +123,17 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, positions, rotary, backend, batch):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, backend, batch)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, positions, rotary, backend, batch):
+        """(this layer's MLP output, the residual stream before it): the stream's adds are fused into the
+        next norm (RMSNorm.add_forward), so x is the previous layer's output and residual the stream before
+        it (None for the first layer, whose x is the embedding)."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.add_forward(x, residual)
+        h = self.self_attn(h, positions, rotary, backend, batch)
+        h, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -123,10 +146,14 @@ class LlamaModel(nn.Module):
 
     def forward(self, batch: ForwardBatch, backend: AttentionBackend, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states [tokens, hidden], or only those of `rows` (the last norm skips the others)."""
-        x = self.embed_tokens(batch.input_ids)  # [tokens, hidden]
+        x, residual = self.embed_tokens(batch.input_ids), None  # [tokens, hidden]
         for layer in self.layers:
-            x = layer(x, batch.positions, self.rotary_emb, backend, batch)
-        return self.norm(x if rows is None else x[rows])
+            x, residual = layer(x, residual, batch.positions, self.rotary_emb, backend, batch)
+        if residual is None:  # no layers
+            return self.norm(x if rows is None else x[rows])
+        if rows is not None:
+            x, residual = x[rows], residual[rows]
+        return self.norm.add_forward(x, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):

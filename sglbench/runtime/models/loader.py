@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from sglbench.kernel import cpu_features
-from sglbench.kernel.cpu_linear import Linear, pack_weight, packing_available
+from sglbench.kernel.cpu_linear import Linear, keeps_dense, pack_weight, packing_available
 from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.models.llama import LlamaForCausalLM, interleave_rotary
 
@@ -75,8 +75,9 @@ def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: 
     """Instantiate the decoder on the meta device, then fill every parameter from the safetensors shards.
 
     pack: where cpu_linear packs weights of this dtype, each linear weight is packed as soon as it is read
-    (or stacked), so the model never holds it dense as well; the tensors left dense are copied off the
-    file's memory map, which would otherwise stay mapped (and counted in RSS) for their sake."""
+    (or stacked), so the model never holds it dense as well, unless cpu_linear keeps dense weights for the
+    C GEMV (`keeps_dense`): then every Linear packs a copy beside its weight once loaded. The tensors left
+    dense are copied off the file's memory map, which would otherwise stay mapped (and counted in RSS)."""
     path = Path(model_path)
     config = config or ModelConfig.from_path(path)
     files = sorted(path.glob("*.safetensors"))
@@ -86,12 +87,13 @@ def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: 
         model = LlamaForCausalLM(config)
     params = dict(model.named_parameters(remove_duplicate=False))
     packing = pack and str(device) == "cpu" and packing_available(dtype)
+    in_place = packing and not keeps_dense(dtype)  # packed copies replace the dense weights as they are read
     linear_weights = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, Linear)}
 
     def final(name: str, tensor: torch.Tensor) -> torch.Tensor:
         if not packing:
             return tensor
-        return pack_weight(tensor) if name in linear_weights else tensor.clone()
+        return pack_weight(tensor) if in_place and name in linear_weights else tensor.clone()
 
     loaded: dict[str, torch.Tensor] = {}
     parts: dict[str, dict[str, torch.Tensor]] = {}  # fused parameter -> its checkpoint pieces read so far
@@ -115,13 +117,17 @@ def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: 
     tied = config.tie_word_embeddings and "model.embed_tokens.weight" in loaded
     if tied:  # the lm-head reads the embedding: the same tensor, or its own packed copy
         embedding = loaded["model.embed_tokens.weight"]
-        loaded["lm_head.weight"] = pack_weight(embedding) if packing else embedding
+        loaded["lm_head.weight"] = pack_weight(embedding) if in_place else embedding
     missing = [n for n in params if n not in loaded]
     if missing:
         raise ValueError(f"checkpoint {str(path)!r} lacks weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     model.load_state_dict(loaded, assign=True, strict=False)
-    if tied and not packing:
+    if tied and not in_place:
         model.lm_head.weight = model.model.embed_tokens.weight
+    if packing and not in_place:  # packed copies beside the dense weights (cpu_linear.keeps_dense)
+        for m in model.modules():
+            if isinstance(m, Linear):
+                m.pack()
     # Non-persistent buffers (rotary tables) were created on meta: rebuild them on the target device.
     model.model.rotary_emb = type(model.model.rotary_emb)(config).to(device)
     return model.to(device).eval()

@@ -1,0 +1,245 @@
+"""The C kernels of csrc/cpu_decode.c, for CPUs with AVX512-BF16: bf16 GEMV for decode batches of up to
+`MAX_GEMV_ROWS` rows (plain, and with the MLP's SiLU-and-multiply fused in), paged decode attention, and
+the per-layer bf16 element-wise work (RMSNorm with the residual add fused in, rotary embedding in place).
+
+Why C: at a decode batch of one, torch's ops cost 10-100 us each before any work (a bf16 RMSNorm is eight of
+them, a rotary embedding a dozen), and oneDNN's packed GEMV reads Qwen2.5-0.5B's layer weights at about
+20 GB/s where this machine streams 24; the C GEMV reads dense rows at 23-24 GB/s and attention over a few
+hundred slots takes microseconds, not a fused SDPA call.
+
+The library is compiled on first use with the system C compiler (`$CC`, else cc/gcc; well under a second)
+into sglbench's cache folder, keyed by the source's hash, and loaded with ctypes. It is linked with
+-fopenmp, so it runs on the OpenMP runtime torch already loaded, with torch's thread count. Where there
+is no compiler, no AVX512-BF16 or SGLBENCH_NATIVE_KERNELS=0, `unavailable_reason()` says why and callers
+keep their torch paths.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sglbench.kernel import cpu_features
+
+SOURCE = Path(__file__).with_name("csrc") / "cpu_decode.c"
+MAX_GEMV_ROWS = 4  # the C GEMV's widest batch: from 8 rows oneDNN's AMX GEMM wins
+FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16")
+_I64, _INT, _PTR, _FLOAT = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
+_SIGNATURES = {
+    "sgl_gemv_bf16": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT),
+    "sgl_gemv_silu_mul_bf16": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT),
+    "sgl_decode_attention": (_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _INT, _INT, _INT, _INT, _FLOAT, _INT,
+                             _INT),
+    "sgl_add_rms_norm_bf16": (_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _FLOAT, _INT),
+    "sgl_rope_bf16": (_PTR, _I64, _INT, _PTR, _I64, _INT, _PTR, _PTR, _I64, _I64, _INT, _INT),
+}
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: $SGLBENCH_CACHE_DIR, else $XDG_CACHE_HOME/sglbench, else ~/.cache/sglbench."""
+    if os.environ.get("SGLBENCH_CACHE_DIR"):
+        return Path(os.environ["SGLBENCH_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sglbench"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(out_dir: Path | None = None) -> Path:
+    """Compile the library unless a build of this exact source is there already; its path. Raises
+    RuntimeError with the compiler's message when the build fails."""
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+    target = (out_dir or cache_dir() / "kernels") / f"cpu_decode-{digest}.so"
+    if target.exists():
+        return target
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler (set $CC, or install cc/gcc)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        try:
+            proc = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True,
+                                  text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise RuntimeError(f"{compiler} did not run: {e}") from e
+        if proc.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
+        os.replace(built, target)  # atomic: concurrent builders each leave a whole file
+    return target
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    if os.environ.get("SGLBENCH_NATIVE_KERNELS", "1") == "0":
+        return None, "SGLBENCH_NATIVE_KERNELS=0"
+    if not cpu_features.detect().avx512_bf16:
+        return None, "this CPU lacks AVX512-BF16"
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, RuntimeError) as e:
+        return None, f"build failed: {e}"
+    for name, args in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, ctypes.c_int
+    return lib, None
+
+
+def available() -> bool:
+    """Whether the C kernels run on this machine (built and loaded on first call)."""
+    return _load()[0] is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the C kernels are not used here, or None when they are."""
+    return _load()[1]
+
+
+def describe(dtype: torch.dtype = torch.bfloat16) -> str:
+    """One line for model info: what the C kernels do for a model of dtype here, or why they are off."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return f"off: {reason}"
+    if dtype == torch.bfloat16:
+        return f"on: GEMV (decode batches up to {MAX_GEMV_ROWS}), decode attention, RMSNorm, rotary"
+    if dtype == torch.float32:
+        return "on: decode attention (fp32 linears stay on torch's BLAS)"
+    return f"off: none for {str(dtype).removeprefix('torch.')}"
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+_CODES = {1: "unsupported shapes", 2: "out of memory",
+          3: "an index out of range (a slot outside the KV pool, a length past the slots, a position past the table)"}
+
+
+def _check(code: int, what: str) -> None:
+    if code != 0:
+        raise RuntimeError(f"{what} refused its arguments: {_CODES.get(code, f'code {code}')}")
+
+
+def _gemv_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows_out: int):
+    if x.dim() != 2 or not 1 <= x.shape[0] <= MAX_GEMV_ROWS or x.stride(1) != 1:
+        raise ValueError(f"x must be [1..{MAX_GEMV_ROWS}, K] with unit column stride, got {tuple(x.shape)}")
+    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or not weight.is_contiguous():
+        raise ValueError("the C GEMV takes bf16 inputs and a contiguous bf16 weight")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} columns, the weight {weight.shape[1]}")
+    if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()):
+        raise ValueError("bias must be contiguous bf16")
+    return torch.empty(x.shape[0], rows_out, dtype=torch.bfloat16)
+
+
+def gemv_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for bf16 x [rows <= MAX_GEMV_ROWS, K] and weight [N, K]: [rows, N]."""
+    out = _gemv_args(x, weight, bias, weight.shape[0])
+    lib = _load()[0]
+    _check(lib.sgl_gemv_bf16(x.data_ptr(), x.stride(0), weight.data_ptr(), _ptr(bias), out.data_ptr(),
+                             out.stride(0), x.shape[0], weight.shape[0], weight.shape[1], torch.get_num_threads()),
+           "sgl_gemv_bf16")
+    return out
+
+
+def gemv_silu_mul_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.silu(gate) * up of F.linear(x, weight, bias).chunk(2, -1), in one pass over weight [2I, K]: [rows, I]."""
+    if weight.shape[0] % 2:
+        raise ValueError(f"a gate-up weight has an even number of rows, got {weight.shape[0]}")
+    half = weight.shape[0] // 2
+    out = _gemv_args(x, weight, bias, half)
+    lib = _load()[0]
+    _check(lib.sgl_gemv_silu_mul_bf16(x.data_ptr(), x.stride(0), weight.data_ptr(), _ptr(bias), out.data_ptr(),
+                                      out.stride(0), x.shape[0], half, weight.shape[1], torch.get_num_threads()),
+           "sgl_gemv_silu_mul_bf16")
+    return out
+
+
+def decode_attention_fits(q: torch.Tensor, k_buffer: torch.Tensor) -> bool:
+    """Whether `decode_attention` takes this query and KV pool: on the CPU, bf16 or fp32, one dtype, built."""
+    return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float32) and k_buffer.dtype == q.dtype
+            and available())
+
+
+def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, slots: torch.Tensor,
+                     lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """One query token per request over its paged context, read in place: q [batch, heads, dim] (rows may be
+    strided: a view into the QKV projection's output); k/v_buffer
+    [slots, kv_heads, dim] of q's dtype (bf16 or fp32); slots [batch, width] int64, row b's first lens[b]
+    entries being its context. Returns [batch, heads, dim]."""
+    batch, heads, dim = q.shape
+    kv_heads = k_buffer.shape[1]
+    if q.dtype not in (torch.bfloat16, torch.float32) or k_buffer.dtype != q.dtype or v_buffer.dtype != q.dtype:
+        raise ValueError(f"decode_attention takes bf16 or fp32 q, k and v of one dtype, got {q.dtype}, "
+                         f"{k_buffer.dtype}, {v_buffer.dtype}")
+    if q.stride(2) != 1 or q.stride(1) != dim or not (k_buffer.is_contiguous() and v_buffer.is_contiguous()):
+        raise ValueError("q's heads and the K/V buffers must be contiguous")
+    if heads % kv_heads or k_buffer.shape[2] != dim or v_buffer.shape != k_buffer.shape:
+        raise ValueError(f"q {tuple(q.shape)} does not fit K/V buffers {tuple(k_buffer.shape)}")
+    if slots.dtype != torch.int64 or lens.dtype != torch.int64 or not (slots.is_contiguous() and lens.is_contiguous()):
+        raise ValueError("slots and lens must be contiguous int64")
+    if slots.dim() != 2 or slots.shape[0] != batch or lens.shape != (batch,):
+        raise ValueError(f"slots {tuple(slots.shape)} and lens {tuple(lens.shape)} must have {batch} rows")
+    out = torch.empty(batch, heads, dim, dtype=q.dtype)
+    lib = _load()[0]
+    _check(lib.sgl_decode_attention(q.data_ptr(), q.stride(0), k_buffer.data_ptr(), v_buffer.data_ptr(), out.data_ptr(),
+                                    slots.data_ptr(), slots.shape[1], lens.data_ptr(), k_buffer.shape[0], batch,
+                                    heads, kv_heads, dim,
+                                    sm_scale, q.element_size(), torch.get_num_threads()),
+           "sgl_decode_attention")
+    return out
+
+
+def rms_norm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `add_rms_norm_bf16` takes these: bf16 on the CPU, rows of unit stride, built."""
+    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
+            and x.dim() == 2 and x.stride(1) == 1 and weight.is_contiguous() and available())
+
+
+def add_rms_norm_bf16(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                      residual: torch.Tensor | None = None) -> torch.Tensor:
+    """reference.rms_norm_ref(x, weight, eps) of bf16 x [rows, dim]; with residual (contiguous, x's shape),
+    first residual += x in place (rounded to bf16, as torch's add) and the sum normalised instead."""
+    rows, dim = x.shape
+    if weight.shape != (dim,) or (residual is not None and (residual.shape != x.shape or residual.stride(1) != 1
+                                                            or residual.dtype != x.dtype)):
+        raise ValueError(f"x {tuple(x.shape)}, weight {tuple(weight.shape)} and residual do not fit")
+    out = torch.empty(rows, dim, dtype=x.dtype)
+    lib = _load()[0]
+    _check(lib.sgl_add_rms_norm_bf16(x.data_ptr(), x.stride(0), _ptr(residual),
+                                     0 if residual is None else residual.stride(0), weight.data_ptr(), out.data_ptr(),
+                                     out.stride(0), rows, dim, eps, torch.get_num_threads()),
+           "sgl_add_rms_norm_bf16")
+    return out
+
+
+def rope_fits(q: torch.Tensor, k: torch.Tensor, cis: torch.Tensor) -> bool:
+    """Whether `rope_bf16_` takes these: bf16 [tokens, heads, dim] views with contiguous heads, fp32 cis."""
+    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16
+            and q.dim() == 3 and k.dim() == 3 and q.stride(2) == 1 and k.stride(2) == 1
+            and q.stride(1) == q.shape[2] and k.stride(1) == k.shape[2] and cis.dtype == torch.float32
+            and cis.is_contiguous() and available())
+
+
+def rope_bf16_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cis: torch.Tensor) -> None:
+    """Rotate q [tokens, heads, dim] and k [tokens, kv_heads, dim] in place: interleaved pairs (2i, 2i + 1)
+    times cis [max_position, dim / 2, 2] (cos, sin) at each token's position (int64 [tokens])."""
+    tokens, heads, dim = q.shape
+    if k.shape[0] != tokens or k.shape[2] != dim or cis.shape[1:] != (dim // 2, 2) or positions.shape != (tokens,):
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, positions and cis {tuple(cis.shape)} do not fit")
+    if positions.dtype != torch.int64 or not positions.is_contiguous():
+        raise ValueError("positions must be contiguous int64")
+    lib = _load()[0]
+    _check(lib.sgl_rope_bf16(q.data_ptr(), q.stride(0), heads, k.data_ptr(), k.stride(0), k.shape[1],
+                             positions.data_ptr(), cis.data_ptr(), cis.shape[0], tokens, dim, torch.get_num_threads()),
+           "sgl_rope_bf16")

@@ -1,0 +1,176 @@
+"""The C kernels (sglbench/kernel/csrc/cpu_decode.c through kernel/cpu_native.py) against their plain-torch
+references: GEMV and the fused SiLU-and-multiply against F.linear, decode attention against
+reference.decode_attention_ref, RMSNorm against reference.rms_norm_ref, the rotary embedding against
+llama.RotaryEmbedding's complex multiply; bad indices refused without a crash; the build and its fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sglbench.kernel import cpu_native, reference
+from sglbench.runtime.model_config import ModelConfig
+from sglbench.runtime.models.llama import RotaryEmbedding
+
+needs_native = pytest.mark.skipif(not cpu_native.available(),
+                                  reason=f"the C kernels are off here: {cpu_native.unavailable_reason()}")
+
+
+def _bf16(*shape, seed=0, scale=1.0):
+    return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale).bfloat16()
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize(("n", "k"), [(37, 96), (64, 100), (1152, 896), (40, 31)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_matches_f_linear(rows, n, k, bias):
+    """Every block shape (16/8/4 rows per block by batch), a row tail (N not a multiple of the block), a K
+    tail (masked loads), bias: at most one bf16 rounding step from F.linear (summation order differs)."""
+    x, w = _bf16(rows, k, seed=rows), _bf16(n, k, seed=n, scale=0.2)
+    b = _bf16(n, seed=7) if bias else None
+    ours, ref = cpu_native.gemv_bf16(x, w, b), F.linear(x, w, b)
+    assert ours.dtype == torch.bfloat16 and ours.shape == (rows, n)
+    exact = F.linear(x.float(), w.float(), None if b is None else b.float())
+    assert (ours.float() - exact).abs().max() <= (ref.float() - exact).abs().max() * 1.01 + 1e-6
+    assert (ours != ref).float().mean() < 0.05  # all but a few equal torch's own bf16 result
+
+
+@needs_native
+def test_gemv_reads_strided_rows_and_refuses_what_it_cannot_take():
+    wide = _bf16(3, 200, seed=1)
+    x, w = wide[:, :96], _bf16(40, 96, seed=2)  # rows 200 apart
+    torch.testing.assert_close(cpu_native.gemv_bf16(x, w), F.linear(x, w), rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match=r"1\.\.4"):
+        cpu_native.gemv_bf16(_bf16(5, 96), w)
+    with pytest.raises(ValueError, match="bf16"):
+        cpu_native.gemv_bf16(x.float(), w.float())
+    with pytest.raises(ValueError, match="columns"):
+        cpu_native.gemv_bf16(_bf16(1, 95), w)
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_silu_mul_matches_the_unfused_ops(rows, bias):
+    x, w = _bf16(rows, 96, seed=rows), _bf16(2 * 37, 96, seed=3, scale=0.3)
+    b = _bf16(2 * 37, seed=4) if bias else None
+    gate, up = F.linear(x, w, b).chunk(2, dim=-1)
+    ref = F.silu(gate) * up
+    ours = cpu_native.gemv_silu_mul_bf16(x, w, b)
+    assert ours.shape == (rows, 37)
+    torch.testing.assert_close(ours, ref, rtol=1.6e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="even"):
+        cpu_native.gemv_silu_mul_bf16(x, w[:-1].contiguous())
+
+
+def _paged(lens, kv_heads, dim, dtype, slots_total=4000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    slots = torch.randperm(slots_total - 1, generator=g)[: sum(lens)] + 1  # scattered over the pool
+    k = torch.randn(slots_total, kv_heads, dim, generator=g).to(dtype)
+    v = torch.randn(slots_total, kv_heads, dim, generator=g).to(dtype)
+    indptr = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    width = max(lens)
+    padded = torch.zeros(len(lens), width, dtype=torch.int64)
+    for i, (a, b) in enumerate(zip(indptr[:-1].tolist(), indptr[1:].tolist())):
+        padded[i, : b - a] = slots[a:b]
+    return k, v, indptr, slots, padded, torch.tensor(lens, dtype=torch.int64)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim", "lens"), [
+    (14, 2, 64, [40]),  # Qwen2.5-0.5B's grouping
+    (8, 8, 32, [5, 17, 1]),  # no grouping, a context of one
+    (16, 4, 128, [300, 2, 77, 1000]),
+    (6, 3, 40, [9, 33]),  # a head size not a multiple of 16: the scalar loops
+])
+def test_decode_attention_matches_reference(dtype, heads, kv_heads, dim, lens):
+    k, v, indptr, slots, padded, lens_t = _paged(lens, kv_heads, dim, dtype)
+    qkv = torch.randn(len(lens), (heads + 2 * kv_heads) * dim, generator=torch.Generator().manual_seed(1)).to(dtype)
+    q = qkv[:, : heads * dim].reshape(len(lens), heads, dim)  # a strided view, as Attention.forward hands it
+    ref = reference.decode_attention_ref(q.contiguous(), k, v, indptr, slots, dim**-0.5)
+    ours = cpu_native.decode_attention(q, k, v, padded, lens_t, dim**-0.5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+
+
+@needs_native
+def test_decode_attention_refuses_slots_outside_the_pool_without_reading_them():
+    k, v, _, _, padded, lens = _paged([4, 6], 2, 64, torch.bfloat16, slots_total=64)
+    q = torch.randn(2, 4, 64).bfloat16()
+    bad = padded.clone()
+    bad[1, 5] = 64  # one past the pool
+    with pytest.raises(RuntimeError, match="outside the KV pool"):
+        cpu_native.decode_attention(q, k, v, bad, lens, 0.125)
+    with pytest.raises(RuntimeError, match="outside the KV pool"):
+        cpu_native.decode_attention(q, k, v, padded, torch.tensor([4, 7]), 0.125)  # longer than its slots
+    with pytest.raises(ValueError, match="one dtype"):
+        cpu_native.decode_attention(q.float(), k, v, padded, lens, 0.125)
+    with pytest.raises(ValueError, match="int64"):
+        cpu_native.decode_attention(q, k, v, padded.int(), lens, 0.125)
+    ok = cpu_native.decode_attention(q, k, v, padded, lens, 0.125)  # the same call, in range, still works
+    assert torch.isfinite(ok.float()).all()
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 4, 100])
+def test_rms_norm_and_fused_residual_add_match_the_reference(rows):
+    x, residual, w = _bf16(rows, 896, seed=1), _bf16(rows, 896, seed=2, scale=3.0), _bf16(896, seed=3)
+    torch.testing.assert_close(cpu_native.add_rms_norm_bf16(x, w, 1e-6), reference.rms_norm_ref(x, w, 1e-6),
+                               rtol=1.6e-2, atol=1e-2)
+    summed = residual + x  # torch's bf16 add: the residual stream's next value
+    expected = reference.rms_norm_ref(summed, w, 1e-6)
+    stream = residual.clone()
+    out = cpu_native.add_rms_norm_bf16(x, w, 1e-6, residual=stream)
+    assert torch.equal(stream, summed)  # updated in place, rounded as torch rounds
+    torch.testing.assert_close(out, expected, rtol=1.6e-2, atol=1e-2)
+
+
+@needs_native
+def test_rope_matches_the_complex_multiply():
+    config = ModelConfig(architecture="LlamaForCausalLM", vocab_size=64, hidden_size=128, intermediate_size=256,
+                         num_layers=1, num_heads=4, num_kv_heads=2, head_dim=32, rms_norm_eps=1e-6,
+                         max_position_embeddings=512, tie_word_embeddings=False, qkv_bias=False, o_bias=False,
+                         mlp_bias=False, qk_norm=False, rope_theta=10000.0)
+    rotary = RotaryEmbedding(config)
+    qkv = _bf16(7, (4 + 2 + 2) * 32, seed=5)
+    positions = torch.tensor([0, 1, 2, 100, 511, 3, 4])
+    q, k, _ = qkv.split([128, 64, 64], dim=-1)
+    q, k = q.reshape(7, 4, 32), k.reshape(7, 2, 32)  # strided views into qkv, as in Attention.forward
+    cis = rotary.cis[positions].unsqueeze(1)
+    expected = [torch.view_as_real(torch.view_as_complex(t.float().reshape(*t.shape[:-1], -1, 2)) * cis)
+                .flatten(-2).bfloat16() for t in (q, k)]
+    cpu_native.rope_bf16_(q, k, positions, torch.view_as_real(rotary.cis))
+    torch.testing.assert_close(q, expected[0], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(k, expected[1], rtol=1e-2, atol=1e-2)
+    with pytest.raises(RuntimeError, match="position"):
+        cpu_native.rope_bf16_(q, k, torch.tensor([0, 1, 2, 3, 4, 5, 512]), torch.view_as_real(rotary.cis))
+
+
+def test_build_reports_a_missing_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(RuntimeError, match="no-such-cc"):
+        cpu_native.build(tmp_path / "kernels")
+
+
+def test_build_is_cached_by_source(tmp_path):
+    if cpu_native._compiler() is None:
+        pytest.skip("no C compiler here")
+    first = cpu_native.build(tmp_path)
+    assert first.exists() and first.parent == tmp_path
+    stamp = first.stat().st_mtime_ns
+    assert cpu_native.build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+
+
+def test_switch_off_by_environment(monkeypatch):
+    monkeypatch.setenv("SGLBENCH_NATIVE_KERNELS", "0")
+    cpu_native._load.cache_clear()
+    try:
+        assert not cpu_native.available()
+        assert cpu_native.unavailable_reason() == "SGLBENCH_NATIVE_KERNELS=0"
+        assert cpu_native.describe().startswith("off")
+    finally:
+        monkeypatch.delenv("SGLBENCH_NATIVE_KERNELS")
+        cpu_native._load.cache_clear()
