@@ -121,7 +121,11 @@ class Linear(nn.Linear):
         if _gemv_fits(x, self.weight):
             rows = x.reshape(-1, x.shape[-1])
             return cpu_native.gemv_silu_mul_bf16(rows, self.weight, self.bias).reshape(*x.shape[:-1], -1)
-        gate, up = self(x).chunk(2, dim=-1)
+        gate_up = self(x)
+        rows = gate_up.reshape(-1, gate_up.shape[-1])
+        if cpu_native.silu_mul_fits(rows):  # more rows (prefill): the activation in one C pass, not two ops
+            return cpu_native.silu_mul_bf16(rows).reshape(*gate_up.shape[:-1], -1)
+        gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate).mul_(up)
 
     @property

@@ -39,6 +39,7 @@ _SIGNATURES = {
     "sgl_decode_attention": (_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _INT, _INT, _INT, _INT, _FLOAT, _INT,
                              _INT),
     "sgl_add_rms_norm_bf16": (_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _FLOAT, _INT),
+    "sgl_silu_mul_bf16": (_PTR, _I64, _PTR, _I64, _I64, _I64, _INT),
     "sgl_rope_bf16": (_PTR, _I64, _INT, _PTR, _I64, _INT, _PTR, _PTR, _I64, _I64, _INT, _INT),
 }
 
@@ -243,3 +244,19 @@ def rope_bf16_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cis: t
     _check(lib.sgl_rope_bf16(q.data_ptr(), q.stride(0), heads, k.data_ptr(), k.stride(0), k.shape[1],
                              positions.data_ptr(), cis.data_ptr(), cis.shape[0], tokens, dim, torch.get_num_threads()),
            "sgl_rope_bf16")
+
+
+def silu_mul_fits(gate_up: torch.Tensor) -> bool:
+    """Whether `silu_mul_bf16` takes this gate-up output: bf16 [rows, 2I] on the CPU with unit column stride."""
+    return (gate_up.device.type == "cpu" and gate_up.dtype == torch.bfloat16 and gate_up.dim() == 2
+            and gate_up.shape[1] % 2 == 0 and gate_up.stride(1) == 1 and available())
+
+
+def silu_mul_bf16(gate_up: torch.Tensor) -> torch.Tensor:
+    """F.silu(gate) * up of gate, up = gate_up.chunk(2, -1) (bf16 [rows, 2I]), in one pass: [rows, I]."""
+    rows, width = gate_up.shape
+    out = torch.empty(rows, width // 2, dtype=gate_up.dtype)
+    lib = _load()[0]
+    _check(lib.sgl_silu_mul_bf16(gate_up.data_ptr(), gate_up.stride(0), out.data_ptr(), out.stride(0), rows, width // 2,
+                                 torch.get_num_threads()), "sgl_silu_mul_bf16")
+    return out

@@ -261,26 +261,37 @@ int sgl_decode_attention(const void *q, int64_t ldq, const void *k, const void *
 
 /* RMSNorm of bf16 rows, with the residual stream's add fused in front when residual is not NULL:
  * s = bf16(x + residual) is written back to residual and normalised; else x itself is. As
- * reference.rms_norm_ref: fp32 math, the normalised row rounded to bf16, then times the weight, rounded. */
+ * reference.rms_norm_ref: fp32 math, the normalised row rounded to bf16, then times the weight, rounded.
+ * Vectorised: a prefill's 512 x 896 rows take 0.1 ms, where torch's eight ops take several. */
 int sgl_add_rms_norm_bf16(const bf16 *x, int64_t ldx, bf16 *residual, int64_t ldr, const bf16 *weight, bf16 *out,
                           int64_t ldo, int64_t rows, int64_t dim, float eps, int threads) {
-    if (dim < 1 || dim > 16384) return 1;
+    if (dim < 1) return 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (rows * dim >= 65536)
     for (int64_t i = 0; i < rows; i++) {
-        float s[dim > 0 ? dim : 1];
-        double sq = 0.0;
-        for (int64_t d = 0; d < dim; d++) {
-            float v = bf16_to_f32(x[i * ldx + d]);
-            if (residual) {
-                v = round_bf16(v + bf16_to_f32(residual[i * ldr + d]));
-                residual[i * ldr + d] = f32_to_bf16(v);
+        const bf16 *xi = x + i * ldx;
+        bf16 *ri = residual ? residual + i * ldr : NULL, *oi = out + i * ldo;
+        const bf16 *src = ri ? ri : xi; /* the row that is normalised, once the add is done */
+        __m512 sq = _mm512_setzero_ps();
+        for (int64_t d = 0; d < dim; d += 16) {
+            const __mmask16 m = dim - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - d)) - 1);
+            __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, xi + d)), 16));
+            if (ri) {
+                const __m512 r = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, ri + d)), 16));
+                const __m256i sum = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(v, r)); /* rounded as torch's add */
+                _mm256_mask_storeu_epi16(ri + d, m, sum);
+                v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(sum), 16));
             }
-            s[d] = v;
-            sq += (double)v * v;
+            sq = _mm512_fmadd_ps(v, v, sq);
         }
-        const float scale = 1.0f / sqrtf((float)(sq / (double)dim) + eps);
-        for (int64_t d = 0; d < dim; d++)
-            out[i * ldo + d] = f32_to_bf16(bf16_to_f32(weight[d]) * round_bf16(s[d] * scale));
+        const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) / (float)dim + eps));
+        for (int64_t d = 0; d < dim; d += 16) {
+            const __mmask16 m = dim - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - d)) - 1);
+            const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + d)), 16));
+            const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, weight + d)), 16));
+            const __m256i normed = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(v, scale));
+            const __m512 nf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(normed), 16));
+            _mm256_mask_storeu_epi16(oi + d, m, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(w, nf)));
+        }
     }
     return 0;
 }
@@ -304,6 +315,46 @@ int sgl_rope_bf16(bf16 *q, int64_t ldq, int heads, bf16 *k, int64_t ldk, int kv_
                 x[2 * i] = f32_to_bf16(a * cr - b * ci);
                 x[2 * i + 1] = f32_to_bf16(a * ci + b * cr);
             }
+        }
+    }
+    return 0;
+}
+
+/* exp(x) for 16 lanes: n = round(x / ln 2), a degree-6 polynomial on the remainder, scaled by 2^n; within
+ * 2 ulp of expf over the range that matters here (silu's -x; it saturates to 0 / inf as expf does). */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-103.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 bf16x16_to_f32(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+
+/* out[r, i] = bf16(silu(gate) * up) of a gate-up projection's output [rows, 2I] (gate columns, then up), with
+ * silu(gate) rounded to bf16 first, as F.silu(gate).mul_(up) rounds: one pass instead of two torch ops. */
+int sgl_silu_mul_bf16(const bf16 *gate_up, int64_t ld, bf16 *out, int64_t ldo, int64_t rows, int64_t I,
+                      int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows * I >= 65536)
+    for (int64_t r = 0; r < rows; r++) {
+        const bf16 *g = gate_up + r * ld, *u = g + I;
+        bf16 *o = out + r * ldo;
+        for (int64_t i = 0; i < I; i += 16) {
+            const __mmask16 m = I - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (I - i)) - 1);
+            const __m512 gv = bf16x16_to_f32(_mm256_maskz_loadu_epi16(m, g + i));
+            const __m512 uv = bf16x16_to_f32(_mm256_maskz_loadu_epi16(m, u + i));
+            const __m512 silu = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+            const __m512 s = bf16x16_to_f32((__m256i)_mm512_cvtneps_pbh(silu));
+            _mm256_mask_storeu_epi16(o + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(s, uv)));
         }
     }
     return 0;
