@@ -115,38 +115,43 @@ def test_decode_attention_refuses_slots_outside_the_pool_without_reading_them():
 
 
 @needs_native
-@pytest.mark.parametrize("rows", [1, 4, 100])
-def test_rms_norm_and_fused_residual_add_match_the_reference(rows):
-    x, residual, w = _bf16(rows, 896, seed=1), _bf16(rows, 896, seed=2, scale=3.0), _bf16(896, seed=3)
-    torch.testing.assert_close(cpu_native.add_rms_norm_bf16(x, w, 1e-6), reference.rms_norm_ref(x, w, 1e-6),
-                               rtol=1.6e-2, atol=1e-2)
-    summed = residual + x  # torch's bf16 add: the residual stream's next value
-    expected = reference.rms_norm_ref(summed, w, 1e-6)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("rows", "dim"), [(1, 896), (4, 40), (100, 256)])
+def test_rms_norm_and_fused_residual_add_match_the_reference(rows, dim, dtype):
+    x, residual = _bf16(rows, dim, seed=1).to(dtype), _bf16(rows, dim, seed=2, scale=3.0).to(dtype)
+    w = _bf16(dim, seed=3).to(dtype)
+    ref = reference.rms_norm_ref if dtype == torch.bfloat16 else lambda t, w, eps: F.rms_norm(t, (dim,), w, eps)
+    tol = {"rtol": 1.6e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(cpu_native.add_rms_norm(x, w, 1e-6), ref(x, w, 1e-6), **tol)
+    summed = residual + x  # torch's add: the residual stream's next value
     stream = residual.clone()
-    out = cpu_native.add_rms_norm_bf16(x, w, 1e-6, residual=stream)
+    out = cpu_native.add_rms_norm(x, w, 1e-6, residual=stream)
     assert torch.equal(stream, summed)  # updated in place, rounded as torch rounds
-    torch.testing.assert_close(out, expected, rtol=1.6e-2, atol=1e-2)
+    torch.testing.assert_close(out, ref(summed, w, 1e-6), **tol)
 
 
 @needs_native
-def test_rope_matches_the_complex_multiply():
-    config = ModelConfig(architecture="LlamaForCausalLM", vocab_size=64, hidden_size=128, intermediate_size=256,
-                         num_layers=1, num_heads=4, num_kv_heads=2, head_dim=32, rms_norm_eps=1e-6,
-                         max_position_embeddings=512, tie_word_embeddings=False, qkv_bias=False, o_bias=False,
-                         mlp_bias=False, qk_norm=False, rope_theta=10000.0)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("head_dim", [32, 40, 64])
+def test_rope_matches_the_complex_multiply(dtype, head_dim):
+    config = ModelConfig(architecture="LlamaForCausalLM", vocab_size=64, hidden_size=4 * head_dim,
+                         intermediate_size=256, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=head_dim,
+                         rms_norm_eps=1e-6, max_position_embeddings=512, tie_word_embeddings=False, qkv_bias=False,
+                         o_bias=False, mlp_bias=False, qk_norm=False, rope_theta=10000.0)
     rotary = RotaryEmbedding(config)
-    qkv = _bf16(7, (4 + 2 + 2) * 32, seed=5)
+    qkv = _bf16(7, (4 + 2 + 2) * head_dim, seed=5).to(dtype)
     positions = torch.tensor([0, 1, 2, 100, 511, 3, 4])
-    q, k, _ = qkv.split([128, 64, 64], dim=-1)
-    q, k = q.reshape(7, 4, 32), k.reshape(7, 2, 32)  # strided views into qkv, as in Attention.forward
+    q, k, _ = qkv.split([4 * head_dim, 2 * head_dim, 2 * head_dim], dim=-1)
+    q, k = q.reshape(7, 4, head_dim), k.reshape(7, 2, head_dim)  # strided views into qkv, as in Attention.forward
     cis = rotary.cis[positions].unsqueeze(1)
     expected = [torch.view_as_real(torch.view_as_complex(t.float().reshape(*t.shape[:-1], -1, 2)) * cis)
-                .flatten(-2).bfloat16() for t in (q, k)]
-    cpu_native.rope_bf16_(q, k, positions, torch.view_as_real(rotary.cis))
-    torch.testing.assert_close(q, expected[0], rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(k, expected[1], rtol=1e-2, atol=1e-2)
+                .flatten(-2).to(dtype) for t in (q, k)]
+    cpu_native.rope_(q, k, positions, torch.view_as_real(rotary.cis))
+    tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(q, expected[0], **tol)
+    torch.testing.assert_close(k, expected[1], **tol)
     with pytest.raises(RuntimeError, match="position"):
-        cpu_native.rope_bf16_(q, k, torch.tensor([0, 1, 2, 3, 4, 5, 512]), torch.view_as_real(rotary.cis))
+        cpu_native.rope_(q, k, torch.tensor([0, 1, 2, 3, 4, 5, 512]), torch.view_as_real(rotary.cis))
 
 
 def test_build_reports_a_missing_compiler(tmp_path, monkeypatch):
@@ -177,12 +182,16 @@ def test_switch_off_by_environment(monkeypatch):
 
 
 @needs_native
-@pytest.mark.parametrize(("rows", "inter"), [(1, 37), (3, 64), (512, 4864)])
-def test_silu_mul_matches_torch_ops(rows, inter):
-    gate_up = torch.cat([_bf16(rows, inter, seed=1, scale=4.0), _bf16(rows, inter, seed=2)], dim=1)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("rows", "inter"), [(1, 37), (3, 64), (512, 704)])
+def test_silu_mul_matches_torch_ops(rows, inter, dtype):
+    gate_up = torch.cat([_bf16(rows, inter, seed=1, scale=4.0), _bf16(rows, inter, seed=2)], dim=1).to(dtype)
     gate_up[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0])  # saturated and zero gates
     gate, up = gate_up.chunk(2, dim=-1)
     ref = F.silu(gate).mul_(up)
-    ours = cpu_native.silu_mul_bf16(gate_up)
-    torch.testing.assert_close(ours, ref, rtol=8e-3, atol=1e-3)  # a bf16 ulp: exp's last fp32 bits differ
-    assert (ours != ref).float().mean() < 0.05
+    ours = cpu_native.silu_mul(gate_up)
+    if dtype == torch.bfloat16:
+        torch.testing.assert_close(ours, ref, rtol=8e-3, atol=1e-3)  # a bf16 ulp: exp's last fp32 bits differ
+        assert (ours != ref).float().mean() < 0.05
+    else:
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)

@@ -123,8 +123,8 @@ class Linear(nn.Linear):
             return cpu_native.gemv_silu_mul_bf16(rows, self.weight, self.bias).reshape(*x.shape[:-1], -1)
         gate_up = self(x)
         rows = gate_up.reshape(-1, gate_up.shape[-1])
-        if cpu_native.silu_mul_fits(rows):  # more rows (prefill): the activation in one C pass, not two ops
-            return cpu_native.silu_mul_bf16(rows).reshape(*gate_up.shape[:-1], -1)
+        if cpu_native.silu_mul_fits(rows):  # more rows, or fp32: the activation in one C pass, not two ops
+            return cpu_native.silu_mul(rows).reshape(*gate_up.shape[:-1], -1)
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate).mul_(up)
 

@@ -1,6 +1,7 @@
 """The C kernels of csrc/cpu_decode.c, for CPUs with AVX512-BF16: bf16 GEMV for decode batches of up to
 `MAX_GEMV_ROWS` rows (plain, and with the MLP's SiLU-and-multiply fused in), paged decode attention, and
-the per-layer bf16 element-wise work (RMSNorm with the residual add fused in, rotary embedding in place).
+the per-layer element-wise work in bf16 or fp32 (RMSNorm with the residual add fused in, rotary embedding in
+place, SiLU-and-multiply).
 
 Why C: at a decode batch of one, torch's ops cost 10-100 us each before any work (a bf16 RMSNorm is eight of
 them, a rotary embedding a dozen), and oneDNN's packed GEMV reads Qwen2.5-0.5B's layer weights at about
@@ -38,9 +39,9 @@ _SIGNATURES = {
     "sgl_gemv_silu_mul_bf16": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT),
     "sgl_decode_attention": (_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _INT, _INT, _INT, _INT, _FLOAT, _INT,
                              _INT),
-    "sgl_add_rms_norm_bf16": (_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _FLOAT, _INT),
-    "sgl_silu_mul_bf16": (_PTR, _I64, _PTR, _I64, _I64, _I64, _INT),
-    "sgl_rope_bf16": (_PTR, _I64, _INT, _PTR, _I64, _INT, _PTR, _PTR, _I64, _I64, _INT, _INT),
+    "sgl_add_rms_norm": (_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _FLOAT, _INT, _INT),
+    "sgl_silu_mul": (_PTR, _I64, _PTR, _I64, _I64, _I64, _INT, _INT),
+    "sgl_rope": (_PTR, _I64, _INT, _PTR, _I64, _INT, _PTR, _PTR, _I64, _I64, _INT, _INT, _INT),
 }
 
 
@@ -114,7 +115,7 @@ def describe(dtype: torch.dtype = torch.bfloat16) -> str:
     if dtype == torch.bfloat16:
         return f"on: GEMV (decode batches up to {MAX_GEMV_ROWS}), decode attention, RMSNorm, rotary"
     if dtype == torch.float32:
-        return "on: decode attention (fp32 linears stay on torch's BLAS)"
+        return "on: decode attention, RMSNorm, rotary, SiLU-and-multiply (fp32 linears stay on torch's BLAS)"
     return f"off: none for {str(dtype).removeprefix('torch.')}"
 
 
@@ -201,38 +202,44 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     return out
 
 
+ELEMENTWISE_DTYPES = (torch.bfloat16, torch.float32)  # RMSNorm, rotary, SiLU-and-multiply
+
+
+def _rows_fit(*tensors: torch.Tensor) -> bool:
+    first = tensors[0]
+    return (first.device.type == "cpu" and first.dtype in ELEMENTWISE_DTYPES
+            and all(t.dtype == first.dtype and t.device == first.device and t.stride(-1) == 1 for t in tensors)
+            and available())
+
+
 def rms_norm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `add_rms_norm_bf16` takes these: bf16 on the CPU, rows of unit stride, built."""
-    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
-            and x.dim() == 2 and x.stride(1) == 1 and weight.is_contiguous() and available())
+    """Whether `add_rms_norm` takes these: bf16 or fp32 on the CPU, 2-D rows of unit stride, built."""
+    return x.dim() == 2 and weight.is_contiguous() and _rows_fit(x, weight)
 
 
-def add_rms_norm_bf16(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                      residual: torch.Tensor | None = None) -> torch.Tensor:
-    """reference.rms_norm_ref(x, weight, eps) of bf16 x [rows, dim]; with residual (contiguous, x's shape),
-    first residual += x in place (rounded to bf16, as torch's add) and the sum normalised instead."""
+def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Llama's RMSNorm (reference.rms_norm_ref; F.rms_norm in fp32) of x [rows, dim]; with residual (x's shape
+    and dtype, unit column stride), first residual += x in place (rounded as torch's add) and the sum
+    normalised instead: the residual stream's add and the next norm in one pass."""
     rows, dim = x.shape
     if weight.shape != (dim,) or (residual is not None and (residual.shape != x.shape or residual.stride(1) != 1
                                                             or residual.dtype != x.dtype)):
         raise ValueError(f"x {tuple(x.shape)}, weight {tuple(weight.shape)} and residual do not fit")
     out = torch.empty(rows, dim, dtype=x.dtype)
     lib = _load()[0]
-    _check(lib.sgl_add_rms_norm_bf16(x.data_ptr(), x.stride(0), _ptr(residual),
-                                     0 if residual is None else residual.stride(0), weight.data_ptr(), out.data_ptr(),
-                                     out.stride(0), rows, dim, eps, torch.get_num_threads()),
-           "sgl_add_rms_norm_bf16")
+    _check(lib.sgl_add_rms_norm(x.data_ptr(), x.stride(0), _ptr(residual), 0 if residual is None else residual.stride(0),
+                                weight.data_ptr(), out.data_ptr(), out.stride(0), rows, dim, eps, x.element_size(),
+                                torch.get_num_threads()), "sgl_add_rms_norm")
     return out
 
 
 def rope_fits(q: torch.Tensor, k: torch.Tensor, cis: torch.Tensor) -> bool:
-    """Whether `rope_bf16_` takes these: bf16 [tokens, heads, dim] views with contiguous heads, fp32 cis."""
-    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16
-            and q.dim() == 3 and k.dim() == 3 and q.stride(2) == 1 and k.stride(2) == 1
-            and q.stride(1) == q.shape[2] and k.stride(1) == k.shape[2] and cis.dtype == torch.float32
-            and cis.is_contiguous() and available())
+    """Whether `rope_` takes these: [tokens, heads, dim] views of one dtype with contiguous heads, fp32 cis."""
+    return (q.dim() == 3 and k.dim() == 3 and q.stride(1) == q.shape[2] and k.stride(1) == k.shape[2]
+            and cis.dtype == torch.float32 and cis.is_contiguous() and _rows_fit(q, k))
 
 
-def rope_bf16_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cis: torch.Tensor) -> None:
+def rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cis: torch.Tensor) -> None:
     """Rotate q [tokens, heads, dim] and k [tokens, kv_heads, dim] in place: interleaved pairs (2i, 2i + 1)
     times cis [max_position, dim / 2, 2] (cos, sin) at each token's position (int64 [tokens])."""
     tokens, heads, dim = q.shape
@@ -241,22 +248,21 @@ def rope_bf16_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cis: t
     if positions.dtype != torch.int64 or not positions.is_contiguous():
         raise ValueError("positions must be contiguous int64")
     lib = _load()[0]
-    _check(lib.sgl_rope_bf16(q.data_ptr(), q.stride(0), heads, k.data_ptr(), k.stride(0), k.shape[1],
-                             positions.data_ptr(), cis.data_ptr(), cis.shape[0], tokens, dim, torch.get_num_threads()),
-           "sgl_rope_bf16")
+    _check(lib.sgl_rope(q.data_ptr(), q.stride(0), heads, k.data_ptr(), k.stride(0), k.shape[1], positions.data_ptr(),
+                        cis.data_ptr(), cis.shape[0], tokens, dim, q.element_size(), torch.get_num_threads()),
+           "sgl_rope")
 
 
 def silu_mul_fits(gate_up: torch.Tensor) -> bool:
-    """Whether `silu_mul_bf16` takes this gate-up output: bf16 [rows, 2I] on the CPU with unit column stride."""
-    return (gate_up.device.type == "cpu" and gate_up.dtype == torch.bfloat16 and gate_up.dim() == 2
-            and gate_up.shape[1] % 2 == 0 and gate_up.stride(1) == 1 and available())
+    """Whether `silu_mul` takes this gate-up output: bf16 or fp32 [rows, 2I] on the CPU, unit column stride."""
+    return gate_up.dim() == 2 and gate_up.shape[1] % 2 == 0 and _rows_fit(gate_up)
 
 
-def silu_mul_bf16(gate_up: torch.Tensor) -> torch.Tensor:
-    """F.silu(gate) * up of gate, up = gate_up.chunk(2, -1) (bf16 [rows, 2I]), in one pass: [rows, I]."""
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """F.silu(gate) * up of gate, up = gate_up.chunk(2, -1) ([rows, 2I]), in one pass: [rows, I]."""
     rows, width = gate_up.shape
     out = torch.empty(rows, width // 2, dtype=gate_up.dtype)
     lib = _load()[0]
-    _check(lib.sgl_silu_mul_bf16(gate_up.data_ptr(), gate_up.stride(0), out.data_ptr(), out.stride(0), rows, width // 2,
-                                 torch.get_num_threads()), "sgl_silu_mul_bf16")
+    _check(lib.sgl_silu_mul(gate_up.data_ptr(), gate_up.stride(0), out.data_ptr(), out.stride(0), rows, width // 2,
+                            gate_up.element_size(), torch.get_num_threads()), "sgl_silu_mul")
     return out

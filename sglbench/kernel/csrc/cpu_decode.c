@@ -259,61 +259,83 @@ int sgl_decode_attention(const void *q, int64_t ldq, const void *k, const void *
     return 0;
 }
 
-/* RMSNorm of bf16 rows, with the residual stream's add fused in front when residual is not NULL:
- * s = bf16(x + residual) is written back to residual and normalised; else x itself is. As
- * reference.rms_norm_ref: fp32 math, the normalised row rounded to bf16, then times the weight, rounded.
- * Vectorised: a prefill's 512 x 896 rows take 0.1 ms, where torch's eight ops take several. */
-int sgl_add_rms_norm_bf16(const bf16 *x, int64_t ldx, bf16 *residual, int64_t ldr, const bf16 *weight, bf16 *out,
-                          int64_t ldo, int64_t rows, int64_t dim, float eps, int threads) {
-    if (dim < 1) return 1;
+/* Element-wise kernels over bf16 (elem 2) or fp32 (elem 4) rows: 16 lanes at a time, a masked tail. A bf16
+ * result is rounded wherever torch's bf16 ops round (each op's output); fp32 needs no rounding. */
+static inline __m512 load16m(const void *base, int64_t at, int elem, __mmask16 m) {
+    if (elem == 4) return _mm512_maskz_loadu_ps(m, (const float *)base + at);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const bf16 *)base + at)), 16));
+}
+
+static inline void store16m(void *base, int64_t at, int elem, __mmask16 m, __m512 v) {
+    if (elem == 4)
+        _mm512_mask_storeu_ps((float *)base + at, m, v);
+    else
+        _mm256_mask_storeu_epi16((bf16 *)base + at, m, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+static inline __m512 round16(__m512 v, int elem) { /* to the storage dtype and back: torch's per-op rounding */
+    if (elem == 4) return v;
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
+static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); }
+
+/* RMSNorm of rows, with the residual stream's add fused in front when residual is not NULL: s = x + residual
+ * (rounded as torch's add) is written back to residual and normalised; else x itself is. Llama's RMSNorm:
+ * fp32 math, the normalised row rounded to the dtype, then times the weight. For fp32 that is F.rms_norm's
+ * function. A prefill's 512 x 896 bf16 rows take 0.1 ms, where torch's eight bf16 ops take several. */
+int sgl_add_rms_norm(const void *x, int64_t ldx, void *residual, int64_t ldr, const void *weight, void *out,
+                     int64_t ldo, int64_t rows, int64_t dim, float eps, int elem, int threads) {
+    if (dim < 1 || (elem != 2 && elem != 4)) return 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (rows * dim >= 65536)
     for (int64_t i = 0; i < rows; i++) {
-        const bf16 *xi = x + i * ldx;
-        bf16 *ri = residual ? residual + i * ldr : NULL, *oi = out + i * ldo;
-        const bf16 *src = ri ? ri : xi; /* the row that is normalised, once the add is done */
+        const int64_t xi = i * ldx, ri = i * ldr, oi = i * ldo;
         __m512 sq = _mm512_setzero_ps();
         for (int64_t d = 0; d < dim; d += 16) {
-            const __mmask16 m = dim - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - d)) - 1);
-            __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, xi + d)), 16));
-            if (ri) {
-                const __m512 r = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, ri + d)), 16));
-                const __m256i sum = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(v, r)); /* rounded as torch's add */
-                _mm256_mask_storeu_epi16(ri + d, m, sum);
-                v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(sum), 16));
+            const __mmask16 m = tail16(dim - d);
+            __m512 v = load16m(x, xi + d, elem, m);
+            if (residual) {
+                v = round16(_mm512_add_ps(v, load16m(residual, ri + d, elem, m)), elem);
+                store16m(residual, ri + d, elem, m, v);
             }
             sq = _mm512_fmadd_ps(v, v, sq);
         }
         const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) / (float)dim + eps));
         for (int64_t d = 0; d < dim; d += 16) {
-            const __mmask16 m = dim - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - d)) - 1);
-            const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + d)), 16));
-            const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, weight + d)), 16));
-            const __m256i normed = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(v, scale));
-            const __m512 nf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(normed), 16));
-            _mm256_mask_storeu_epi16(oi + d, m, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(w, nf)));
+            const __mmask16 m = tail16(dim - d);
+            const __m512 v = residual ? load16m(residual, ri + d, elem, m) : load16m(x, xi + d, elem, m);
+            const __m512 normed = round16(_mm512_mul_ps(v, scale), elem);
+            store16m(out, oi + d, elem, m, _mm512_mul_ps(load16m(weight, d, elem, m), normed));
         }
     }
     return 0;
 }
 
-/* Rotary embedding in place on bf16 q [tokens, heads, dim] and k [tokens, kv_heads, dim] (rows of ldq/ldk
+/* Rotary embedding in place on q [tokens, heads, dim] and k [tokens, kv_heads, dim] (rows of ldq/ldk
  * elements, heads contiguous), dims in interleaved pairs (2i, 2i + 1) rotated by cis[position, i] =
- * (cos, sin) in fp32, each result rounded to bf16: the complex multiply of llama.RotaryEmbedding. */
-int sgl_rope_bf16(bf16 *q, int64_t ldq, int heads, bf16 *k, int64_t ldk, int kv_heads, const int64_t *positions,
-                  const float *cis, int64_t max_position, int64_t tokens, int dim, int threads) {
-    if (dim % 2) return 1;
+ * (cos, sin) in fp32, each result rounded to the dtype: the complex multiply of llama.RotaryEmbedding. */
+int sgl_rope(void *q, int64_t ldq, int heads, void *k, int64_t ldk, int kv_heads, const int64_t *positions,
+             const float *cis, int64_t max_position, int64_t tokens, int dim, int elem, int threads) {
+    if (dim % 2 || (elem != 2 && elem != 4)) return 1;
     for (int64_t t = 0; t < tokens; t++)
         if (positions[t] < 0 || positions[t] >= max_position) return 3;
+    /* lanes (2i, 2i + 1) of a 16-lane vector: re' = re c - im s, im' = re s + im c */
+    const __m512i swap = _mm512_set_epi32(14, 15, 12, 13, 10, 11, 8, 9, 6, 7, 4, 5, 2, 3, 0, 1);
+    const __m512 sign = _mm512_set_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
 #pragma omp parallel for schedule(static) num_threads(threads) if (tokens >= 64)
     for (int64_t t = 0; t < tokens; t++) {
         const float *c = cis + positions[t] * dim;
         for (int h = 0; h < heads + kv_heads; h++) {
-            bf16 *x = h < heads ? q + t * ldq + (int64_t)h * dim : k + t * ldk + (int64_t)(h - heads) * dim;
-            for (int i = 0; i < dim / 2; i++) {
-                const float a = bf16_to_f32(x[2 * i]), b = bf16_to_f32(x[2 * i + 1]);
-                const float cr = c[2 * i], ci = c[2 * i + 1];
-                x[2 * i] = f32_to_bf16(a * cr - b * ci);
-                x[2 * i + 1] = f32_to_bf16(a * ci + b * cr);
+            const int64_t at = h < heads ? t * ldq + (int64_t)h * dim : t * ldk + (int64_t)(h - heads) * dim;
+            void *base = h < heads ? q : k;
+            for (int d = 0; d < dim; d += 16) {
+                const __mmask16 m = tail16(dim - d);
+                const __m512 x = load16m(base, at + d, elem, m);
+                const __m512 cs = _mm512_maskz_loadu_ps(m, c + d);      /* (cos, sin) pairs */
+                const __m512 cc = _mm512_permutexvar_ps(_mm512_set_epi32(14, 14, 12, 12, 10, 10, 8, 8, 6, 6, 4, 4, 2, 2, 0, 0), cs);
+                const __m512 ss = _mm512_permutexvar_ps(_mm512_set_epi32(15, 15, 13, 13, 11, 11, 9, 9, 7, 7, 5, 5, 3, 3, 1, 1), cs);
+                const __m512 xs = _mm512_mul_ps(_mm512_permutexvar_ps(swap, x), sign); /* (-im, re) */
+                store16m(base, at + d, elem, m, _mm512_fmadd_ps(xs, ss, _mm512_mul_ps(x, cc)));
             }
         }
     }
@@ -338,23 +360,19 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-static inline __m512 bf16x16_to_f32(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-
-/* out[r, i] = bf16(silu(gate) * up) of a gate-up projection's output [rows, 2I] (gate columns, then up), with
- * silu(gate) rounded to bf16 first, as F.silu(gate).mul_(up) rounds: one pass instead of two torch ops. */
-int sgl_silu_mul_bf16(const bf16 *gate_up, int64_t ld, bf16 *out, int64_t ldo, int64_t rows, int64_t I,
-                      int threads) {
+/* out[r, i] = silu(gate) * up of a gate-up projection's output [rows, 2I] (gate columns, then up), silu(gate)
+ * rounded to the dtype first, as F.silu(gate).mul_(up) rounds: one pass instead of two torch ops (and no
+ * strided silu over the chunk's view). */
+int sgl_silu_mul(const void *gate_up, int64_t ld, void *out, int64_t ldo, int64_t rows, int64_t I, int elem,
+                 int threads) {
+    if (elem != 2 && elem != 4) return 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (rows * I >= 65536)
     for (int64_t r = 0; r < rows; r++) {
-        const bf16 *g = gate_up + r * ld, *u = g + I;
-        bf16 *o = out + r * ldo;
         for (int64_t i = 0; i < I; i += 16) {
-            const __mmask16 m = I - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (I - i)) - 1);
-            const __m512 gv = bf16x16_to_f32(_mm256_maskz_loadu_epi16(m, g + i));
-            const __m512 uv = bf16x16_to_f32(_mm256_maskz_loadu_epi16(m, u + i));
-            const __m512 silu = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
-            const __m512 s = bf16x16_to_f32((__m256i)_mm512_cvtneps_pbh(silu));
-            _mm256_mask_storeu_epi16(o + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(s, uv)));
+            const __mmask16 m = tail16(I - i);
+            const __m512 g = load16m(gate_up, r * ld + i, elem, m), u = load16m(gate_up, r * ld + I + i, elem, m);
+            const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+            store16m(out, r * ldo + i, elem, m, _mm512_mul_ps(round16(silu, elem), u));
         }
     }
     return 0;

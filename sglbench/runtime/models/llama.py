@@ -27,18 +27,18 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if cpu_native.rms_norm_fits(rows, self.weight):  # on the CPU: one C call (bf16: not eight ops)
+            return cpu_native.add_rms_norm(rows, self.weight, self.eps).view(x.shape)
         if x.dtype == torch.float32:  # torch's fused kernel: the same numbers in one pass
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        rows = x.reshape(-1, x.shape[-1])
-        if cpu_native.rms_norm_fits(rows, self.weight):  # bf16 on the CPU: one C call, not eight ops
-            return cpu_native.add_rms_norm_bf16(rows, self.weight, self.eps).view(x.shape)
         return rms_norm_ref(x, self.weight, self.eps)  # fp32 math, cast back before the weight, as Llama does
 
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(residual + x), residual + x): the residual stream's add and the next norm, one C call where
         `forward` is one; `residual` may be updated in place."""
         if x.dim() == 2 and residual.is_contiguous() and cpu_native.rms_norm_fits(x, self.weight):
-            return cpu_native.add_rms_norm_bf16(x, self.weight, self.eps, residual=residual), residual
+            return cpu_native.add_rms_norm(x, self.weight, self.eps, residual=residual), residual
         summed = residual + x
         return self(summed), summed
 
@@ -56,8 +56,8 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         table = torch.view_as_real(self.cis)  # [positions, dim / 2, 2] fp32 (cos, sin)
-        if cpu_native.rope_fits(q, k, table):  # bf16 on the CPU: rotated in place by one C call
-            cpu_native.rope_bf16_(q, k, positions, table)
+        if cpu_native.rope_fits(q, k, table):  # on the CPU: rotated in place by one C call, not a dozen ops
+            cpu_native.rope_(q, k, positions, table)
             return q, k
         cis = self.cis[positions].unsqueeze(1)  # [tokens, 1, dim / 2] complex64
         return _rotate(q, cis), _rotate(k, cis)
