@@ -70,7 +70,7 @@ def test_packed_bf16_matches_f_linear(rows, bias):
 def test_pack_swaps_or_keeps_the_weight_and_state_dict_stays_dense(keep_dense, monkeypatch):
     if keep_dense and not cpu_native.available():
         pytest.skip(f"the C kernels are off here: {cpu_native.unavailable_reason()}")
-    monkeypatch.setattr(cpu_linear, "keeps_dense", lambda dtype: keep_dense)
+    monkeypatch.setattr(cpu_linear, "keeps_dense", lambda dtype, extra_bytes=0: keep_dense)
     layer = cpu_linear.Linear(96, 72, bias=True).bfloat16()
     dense = layer.weight.detach().clone()
     x = _bf16(5, 96, seed=3)

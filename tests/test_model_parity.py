@@ -183,3 +183,22 @@ def test_bf16_batched_decode_runs_as_one_batch_and_agrees_with_the_torch_path(bf
     torch_only, isolated = run()
     assert isolated == []
     assert native == torch_only
+
+
+def test_dense_weights_kept_for_the_gemv_only_within_the_memory_share(bf16_checkpoint, monkeypatch):
+    """The C GEMV needs dense weights beside oneDNN's packed ones: a second copy, kept only while it takes at
+    most cpu_linear.DENSE_COPY_SHARE of the machine's memory; otherwise one packed copy, as without the kernels,
+    and model info says the GEMV is off and why."""
+    if not (cpu_native.available() and cpu_linear.packing_available(torch.bfloat16)):
+        pytest.skip("needs the C kernels and oneDNN packing")
+    path, _, _ = bf16_checkpoint
+    linears = lambda model: [m for m in model.modules() if isinstance(m, cpu_linear.Linear)]  # noqa: E731
+    roomy = load_model(path, "cpu", torch.bfloat16)
+    assert all(m.packed_weight is not None and not m.weight.is_mkldnn for m in linears(roomy))
+    monkeypatch.setattr(cpu_features, "physical_memory_bytes", lambda: 1 << 16)  # 64 KiB: no room for a copy
+    tight = load_model(path, "cpu", torch.bfloat16)
+    assert all(m.packed_weight is None and m.packed for m in linears(tight))
+    with Runtime(str(path), device="cpu", dtype="bfloat16", max_total_tokens=128) as rt:
+        assert "GEMV off" in rt.model_info().cpu_kernels
+        out = rt.generate([5, 6, 7, 8], max_new_tokens=3, temperature=0, ignore_eos=True)
+        assert len(out["output_ids"]) == 3

@@ -8,6 +8,7 @@ run bf16 checkpoints in bf16, and `cpu_linear` to pack bf16 weights for oneDNN's
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +82,11 @@ def detect() -> CpuFeatures:
     except OSError:
         flags = frozenset()
     return features_from_flags(flags, capability) if flags else features_from_torch(capability)
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say (sysconf)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

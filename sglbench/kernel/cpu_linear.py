@@ -17,7 +17,8 @@ Where the C kernels run (cpu_native: AVX512-BF16 and a C compiler), a bf16 Linea
 well as the packed one: batches of up to `cpu_native.MAX_GEMV_ROWS` rows (decode) go to the C GEMV, which
 streams dense rows at memory speed (about 1.2x oneDNN's packed GEMV over a Qwen2.5-0.5B step), and the MLP's
 gate-up projection fuses SiLU-and-multiply into it (`Linear.silu_mul`); more rows go to the packed weight.
-That costs a second copy of the layer weights; SGLBENCH_NATIVE_KERNELS=0 keeps one.
+That costs a second copy of the layer weights, so it is kept only while that copy takes at most a sixth of the
+machine's memory (`keeps_dense`); SGLBENCH_NATIVE_KERNELS=0 always keeps one.
 
 Where torch was built without oneDNN, or its ops refuse the input, everything stays on F.linear.
 """
@@ -78,9 +79,15 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
 
 
-def keeps_dense(dtype: torch.dtype) -> bool:
-    """Whether a packed Linear of dtype also keeps its dense weight, for the C GEMV (see module doc)."""
-    return dtype == torch.bfloat16 and cpu_native.available()
+DENSE_COPY_SHARE = 1 / 6  # the most of the machine's memory that the second (dense) weight copy may take
+
+
+def keeps_dense(dtype: torch.dtype, extra_bytes: int = 0) -> bool:
+    """Whether packed Linears of dtype also keep their dense weights, for the C GEMV (see module doc):
+    extra_bytes, the dense copies' size, must stay within DENSE_COPY_SHARE of the machine's memory."""
+    memory = cpu_features.physical_memory_bytes()
+    return (dtype == torch.bfloat16 and cpu_native.available()
+            and (memory is None or extra_bytes <= memory * DENSE_COPY_SHARE))
 
 
 def _gemv_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -132,15 +139,15 @@ class Linear(nn.Linear):
     def packed(self) -> bool:
         return self.weight.is_mkldnn or self.packed_weight is not None
 
-    def pack(self) -> bool:
+    def pack(self, keep_dense: bool | None = None) -> bool:
         """Pack the weight where that is faster (see module doc): in place of the dense one, or beside it
-        where `keeps_dense`; whether it was packed."""
+        where keep_dense (default: `keeps_dense` for this layer's weight alone); whether it was packed."""
         if self.packed:
             return False
         packed = pack_weight(self.weight)
         if packed is None:
             return False
-        if keeps_dense(self.weight.dtype):
+        if keep_dense if keep_dense is not None else keeps_dense(self.weight.dtype, self.weight.nbytes):
             self.packed_weight = packed
         else:
             self.weight = nn.Parameter(packed, requires_grad=False)

@@ -107,13 +107,18 @@ def unavailable_reason() -> str | None:
     return _load()[1]
 
 
-def describe(dtype: torch.dtype = torch.bfloat16) -> str:
-    """One line for model info: what the C kernels do for a model of dtype here, or why they are off."""
+def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True) -> str:
+    """One line for model info: what the C kernels do for a model of dtype here, or why they are off; gemv:
+    whether the model kept the dense weights the bf16 GEMV reads (cpu_linear.keeps_dense)."""
     reason = unavailable_reason()
     if reason is not None:
         return f"off: {reason}"
+    if dtype == torch.bfloat16 and gemv:
+        return (f"on: GEMV (decode batches up to {MAX_GEMV_ROWS}), decode attention, RMSNorm, rotary, "
+                "SiLU-and-multiply")
     if dtype == torch.bfloat16:
-        return f"on: GEMV (decode batches up to {MAX_GEMV_ROWS}), decode attention, RMSNorm, rotary"
+        return ("on: decode attention, RMSNorm, rotary, SiLU-and-multiply; GEMV off: a dense copy of the weights "
+                "beside the packed one would take more than a sixth of this machine's memory")
     if dtype == torch.float32:
         return "on: decode attention, RMSNorm, rotary, SiLU-and-multiply (fp32 linears stay on torch's BLAS)"
     return f"off: none for {str(dtype).removeprefix('torch.')}"

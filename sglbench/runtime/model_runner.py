@@ -53,7 +53,8 @@ class ModelRunner:
         self.model = load_model(model_path, device, dtype, model_config)
         self.packed_linears = sum(1 for m in self.model.modules() if isinstance(m, Linear) and m.packed)
         self.cpu_features = cpu_features.detect().describe() if device == "cpu" else ""
-        self.cpu_kernels = cpu_native.describe(dtype) if device == "cpu" else ""
+        gemv = any(m.packed_weight is not None for m in self.model.modules() if isinstance(m, Linear))
+        self.cpu_kernels = cpu_native.describe(dtype, gemv) if device == "cpu" else ""
         if attention_backend == "auto":
             attention_backend = "triton" if device.startswith("cuda") else "torch"
         self.attention = make_attention_backend(attention_backend, pool, model_config.head_dim**-0.5)

@@ -87,8 +87,10 @@ def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: 
         model = LlamaForCausalLM(config)
     params = dict(model.named_parameters(remove_duplicate=False))
     packing = pack and str(device) == "cpu" and packing_available(dtype)
-    in_place = packing and not keeps_dense(dtype)  # packed copies replace the dense weights as they are read
-    linear_weights = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, Linear)}
+    linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Linear)}
+    dense_bytes = sum(m.weight.numel() for name, m in linears.items() if name != "lm_head.weight") * dtype.itemsize
+    in_place = packing and not keeps_dense(dtype, dense_bytes)  # packed copies replace dense weights as read
+    linear_weights = set(linears)
 
     def final(name: str, tensor: torch.Tensor) -> torch.Tensor:
         if not packing:
@@ -127,7 +129,7 @@ def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: 
     if packing and not in_place:  # packed copies beside the dense weights (cpu_linear.keeps_dense)
         for m in model.modules():
             if isinstance(m, Linear):
-                m.pack()
+                m.pack(keep_dense=True)
     # Non-persistent buffers (rotary tables) were created on meta: rebuild them on the target device.
     model.model.rotary_emb = type(model.model.rotary_emb)(config).to(device)
     return model.to(device).eval()
