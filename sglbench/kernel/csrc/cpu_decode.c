@@ -44,12 +44,30 @@ static inline bf16 f32_to_bf16(float f) { /* round to nearest even, NaN kept qui
 
 static inline float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
 
-/* 16 fp32 values from 16 bf16 (elem 2) or fp32 (elem 4) ones. */
-static inline __m512 load16(const void *base, int64_t at, int elem) {
-    if (elem == 4) return _mm512_loadu_ps((const float *)base + at);
-    __m256i h = _mm256_loadu_si256((const __m256i *)((const bf16 *)base + at));
+
+/* 16 lanes of bf16 (elem 2) or fp32 (elem 4) values as fp32, masked loads and stores for a row's tail. A bf16
+ * result is rounded wherever torch's bf16 ops round (each op's output); fp32 needs no rounding. */
+static inline __m512 load16m(const void *base, int64_t at, int elem, __mmask16 m) {
+    if (elem == 4) return _mm512_maskz_loadu_ps(m, (const float *)base + at);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, (const bf16 *)base + at);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
+
+static inline __m512 load16(const void *base, int64_t at, int elem) { return load16m(base, at, elem, 0xffff); }
+
+static inline void store16m(void *base, int64_t at, int elem, __mmask16 m, __m512 v) {
+    if (elem == 4)
+        _mm512_mask_storeu_ps((float *)base + at, m, v);
+    else
+        _mm256_mask_storeu_epi16((bf16 *)base + at, m, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+static inline __m512 round16(__m512 v, int elem) { /* to the storage dtype and back: torch's per-op rounding */
+    if (elem == 4) return v;
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
+static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); }
 
 /* acc[b][r] += x[b, k0:k0+32] . w[r, k0:k0+32] for one chunk of 32 (a masked tail when mask != ~0). */
 #define DOT_CHUNK(R, NB, mask)                                                                          \
@@ -109,9 +127,11 @@ static void dot_block(const bf16 *x, int64_t ldx, const bf16 *w, int64_t K, int 
     }
 }
 
-/* y[b, n] = bf16(x[b] . w[n] + bias[n]) for B <= 4 rows; w is [N, K] row-major; bias may be NULL. */
-int sgl_gemv_bf16(const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, bf16 *y, int64_t ldy, int B,
-                  int64_t N, int64_t K, int threads) {
+/* y[b, n] = bf16(x[b] . w[n] + bias[n]) for B <= 4 rows and n < N; w is [N, K] row-major (bias may be NULL).
+ * With silu_mul, w is a gate-up projection [2N, K] (gate rows, then up rows) and y[b, n] = bf16(silu(gate) * up),
+ * gate, up and silu(gate) each rounded to bf16 as torch's ops do: the MLP's projection and activation in one pass. */
+static int gemv_rows(const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, bf16 *y, int64_t ldy, int B,
+                     int64_t N, int64_t K, int threads, int silu_mul) {
     if (B < 1 || B > MAX_ROWS) return 1;
     const int R = block_rows(B);
     const int64_t blocks = N / R;
@@ -119,43 +139,38 @@ int sgl_gemv_bf16(const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, b
     for (int64_t i = 0; i < blocks + (N - blocks * R); i++) {
         const int64_t n = i < blocks ? i * R : blocks * R + (i - blocks);
         const int rows = i < blocks ? R : 1;
-        float out[MAX_ROWS][16];
-        dot_block(x, ldx, w + n * K, K, B, rows, out);
-        for (int b = 0; b < B; b++)
-            for (int r = 0; r < rows; r++)
-                y[b * ldy + n + r] = f32_to_bf16(out[b][r] + (bias ? bf16_to_f32(bias[n + r]) : 0.0f));
-    }
-    return 0;
-}
-
-/* The MLP's gate-up projection and activation in one pass: w is [2I, K] (gate rows, then up rows);
- * y[b, i] = bf16(silu(gate) * up) with gate, up and silu(gate) each rounded to bf16 as torch's ops do. */
-int sgl_gemv_silu_mul_bf16(const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, bf16 *y, int64_t ldy,
-                           int B, int64_t I, int64_t K, int threads) {
-    if (B < 1 || B > MAX_ROWS) return 1;
-    const int R = block_rows(B);
-    const int64_t blocks = I / R;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t i = 0; i < blocks + (I - blocks * R); i++) {
-        const int64_t n = i < blocks ? i * R : blocks * R + (i - blocks);
-        const int rows = i < blocks ? R : 1;
-        float gate[MAX_ROWS][16], up[MAX_ROWS][16];
-        dot_block(x, ldx, w + n * K, K, B, rows, gate);
-        dot_block(x, ldx, w + (I + n) * K, K, B, rows, up);
+        float acc[MAX_ROWS][16], up[MAX_ROWS][16];
+        dot_block(x, ldx, w + n * K, K, B, rows, acc);
+        if (silu_mul) dot_block(x, ldx, w + (N + n) * K, K, B, rows, up);
         for (int b = 0; b < B; b++)
             for (int r = 0; r < rows; r++) {
-                float g = round_bf16(gate[b][r] + (bias ? bf16_to_f32(bias[n + r]) : 0.0f));
-                float u = round_bf16(up[b][r] + (bias ? bf16_to_f32(bias[I + n + r]) : 0.0f));
-                float s = round_bf16(g / (1.0f + expf(-g)));
-                y[b * ldy + n + r] = f32_to_bf16(s * u);
+                const float g = acc[b][r] + (bias ? bf16_to_f32(bias[n + r]) : 0.0f);
+                if (!silu_mul) {
+                    y[b * ldy + n + r] = f32_to_bf16(g);
+                    continue;
+                }
+                const float gr = round_bf16(g), u = round_bf16(up[b][r] + (bias ? bf16_to_f32(bias[N + n + r]) : 0.0f));
+                y[b * ldy + n + r] = f32_to_bf16(round_bf16(gr / (1.0f + expf(-gr))) * u);
             }
     }
     return 0;
 }
 
+int sgl_gemv_bf16(const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, bf16 *y, int64_t ldy, int B,
+                  int64_t N, int64_t K, int threads) {
+    return gemv_rows(x, ldx, w, bias, y, ldy, B, N, K, threads, 0);
+}
+
+int sgl_gemv_silu_mul_bf16(const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, bf16 *y, int64_t ldy,
+                           int B, int64_t I, int64_t K, int threads) {
+    return gemv_rows(x, ldx, w, bias, y, ldy, B, I, K, threads, 1);
+}
+
 /* Paged decode attention, one query token per request, every query head of a KV head together.
- * q: [B, H, D] with rows ldq elements apart (a view into the QKV projection), out: [B, H, D]; k, v: [num_slots, KVH, D]; slots: [B, width] (row b's first lens[b] entries are its
- * context, each below num_slots, else nothing is read and 3 returned); elem: 2 (bf16) or 4 (fp32) for q, k, v and out alike. Scores and sums in fp32. */
+ * q: [B, H, D] with rows ldq elements apart (a view into the QKV projection); out: [B, H, D];
+ * k, v: [num_slots, KVH, D]; slots: [B, width], row b's first lens[b] entries being its context, each below
+ * num_slots (else nothing is read and 3 returned); elem: 2 (bf16) or 4 (fp32) for q, k, v and out alike.
+ * Scores and sums in fp32. */
 int sgl_decode_attention(const void *q, int64_t ldq, const void *k, const void *v, void *out, const int64_t *slots,
                          int64_t width, const int64_t *lens, int64_t num_slots, int B, int H, int KVH, int D,
                          float scale, int elem, int threads) {
@@ -194,7 +209,8 @@ int sgl_decode_attention(const void *q, int64_t ldq, const void *k, const void *
                     for (int j = 0; j < D / 16; j++) kr[j] = load16(k, at + 16 * j, elem);
                     for (int g = 0; g < G; g++) {
                         __m512 s = _mm512_mul_ps(kr[0], _mm512_loadu_ps(qf + g * D));
-                        for (int j = 1; j < D / 16; j++) s = _mm512_fmadd_ps(kr[j], _mm512_loadu_ps(qf + g * D + 16 * j), s);
+                        for (int j = 1; j < D / 16; j++)
+                            s = _mm512_fmadd_ps(kr[j], _mm512_loadu_ps(qf + g * D + 16 * j), s);
                         scores[g * len + t] = _mm512_reduce_add_ps(s) * scale;
                     }
                     continue;
@@ -228,7 +244,8 @@ int sgl_decode_attention(const void *q, int64_t ldq, const void *k, const void *
                         const __m512 vr = load16(v, at + 16 * j, elem);
                         for (int g = 0; g < G; g++) {
                             float *a = acc + g * D + 16 * j;
-                            _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(scores[g * len + t]), vr, _mm512_loadu_ps(a)));
+                            const __m512 p = _mm512_set1_ps(scores[g * len + t]);
+                            _mm512_storeu_ps(a, _mm512_fmadd_ps(p, vr, _mm512_loadu_ps(a)));
                         }
                     }
                     continue;
@@ -258,27 +275,6 @@ int sgl_decode_attention(const void *q, int64_t ldq, const void *k, const void *
     free(scratch);
     return 0;
 }
-
-/* Element-wise kernels over bf16 (elem 2) or fp32 (elem 4) rows: 16 lanes at a time, a masked tail. A bf16
- * result is rounded wherever torch's bf16 ops round (each op's output); fp32 needs no rounding. */
-static inline __m512 load16m(const void *base, int64_t at, int elem, __mmask16 m) {
-    if (elem == 4) return _mm512_maskz_loadu_ps(m, (const float *)base + at);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const bf16 *)base + at)), 16));
-}
-
-static inline void store16m(void *base, int64_t at, int elem, __mmask16 m, __m512 v) {
-    if (elem == 4)
-        _mm512_mask_storeu_ps((float *)base + at, m, v);
-    else
-        _mm256_mask_storeu_epi16((bf16 *)base + at, m, (__m256i)_mm512_cvtneps_pbh(v));
-}
-
-static inline __m512 round16(__m512 v, int elem) { /* to the storage dtype and back: torch's per-op rounding */
-    if (elem == 4) return v;
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
-}
-
-static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); }
 
 /* RMSNorm of rows, with the residual stream's add fused in front when residual is not NULL: s = x + residual
  * (rounded as torch's add) is written back to residual and normalised; else x itself is. Llama's RMSNorm:
@@ -322,6 +318,8 @@ int sgl_rope(void *q, int64_t ldq, int heads, void *k, int64_t ldk, int kv_heads
     /* lanes (2i, 2i + 1) of a 16-lane vector: re' = re c - im s, im' = re s + im c */
     const __m512i swap = _mm512_set_epi32(14, 15, 12, 13, 10, 11, 8, 9, 6, 7, 4, 5, 2, 3, 0, 1);
     const __m512 sign = _mm512_set_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
+    const __m512i cos_lanes = _mm512_set_epi32(14, 14, 12, 12, 10, 10, 8, 8, 6, 6, 4, 4, 2, 2, 0, 0);
+    const __m512i sin_lanes = _mm512_set_epi32(15, 15, 13, 13, 11, 11, 9, 9, 7, 7, 5, 5, 3, 3, 1, 1);
 #pragma omp parallel for schedule(static) num_threads(threads) if (tokens >= 64)
     for (int64_t t = 0; t < tokens; t++) {
         const float *c = cis + positions[t] * dim;
@@ -332,8 +330,7 @@ int sgl_rope(void *q, int64_t ldq, int heads, void *k, int64_t ldk, int kv_heads
                 const __mmask16 m = tail16(dim - d);
                 const __m512 x = load16m(base, at + d, elem, m);
                 const __m512 cs = _mm512_maskz_loadu_ps(m, c + d);      /* (cos, sin) pairs */
-                const __m512 cc = _mm512_permutexvar_ps(_mm512_set_epi32(14, 14, 12, 12, 10, 10, 8, 8, 6, 6, 4, 4, 2, 2, 0, 0), cs);
-                const __m512 ss = _mm512_permutexvar_ps(_mm512_set_epi32(15, 15, 13, 13, 11, 11, 9, 9, 7, 7, 5, 5, 3, 3, 1, 1), cs);
+                const __m512 cc = _mm512_permutexvar_ps(cos_lanes, cs), ss = _mm512_permutexvar_ps(sin_lanes, cs);
                 const __m512 xs = _mm512_mul_ps(_mm512_permutexvar_ps(swap, x), sign); /* (-im, re) */
                 store16m(base, at + d, elem, m, _mm512_fmadd_ps(xs, ss, _mm512_mul_ps(x, cc)));
             }
@@ -371,7 +368,8 @@ int sgl_silu_mul(const void *gate_up, int64_t ld, void *out, int64_t ldo, int64_
         for (int64_t i = 0; i < I; i += 16) {
             const __mmask16 m = tail16(I - i);
             const __m512 g = load16m(gate_up, r * ld + i, elem, m), u = load16m(gate_up, r * ld + I + i, elem, m);
-            const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+            const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
             store16m(out, r * ldo + i, elem, m, _mm512_mul_ps(round16(silu, elem), u));
         }
     }
