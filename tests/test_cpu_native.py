@@ -116,6 +116,49 @@ def test_decode_attention_refuses_slots_outside_the_pool_without_reading_them():
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim", "requests"), [
+    (8, 2, 32, [(0, 5), (3, 17), (0, 1), (40, 0), (100, 33)]),  # (cached prefix, new tokens); one with none new
+    (14, 2, 64, [(0, 50), (600, 32)]),
+    (6, 3, 40, [(7, 20)]),  # a head size not a multiple of 16
+    (4, 4, 16, [(0, 70)] * 3),  # more rows than a query block
+])
+@pytest.mark.parametrize("peaked", [False, True])  # peaked: softmax weights far below fp32's normal range
+def test_extend_attention_matches_reference(dtype, heads, kv_heads, dim, requests, peaked):
+    g = torch.Generator().manual_seed(len(requests))
+    lens = [p + n for p, n in requests]
+    _, _, kv_indptr, slots, _, _ = _paged(lens, kv_heads, dim, dtype)
+    scale = 30.0 if peaked else 1.0
+    k = (torch.randn(4000, kv_heads, dim, generator=g) * scale).to(dtype)
+    v = torch.randn(4000, kv_heads, dim, generator=g).to(dtype)
+    qo_indptr = torch.tensor([0, *torch.tensor([n for _, n in requests]).cumsum(0).tolist()])
+    total = int(qo_indptr[-1])
+    qkv = (torch.randn(total, (heads + 2 * kv_heads) * dim, generator=g) * scale).to(dtype)
+    q = qkv[:, : heads * dim].reshape(total, heads, dim)  # a strided view, as Attention.forward hands it
+    ref = reference.extend_attention_ref(q.contiguous(), k, v, qo_indptr, kv_indptr, slots, dim**-0.5)
+    ours = cpu_native.extend_attention(q, k, v, qo_indptr, kv_indptr, slots, dim**-0.5)
+    # peaked fp32: scores in the thousands carry fp32 rounding of ~1e-4 themselves, whatever the order of sums
+    tol = (2e-3 if peaked else 2e-5) if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+
+
+@needs_native
+def test_extend_attention_refuses_bad_indices():
+    k, v, kv_indptr, slots, _, _ = _paged([10, 6], 2, 32, torch.float32, slots_total=64)
+    q = torch.randn(4, 4, 32)
+    qo_indptr = torch.tensor([0, 2, 4])
+    bad = slots.clone()
+    bad[3] = 64
+    with pytest.raises(RuntimeError, match="outside the KV pool"):
+        cpu_native.extend_attention(q, k, v, qo_indptr, kv_indptr, bad, 0.2)
+    with pytest.raises(RuntimeError, match="out of range"):  # more new tokens than its context holds
+        cpu_native.extend_attention(q, k, v, torch.tensor([0, 1, 4]), torch.tensor([0, 10, 12]), slots, 0.2)
+    with pytest.raises(ValueError, match="cover"):
+        cpu_native.extend_attention(q, k, v, torch.tensor([0, 2, 3]), kv_indptr, slots, 0.2)
+    assert torch.isfinite(cpu_native.extend_attention(q, k, v, qo_indptr, kv_indptr, slots, 0.2)).all()
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize(("rows", "dim"), [(1, 896), (4, 40), (100, 256)])
 def test_rms_norm_and_fused_residual_add_match_the_reference(rows, dim, dtype):
     x, residual = _bf16(rows, dim, seed=1).to(dtype), _bf16(rows, dim, seed=2, scale=3.0).to(dtype)

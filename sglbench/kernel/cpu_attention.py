@@ -481,6 +481,8 @@ def extend_attention_cpu(
     plan: ExtendPlan | MaskedExtendPlan | None = None,  # plan_extend of these indices, shared by a batch's layers
 ) -> torch.Tensor:
     """Causal attention of new tokens over their cached prefix and each other; returns [total_q, heads, dim]."""
+    if q.dtype == torch.float32 and cpu_native.decode_attention_fits(q, k_buffer):  # fp32: the C kernel wins
+        return cpu_native.extend_attention(q, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices, sm_scale)
     if plan is None:
         plan = plan_extend(qo_indptr, kv_indptr, kv_indices, q.dtype)
     if isinstance(plan, MaskedExtendPlan):
