@@ -39,10 +39,8 @@ _I64, _INT, _PTR, _FLOAT = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes
 _SIGNATURES = {
     "sgl_gemv_bf16": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT),
     "sgl_gemv_silu_mul_bf16": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT),
-    "sgl_decode_attention": (_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _INT, _INT, _INT, _INT, _FLOAT, _INT,
-                             _INT),
-    "sgl_extend_attention": (_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _INT, _INT, _INT, _INT, _FLOAT,
-                             _INT, _INT),
+    "sgl_attention": (_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _INT, _INT, _INT, _INT, _FLOAT,
+                      _INT, _INT),
     "sgl_add_rms_norm": (_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _FLOAT, _INT, _INT),
     "sgl_silu_mul": (_PTR, _I64, _PTR, _I64, _I64, _I64, _INT, _INT),
     "sgl_rope": (_PTR, _I64, _INT, _PTR, _I64, _INT, _PTR, _PTR, _I64, _I64, _INT, _INT, _INT),
@@ -178,67 +176,56 @@ def gemv_silu_mul_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def decode_attention_fits(q: torch.Tensor, k_buffer: torch.Tensor) -> bool:
-    """Whether `decode_attention` takes this query and KV pool: on the CPU, bf16 or fp32, one dtype, built."""
+    """Whether the attention kernels take this query and KV pool: on the CPU, bf16 or fp32, one dtype, built."""
     return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float32) and k_buffer.dtype == q.dtype
             and available())
 
 
-def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, slots: torch.Tensor,
-                     lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
-    """One query token per request over its paged context, read in place: q [batch, heads, dim] (rows may be
-    strided: a view into the QKV projection's output); k/v_buffer
-    [slots, kv_heads, dim] of q's dtype (bf16 or fp32); slots [batch, width] int64, row b's first lens[b]
-    entries being its context. Returns [batch, heads, dim]."""
-    batch, heads, dim = q.shape
+def _attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, qo_indptr: torch.Tensor,
+               kv_start: torch.Tensor, kv_lens: torch.Tensor, kv_indices: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    total, heads, dim = q.shape
     kv_heads = k_buffer.shape[1]
-    if q.dtype not in (torch.bfloat16, torch.float32) or k_buffer.dtype != q.dtype or v_buffer.dtype != q.dtype:
-        raise ValueError(f"decode_attention takes bf16 or fp32 q, k and v of one dtype, got {q.dtype}, "
+    if not decode_attention_fits(q, k_buffer) or v_buffer.dtype != q.dtype:
+        raise ValueError(f"the attention kernel takes bf16 or fp32 q, k and v of one dtype on the CPU, got {q.dtype}, "
                          f"{k_buffer.dtype}, {v_buffer.dtype}")
     if q.stride(2) != 1 or q.stride(1) != dim or not (k_buffer.is_contiguous() and v_buffer.is_contiguous()):
         raise ValueError("q's heads and the K/V buffers must be contiguous")
     if heads % kv_heads or k_buffer.shape[2] != dim or v_buffer.shape != k_buffer.shape:
         raise ValueError(f"q {tuple(q.shape)} does not fit K/V buffers {tuple(k_buffer.shape)}")
-    if slots.dtype != torch.int64 or lens.dtype != torch.int64 or not (slots.is_contiguous() and lens.is_contiguous()):
-        raise ValueError("slots and lens must be contiguous int64")
-    if slots.dim() != 2 or slots.shape[0] != batch or lens.shape != (batch,):
-        raise ValueError(f"slots {tuple(slots.shape)} and lens {tuple(lens.shape)} must have {batch} rows")
-    out = torch.empty(batch, heads, dim, dtype=q.dtype)
+    for t in (qo_indptr, kv_start, kv_lens, kv_indices):
+        if t.dtype != torch.int64 or not t.is_contiguous():
+            raise ValueError("qo_indptr, kv_indptr, kv_indices, slots and lens must be contiguous int64")
+    requests = qo_indptr.numel() - 1
+    if kv_start.numel() != requests or kv_lens.numel() != requests or (requests and int(qo_indptr[-1]) != total):
+        raise ValueError(f"the query and context offsets of {requests} requests do not cover {total} query rows")
+    out = torch.empty(total, heads, dim, dtype=q.dtype)
     lib = _load()[0]
-    _check(lib.sgl_decode_attention(q.data_ptr(), q.stride(0), k_buffer.data_ptr(), v_buffer.data_ptr(), out.data_ptr(),
-                                    slots.data_ptr(), slots.shape[1], lens.data_ptr(), k_buffer.shape[0], batch,
-                                    heads, kv_heads, dim,
-                                    sm_scale, q.element_size(), torch.get_num_threads()),
-           "sgl_decode_attention")
+    _check(lib.sgl_attention(q.data_ptr(), q.stride(0), k_buffer.data_ptr(), v_buffer.data_ptr(), out.data_ptr(),
+                             qo_indptr.data_ptr(), kv_start.data_ptr(), kv_lens.data_ptr(), kv_indices.data_ptr(),
+                             kv_indices.numel(), k_buffer.shape[0], requests, heads, kv_heads, dim, sm_scale,
+                             q.element_size(), torch.get_num_threads()), "sgl_attention")
     return out
 
 
 def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, qo_indptr: torch.Tensor,
                      kv_indptr: torch.Tensor, kv_indices: torch.Tensor, sm_scale: float) -> torch.Tensor:
     """reference.extend_attention_ref's contract (causal attention of new tokens over their cached prefix and
-    each other), K/V read in place: q [total_q, heads, dim] (rows may be strided), k/v_buffer of q's dtype
-    (bf16 or fp32); [total_q, heads, dim]."""
-    total, heads, dim = q.shape
-    kv_heads = k_buffer.shape[1]
-    if not decode_attention_fits(q, k_buffer) or v_buffer.dtype != q.dtype:
-        raise ValueError(f"extend_attention takes bf16 or fp32 q, k and v of one dtype on the CPU, got {q.dtype}, "
-                         f"{k_buffer.dtype}, {v_buffer.dtype}")
-    if q.stride(2) != 1 or q.stride(1) != dim or not (k_buffer.is_contiguous() and v_buffer.is_contiguous()):
-        raise ValueError("q's heads and the K/V buffers must be contiguous")
-    if heads % kv_heads or k_buffer.shape[2] != dim or v_buffer.shape != k_buffer.shape:
-        raise ValueError(f"q {tuple(q.shape)} does not fit K/V buffers {tuple(k_buffer.shape)}")
-    for t in (qo_indptr, kv_indptr, kv_indices):
-        if t.dtype != torch.int64 or not t.is_contiguous():
-            raise ValueError("qo_indptr, kv_indptr and kv_indices must be contiguous int64")
-    requests = qo_indptr.numel() - 1
-    if kv_indptr.numel() != requests + 1 or (requests and int(qo_indptr[-1]) != total):
-        raise ValueError(f"qo_indptr/kv_indptr of {requests} requests do not cover {total} query rows")
-    out = torch.empty(total, heads, dim, dtype=q.dtype)
-    lib = _load()[0]
-    _check(lib.sgl_extend_attention(q.data_ptr(), q.stride(0), k_buffer.data_ptr(), v_buffer.data_ptr(),
-                                    out.data_ptr(), qo_indptr.data_ptr(), kv_indptr.data_ptr(), kv_indices.data_ptr(),
-                                    k_buffer.shape[0], requests, heads, kv_heads, dim, sm_scale, q.element_size(),
-                                    torch.get_num_threads()), "sgl_extend_attention")
-    return out
+    each other), K/V read in place: q [total_q, heads, dim] (rows may be strided: a view into the QKV
+    projection), k/v_buffer [slots, kv_heads, dim] of q's dtype (bf16 or fp32); [total_q, heads, dim]."""
+    return _attention(q, k_buffer, v_buffer, qo_indptr, kv_indptr[:-1].contiguous(), kv_indptr.diff(), kv_indices,
+                      sm_scale)
+
+
+def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, slots: torch.Tensor,
+                     lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """One query token per request over its paged context, read in place: q [batch, heads, dim] (rows may be
+    strided); k/v_buffer [slots, kv_heads, dim] of q's dtype; slots [batch, width] int64, row b's first
+    lens[b] entries being its context. Returns [batch, heads, dim]."""
+    batch, width = q.shape[0], slots.shape[-1]
+    if slots.dim() != 2 or slots.shape[0] != batch or lens.shape != (batch,):
+        raise ValueError(f"slots {tuple(slots.shape)} and lens {tuple(lens.shape)} must have {batch} rows")
+    rows = torch.arange(batch + 1, dtype=torch.int64)
+    return _attention(q, k_buffer, v_buffer, rows, rows[:-1] * width, lens, slots, sm_scale)
 
 
 ELEMENTWISE_DTYPES = (torch.bfloat16, torch.float32)  # RMSNorm, rotary, SiLU-and-multiply

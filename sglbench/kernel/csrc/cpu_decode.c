@@ -61,7 +61,6 @@ static inline __m512 load16m(const void *base, int64_t at, int elem, __mmask16 m
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-static inline __m512 load16(const void *base, int64_t at, int elem) { return load16m(base, at, elem, 0xffff); }
 
 static inline void store16m(void *base, int64_t at, int elem, __mmask16 m, __m512 v) {
     if (elem == 4)
@@ -174,118 +173,6 @@ int sgl_gemv_silu_mul_bf16(const bf16 *x, int64_t ldx, const bf16 *w, const bf16
     return gemv_rows(x, ldx, w, bias, y, ldy, B, I, K, threads, 1);
 }
 
-/* Paged decode attention, one query token per request, every query head of a KV head together.
- * q: [B, H, D] with rows ldq elements apart (a view into the QKV projection); out: [B, H, D];
- * k, v: [num_slots, KVH, D]; slots: [B, width], row b's first lens[b] entries being its context, each below
- * num_slots (else nothing is read and 3 returned); elem: 2 (bf16) or 4 (fp32) for q, k, v and out alike.
- * Scores and sums in fp32. */
-int sgl_decode_attention(const void *q, int64_t ldq, const void *k, const void *v, void *out, const int64_t *slots,
-                         int64_t width, const int64_t *lens, int64_t num_slots, int B, int H, int KVH, int D,
-                         float scale, int elem, int threads) {
-    if (KVH < 1 || H % KVH != 0 || D > 512 || (elem != 2 && elem != 4)) return 1;
-    const int G = H / KVH;
-    int64_t longest = 0;
-    for (int b = 0; b < B; b++) { /* every slot read must lie in the pool: checked before any work */
-        if (lens[b] < 0 || lens[b] > width) return 3;
-        for (int64_t t = 0; t < lens[b]; t++)
-            if (slots[(int64_t)b * width + t] < 0 || slots[(int64_t)b * width + t] >= num_slots) return 3;
-        longest = lens[b] > longest ? lens[b] : longest;
-    }
-    if (threads < 1) threads = 1;
-    const size_t per_thread = (size_t)G * (size_t)(longest > 0 ? longest : 1) + 2 * (size_t)G * D + D;
-    float *scratch = malloc(sizeof(float) * per_thread * (size_t)threads);
-    if (!scratch) return 2;
-#pragma omp parallel num_threads(threads)
-    {
-        const unsigned csr = flush_denormals();
-        float *scores = scratch + per_thread * (size_t)omp_get_thread_num();
-        float *qf = scores + (size_t)G * (size_t)(longest > 0 ? longest : 1), *acc = qf + (size_t)G * D;
-        float *row = acc + (size_t)G * D;
-#pragma omp for schedule(dynamic, 1)
-        for (int task = 0; task < B * KVH; task++) {
-            const int b = task / KVH, kh = task % KVH;
-            const int64_t len = lens[b];
-            const int64_t *ctx = slots + (int64_t)b * width;
-            for (int g = 0; g < G; g++) {
-                const int64_t at = (int64_t)b * ldq + (int64_t)(kh * G + g) * D;
-                for (int d = 0; d < D; d++)
-                    qf[g * D + d] = elem == 2 ? bf16_to_f32(((const bf16 *)q)[at + d]) : ((const float *)q)[at + d];
-            }
-            for (int64_t t = 0; t < len; t++) {
-                const int64_t at = (ctx[t] * KVH + kh) * D;
-                if (D % 16 == 0 && D <= 256) {  /* the row in registers, one reduction per query head */
-                    __m512 kr[16];
-                    for (int j = 0; j < D / 16; j++) kr[j] = load16(k, at + 16 * j, elem);
-                    for (int g = 0; g < G; g++) {
-                        __m512 s = _mm512_mul_ps(kr[0], _mm512_loadu_ps(qf + g * D));
-                        for (int j = 1; j < D / 16; j++)
-                            s = _mm512_fmadd_ps(kr[j], _mm512_loadu_ps(qf + g * D + 16 * j), s);
-                        scores[g * len + t] = _mm512_reduce_add_ps(s) * scale;
-                    }
-                    continue;
-                }
-                if (elem == 2)
-                    for (int d = 0; d < D; d++) row[d] = bf16_to_f32(((const bf16 *)k)[at + d]);
-                else
-                    memcpy(row, (const float *)k + at, sizeof(float) * D);
-                for (int g = 0; g < G; g++) {
-                    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-                    for (int d = 0; d < D; d++) s += qf[g * D + d] * row[d];
-                    scores[g * len + t] = s * scale;
-                }
-            }
-            for (int g = 0; g < G; g++) {
-                float *sg = scores + g * len, top = -INFINITY, sum = 0.0f;
-                for (int64_t t = 0; t < len; t++) top = sg[t] > top ? sg[t] : top;
-                for (int64_t t = 0; t < len; t++) {
-                    sg[t] = expf(sg[t] - top);
-                    sum += sg[t];
-                }
-                const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-                for (int64_t t = 0; t < len; t++) sg[t] *= inv;
-            }
-            memset(acc, 0, sizeof(float) * (size_t)G * D);
-            for (int64_t t = 0; t < len; t++) {
-                const int64_t at = (ctx[t] * KVH + kh) * D;
-                if (D % 16 == 0) {
-                    for (int j = 0; j < D / 16; j++) {
-                        const __m512 vr = load16(v, at + 16 * j, elem);
-                        for (int g = 0; g < G; g++) {
-                            float *a = acc + g * D + 16 * j;
-                            const __m512 p = _mm512_set1_ps(scores[g * len + t]);
-                            _mm512_storeu_ps(a, _mm512_fmadd_ps(p, vr, _mm512_loadu_ps(a)));
-                        }
-                    }
-                    continue;
-                }
-                if (elem == 2)
-                    for (int d = 0; d < D; d++) row[d] = bf16_to_f32(((const bf16 *)v)[at + d]);
-                else
-                    memcpy(row, (const float *)v + at, sizeof(float) * D);
-                for (int g = 0; g < G; g++) {
-                    const float p = scores[g * len + t];
-                    float *a = acc + g * D;
-#pragma omp simd
-                    for (int d = 0; d < D; d++) a[d] += p * row[d];
-                }
-            }
-            for (int g = 0; g < G; g++) {
-                const int64_t at = ((int64_t)b * H + kh * G + g) * D;
-                for (int d = 0; d < D; d++) {
-                    if (elem == 2)
-                        ((bf16 *)out)[at + d] = f32_to_bf16(acc[g * D + d]);
-                    else
-                        ((float *)out)[at + d] = acc[g * D + d];
-                }
-            }
-        }
-        _mm_setcsr(csr);
-    }
-    free(scratch);
-    return 0;
-}
-
 /* RMSNorm of rows, with the residual stream's add fused in front when residual is not NULL: s = x + residual
  * (rounded as torch's add) is written back to residual and normalised; else x itself is. Llama's RMSNorm:
  * fp32 math, the normalised row rounded to the dtype, then times the weight. For fp32 that is F.rms_norm's
@@ -388,25 +275,51 @@ int sgl_silu_mul(const void *gate_up, int64_t ld, void *out, int64_t ldo, int64_
     return 0;
 }
 
-/* Causal extend (prefill) attention over paged K/V, flash-style: request r's n_r new queries (rows
- * qo_indptr[r] .. qo_indptr[r + 1] of q) attend to its kv_len_r slots (kv_indices[kv_indptr[r] ..]), the last
- * n_r being the new tokens', query i seeing the first kv_len_r - n_r + i + 1. A task is one request, one KV
- * head and a block of up to QB query rows with all the head's query heads: each chunk of 16 keys is gathered
- * (K transposed) once for all of them; scores vectorised over keys, an online softmax in fp32. At head size
- * 32 torch's flash kernel spends its time in per-block GEMM calls and exps; here a score costs a few
- * instructions. q: [total_q, H, D] rows ldq apart; out: [total_q, H, D]; elem 2 (bf16) or 4 (fp32). */
+/* In place: row i of the 16 x 16 block becomes column i (the classic unpack / shuffle / lane-shuffle ladder). */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 16; i += 8)
+        for (int j = 0; j < 4; j++) {
+            t[i + j] = _mm512_shuffle_f32x4(u[i + j], u[i + 4 + j], 0x88);
+            t[i + 4 + j] = _mm512_shuffle_f32x4(u[i + j], u[i + 4 + j], 0xDD);
+        }
+    for (int j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+    }
+}
+
+/* Causal attention over paged K/V, flash-style, for extend (prefill) and decode alike: request r's n_r new
+ * queries (rows qo_indptr[r] .. qo_indptr[r + 1] of q) attend to its kv_lens[r] slots, kv_indices[kv_start[r]
+ * ..], the last n_r being the new tokens', query i seeing the first kv_lens[r] - n_r + i + 1 (a decode step:
+ * n_r = 1, the whole context). A task is one request, one KV head and a block of up to QB query rows with all
+ * the head's query heads: each chunk of KC keys is gathered once for all of them, K transposed in registers;
+ * scores vectorised over keys, QG queries at a time (independent FMA chains), an online softmax in fp32 with
+ * denormals flushed. At head size 32 torch's flash kernel spends its time in per-block GEMM calls and exps;
+ * here a score costs a few instructions. q: [total_q, H, D] rows ldq apart; out: [total_q, H, D] contiguous;
+ * elem 2 (bf16) or 4 (fp32). Returns 3, reading nothing, when an index or slot is out of range. */
 enum { QB = 16, KC = 16, QG = 8 };
 
-int sgl_extend_attention(const void *q, int64_t ldq, const void *k, const void *v, void *out, const int64_t *qo_indptr,
-                         const int64_t *kv_indptr, const int64_t *kv_indices, int64_t num_slots, int R, int H,
-                         int KVH, int D, float scale, int elem, int threads) {
+int sgl_attention(const void *q, int64_t ldq, const void *k, const void *v, void *out, const int64_t *qo_indptr,
+                  const int64_t *kv_start, const int64_t *kv_lens, const int64_t *kv_indices, int64_t num_indices,
+                  int64_t num_slots, int R, int H, int KVH, int D, float scale, int elem, int threads) {
     if (KVH < 1 || H % KVH != 0 || D < 1 || D > 256 || (elem != 2 && elem != 4)) return 1;
     const int G = H / KVH, DV = (D + 15) / 16; /* 16-lane vectors per head row */
     int64_t tasks = 0;
-    for (int r = 0; r < R; r++) {
-        const int64_t n = qo_indptr[r + 1] - qo_indptr[r], kv_len = kv_indptr[r + 1] - kv_indptr[r];
-        if (n < 0 || n > kv_len) return 3;
-        for (int64_t t = kv_indptr[r]; t < kv_indptr[r + 1]; t++)
+    for (int r = 0; r < R; r++) { /* every index read must lie in the list and every slot in the pool */
+        const int64_t n = qo_indptr[r + 1] - qo_indptr[r], kv_len = kv_lens[r];
+        if (n < 0 || n > kv_len || kv_start[r] < 0 || kv_start[r] + kv_len > num_indices) return 3;
+        for (int64_t t = kv_start[r]; t < kv_start[r] + kv_len; t++)
             if (kv_indices[t] < 0 || kv_indices[t] >= num_slots) return 3;
         tasks += (n + QB - 1) / QB * KVH;
     }
@@ -432,9 +345,9 @@ int sgl_extend_attention(const void *q, int64_t ldq, const void *k, const void *
                 task -= here;
             }
             const int kh = (int)(task % KVH);
-            const int64_t n = qo_indptr[r + 1] - qo_indptr[r], kv_len = kv_indptr[r + 1] - kv_indptr[r];
+            const int64_t n = qo_indptr[r + 1] - qo_indptr[r], kv_len = kv_lens[r];
             const int64_t prefix = kv_len - n, i0 = task / KVH * QB, qb = n - i0 < QB ? n - i0 : QB;
-            const int64_t *slots = kv_indices + kv_indptr[r];
+            const int64_t *slots = kv_indices + kv_start[r];
             const int nq = (int)qb * G; /* query vectors: row i, head g at i * G + g */
             for (int a = 0; a < nq; a++) {
                 const int64_t at = (qo_indptr[r] + i0 + a / G) * ldq + (int64_t)(kh * G + a % G) * D;
@@ -450,19 +363,21 @@ int sgl_extend_attention(const void *q, int64_t ldq, const void *k, const void *
             const int64_t kv_end = prefix + i0 + qb; /* the block's last row sees this many */
             for (int64_t c = 0; c < kv_end; c += KC) {
                 const int kc = kv_end - c < KC ? (int)(kv_end - c) : KC;
-                for (int j = 0; j < kc; j++) { /* gather the chunk: K transposed, V as rows */
-                    const int64_t at = (slots[c + j] * KVH + kh) * D;
-                    for (int d = 0; d < DV; d++) {
-                        const __mmask16 mk = tail16(D - 16 * d);
-                        const __m512 kr = load16m(k, at + 16 * d, elem, mk);
-                        _mm512_storeu_ps(vc + j * pad + 16 * d, load16m(v, at + 16 * d, elem, mk));
-                        float tmp[16];
-                        _mm512_storeu_ps(tmp, kr);
-                        for (int e = 0; e < 16; e++) kt[(16 * d + e) * KC + j] = tmp[e];
+                for (int d = 0; d < DV; d++) { /* gather the chunk: K transposed in registers, V as rows */
+                    const __mmask16 mk = tail16(D - 16 * d);
+                    __m512 rows16[16];
+                    for (int j = 0; j < KC; j++) {
+                        if (j >= kc) {
+                            rows16[j] = _mm512_setzero_ps();
+                            continue;
+                        }
+                        const int64_t at = (slots[c + j] * KVH + kh) * D + 16 * d;
+                        rows16[j] = load16m(k, at, elem, mk);
+                        _mm512_storeu_ps(vc + j * pad + 16 * d, load16m(v, at, elem, mk));
                     }
+                    transpose16(rows16);
+                    for (int e = 0; e < 16; e++) _mm512_storeu_ps(kt + (16 * d + e) * KC, rows16[e]);
                 }
-                for (int j = kc; j < KC; j++)
-                    for (int d = 0; d < D; d++) kt[d * KC + j] = 0.0f;
                 for (int a0 = 0; a0 < nq; a0 += QG) { /* QG queries at a time: independent FMA chains */
                     const int na = nq - a0 < QG ? nq - a0 : QG;
                     int valid[QG], any = 0;
