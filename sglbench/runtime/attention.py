@@ -8,7 +8,7 @@ import abc
 
 import torch
 
-from sglbench.kernel import cpu_attention, reference
+from sglbench.kernel import cpu_attention, cpu_native, reference
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
 from sglbench.runtime.kv_pool import KVPool
 
@@ -72,7 +72,11 @@ class TorchAttentionBackend(AttentionBackend):
                                          work_per_score=q.shape[1] * q.shape[2])
 
     def _plan_decode(self, batch: ForwardBatch, q: torch.Tensor):
-        return cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, q.dtype, batch.padded_kv_indices)
+        # The C kernel reads every context in place as fast as the shared-prefix plan's two calls and merge
+        # (fork-join and few-shot workloads: level or up to 1.1x), so it gets the plain plan.
+        native = cpu_native.decode_attention_fits(q, self.pool.k_buffers[0]) if self.pool.k_buffers else False
+        return cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, q.dtype, batch.padded_kv_indices,
+                                         share_prefixes=False if native else None)
 
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         plan = self._plan(batch, lambda: self._plan_decode(batch, q))
