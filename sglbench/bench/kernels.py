@@ -27,11 +27,18 @@ cpu decode: decode batches whose contexts share prefixes (an LLM judge's 10 answ
         block and through the shared-prefix plan (each shared prefix read once).
 cpu linear: ``cpu_linear.linear`` (oneDNN for large weights) vs F.linear (torch's default BLAS) at the
         default model's projection shapes.
+cpu gemv: bf16 decode linears at Qwen2.5-0.5B's shapes, every layer's weights read once per step as a model
+        step reads them: the C GEMV (``cpu_native``, dense weights) vs oneDNN packed vs F.linear, as GB/s.
+cpu element-wise: add + RMSNorm, rotary, SiLU-and-multiply: the C kernels vs the torch ops they replace, at
+        one row (decode) and 512 (prefill), bf16 and fp32.
+Where the C kernels are built, the attention tables lead with them (what the engine runs) and time the torch
+plans with the kernels off.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import random
 import statistics
@@ -189,25 +196,33 @@ FEW_SHOT_CASES = {"mmlu-like": (4, 60, 520, 100), "hellaswag-like": (1, 40, 1200
 
 
 def bench_cpu_extend(subjects: int, questions: int, prefix: int, suffix: int) -> list[dict]:
-    from sglbench.kernel import cpu_attention
+    from sglbench.kernel import cpu_attention, cpu_native
 
     args = few_shot_batch(subjects, questions, prefix, suffix)
     scale = 1 / math.sqrt(args[0].shape[-1])
     plan = cpu_attention.plan_extend(*args[3:])
     baseline = masked_sdpa_per_request(*args, scale)
-    impls = [("masked sdpa per request", lambda: masked_sdpa_per_request(*args, scale)),
-             (f"cpu_attention, chosen: {plan_kind(plan)}",
-              lambda: cpu_attention.extend_attention_cpu(*args, scale, plan))]
+    impls = [("masked sdpa per request", lambda: masked_sdpa_per_request(*args, scale))]
+    if cpu_native.available():  # what the engine runs in fp32 where the C kernels are built
+        impls.append(("C attention (cpu_native)", lambda: cpu_native.extend_attention(*args, scale)))
+    share = cpu_attention.shared_prefix_share(plan, args[3], args[4])
+    takes_c = cpu_native.available() and share < cpu_attention.C_KERNEL_MAX_SHARED
+    impls.append((f"engine's choice ({'C' if takes_c else 'torch'}: {share:.0%} of scores over shared prefixes)",
+                  lambda: cpu_attention.extend_attention_cpu(*args, scale, plan)))
+    impls.append((f"cpu_attention on torch, chosen: {plan_kind(plan)}",
+                  lambda: cpu_attention.extend_attention_cpu(*args, scale, plan)))
     for kind in cpu_attention.PLAN_KINDS[1:]:
         forced = cpu_attention.plan_extend(*args[3:], kind=kind)
-        impls.append((f"cpu_attention, {kind}", lambda p=forced: cpu_attention.extend_attention_cpu(*args, scale, p)))
+        impls.append((f"cpu_attention on torch, {kind}",
+                      lambda p=forced: cpu_attention.extend_attention_cpu(*args, scale, p)))
     impls.append(("plan_extend alone", lambda: cpu_attention.plan_extend(*args[3:])))
     rows = []
     for name, fn in impls:
-        out = fn()
+        with cpu_native.disabled() if "on torch" in name else contextlib.nullcontext():
+            out, ms = fn(), _wall_ms(fn)
         err = (out - baseline).abs().max().item() if isinstance(out, torch.Tensor) else "-"
         rows.append({"impl": name, "requests": questions, "new_tokens": args[0].shape[0], "prefix": prefix,
-                     "ms": _wall_ms(fn), "max_abs_err": err})
+                     "ms": ms, "max_abs_err": err})
     return rows
 
 
@@ -218,24 +233,29 @@ DECODE_CASES = {"judge-like": (10, 6, 420, 30), "react-like": (1, 12, 556, 150),
 def bench_cpu_decode(states: int, branches: int, prefix: int, own: int) -> list[dict]:
     """Decode attention over contexts that share prefixes (each state's branches), through the padded block
     and through the shared-prefix plan (chosen and forced), against the plain-torch reference."""
-    from sglbench.kernel import cpu_attention, reference
+    from sglbench.kernel import cpu_attention, cpu_native, reference
 
     _, k_buf, v_buf, _, kv_indptr, kv_indices = few_shot_batch(states, states * branches, prefix, own)
     q = torch.randn(kv_indptr.numel() - 1, 8, k_buf.shape[-1], generator=torch.Generator().manual_seed(1))
     scale = 1 / math.sqrt(q.shape[-1])
     baseline = reference.decode_attention_ref(q, k_buf, v_buf, kv_indptr, kv_indices, scale)
-    chosen = cpu_attention.plan_decode(kv_indptr, kv_indices, q.dtype)
-    impls = [(f"cpu_attention, chosen: {'shared prefix' if chosen.shared else 'padded'}", chosen),
-             ("cpu_attention, padded", cpu_attention.plan_decode(kv_indptr, kv_indices, q.dtype, share_prefixes=False))]
+    padded = cpu_attention.plan_decode(kv_indptr, kv_indices, q.dtype, share_prefixes=False)
+    with cpu_native.disabled():
+        chosen = cpu_attention.plan_decode(kv_indptr, kv_indices, q.dtype)
+    impls = [(f"cpu_attention on torch, chosen: {'shared prefix' if chosen.shared else 'padded'}", chosen),
+             ("cpu_attention on torch, padded", padded)]
     forced = cpu_attention.plan_decode(kv_indptr, kv_indices, q.dtype, share_prefixes=True)
     if forced.shared is not None:
-        impls.append(("cpu_attention, shared prefix", forced))
+        impls.append(("cpu_attention on torch, shared prefix", forced))
+    if cpu_native.available():  # what the engine runs where the C kernels are built (the plain plan)
+        impls.insert(0, ("C attention (cpu_native)", padded))
     rows = []
     for name, plan in impls:
-        out = cpu_attention.decode_attention_cpu(q, k_buf, v_buf, plan, scale)
+        with cpu_native.disabled() if "on torch" in name else contextlib.nullcontext():
+            out = cpu_attention.decode_attention_cpu(q, k_buf, v_buf, plan, scale)
+            ms = _wall_ms(lambda p=plan: cpu_attention.decode_attention_cpu(q, k_buf, v_buf, p, scale))
         rows.append({"impl": name, "requests": q.shape[0], "prefix": prefix, "longest": chosen.max_len,
-                     "ms": _wall_ms(lambda p=plan: cpu_attention.decode_attention_cpu(q, k_buf, v_buf, p, scale)),
-                     "max_abs_err": (out - baseline).abs().max().item()})
+                     "ms": ms, "max_abs_err": (out - baseline).abs().max().item()})
     rows.append({"impl": "plan_decode alone", "requests": q.shape[0], "prefix": prefix, "longest": chosen.max_len,
                  "ms": _wall_ms(lambda: cpu_attention.plan_decode(kv_indptr, kv_indices, q.dtype)), "max_abs_err": "-"})
     return rows
@@ -265,6 +285,99 @@ def bench_cpu_linear(rows: int) -> list[dict]:
     return out
 
 
+# Qwen2.5-0.5B's projections (out, in) and lm-head: the shape `bench cpu` times end to end
+QWEN_LINEARS = {"qkv": (1152, 896), "o": (896, 896), "gate_up": (9728, 896), "down": (896, 4864)}
+QWEN_LM_HEAD = (151936, 896)
+
+
+def bench_cpu_gemv(layers: int, rows_list: tuple[int, ...] = (1, 4), lm_head: bool = True) -> list[dict]:
+    """bf16 decode linears as a model step reads them: every layer's four projections, then the lm-head, each
+    weight read once per step (so caches do not flatter anyone), through the C GEMV (dense weights), oneDNN
+    (packed) and F.linear. GB/s = weight bytes per step / step time."""
+    from sglbench.kernel import cpu_linear, cpu_native
+
+    g = torch.Generator().manual_seed(0)
+    dense = [[(torch.randn(n, k, generator=g) * 0.02).bfloat16() for n, k in QWEN_LINEARS.values()]
+             for _ in range(layers)]
+    if lm_head:
+        dense.append([(torch.randn(*QWEN_LM_HEAD, generator=g) * 0.02).bfloat16()])
+    weight_bytes = sum(w.numel() * 2 for group in dense for w in group)
+    impls = [("F.linear", dense, torch.nn.functional.linear)]
+    if cpu_linear.packing_available(torch.bfloat16):
+        packed = [[cpu_linear.pack_weight(w) for w in group] for group in dense]
+        impls.append(("oneDNN packed (cpu_linear)", packed, cpu_linear.linear))
+    if cpu_native.available():
+        impls.append(("C GEMV (cpu_native)", dense, cpu_native.gemv_bf16))
+    out = []
+    for rows in rows_list:
+        xs = {k: torch.randn(rows, k, generator=g).bfloat16() for k in (896, 4864)}
+        for name, weights, fn in impls:
+            def step(weights=weights, fn=fn, xs=xs):
+                for group in weights:
+                    for w in group:
+                        fn(xs[w.shape[1]], w)
+            ms = _wall_ms(step, repeats=3)
+            out.append({"impl": name, "rows": rows, "layers": layers, "weights_MB": weight_bytes / 1e6,
+                        "ms_per_step": ms, "GB/s": weight_bytes / ms / 1e6})
+    return out
+
+
+def _elementwise_cases(dtype: torch.dtype, rows: int, hidden: int, inter: int, heads: int, kv_heads: int,
+                       dim: int) -> dict:
+    """op -> (the torch ops the model runs without the C kernels, the C kernel) on random inputs."""
+    import torch.nn.functional as F
+
+    from sglbench.kernel import cpu_native
+    from sglbench.kernel.reference import rms_norm_ref
+
+    g = torch.Generator().manual_seed(rows)
+    x, res = torch.randn(rows, hidden, generator=g).to(dtype), torch.randn(rows, hidden, generator=g).to(dtype)
+    w = torch.ones(hidden, dtype=dtype)
+    gate_up = torch.randn(rows, 2 * inter, generator=g).to(dtype)
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim, generator=g).to(dtype)
+    q = qkv[:, : heads * dim].reshape(rows, heads, dim)
+    k = qkv[:, heads * dim : (heads + kv_heads) * dim].reshape(rows, kv_heads, dim)
+    positions = torch.arange(rows, dtype=torch.int64)
+    cis = torch.polar(torch.ones(4096, dim // 2), torch.rand(4096, dim // 2, generator=g))
+    table = torch.view_as_real(cis)
+
+    def norm_torch():
+        summed = res + x
+        return F.rms_norm(summed, (hidden,), w, 1e-6) if dtype == torch.float32 else rms_norm_ref(summed, w, 1e-6)
+
+    def rope_torch():
+        c = cis[positions].unsqueeze(1)
+        return [torch.view_as_real(torch.view_as_complex(t.float().reshape(*t.shape[:-1], -1, 2)) * c)
+                .flatten(-2).to(dtype) for t in (q, k)]
+
+    def silu_torch():
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate).mul_(up)
+
+    return {"add + RMSNorm": (norm_torch, lambda: cpu_native.add_rms_norm(x, w, 1e-6, residual=res.clone())),
+            "rotary": (rope_torch, lambda: cpu_native.rope_(q, k, positions, table)),
+            "SiLU-and-multiply": (silu_torch, lambda: cpu_native.silu_mul(gate_up))}
+
+
+def bench_cpu_elementwise(rows_list: tuple[int, ...] = (1, 512)) -> list[dict]:
+    """The per-layer element-wise work, C kernels (cpu_native) against the torch ops the model runs without
+    them: RMSNorm after the residual add, the rotary embedding, SiLU-and-multiply; Qwen2.5-0.5B's shapes in
+    bf16, the embedded model's in fp32."""
+    from sglbench.kernel import cpu_native
+
+    if not cpu_native.available():
+        return []
+    shapes = {torch.bfloat16: (896, 4864, 14, 2, 64), torch.float32: (256, 704, 8, 2, 32)}
+    out = []
+    for dtype, shape in shapes.items():
+        for rows in rows_list:
+            for op, (torch_fn, c_fn) in _elementwise_cases(dtype, rows, *shape).items():
+                t_ms, c_ms = _wall_ms(torch_fn, repeats=50), _wall_ms(c_fn, repeats=50)
+                out.append({"op": op, "dtype": str(dtype).removeprefix("torch."), "rows": rows,
+                            "torch_us": t_ms * 1e3, "c_us": c_ms * 1e3, "speedup": t_ms / c_ms})
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m sglbench.bench.kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -286,6 +399,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--prefix", type=int, default=520, help="cpu extend: cached prefix tokens")
     parser.add_argument("--suffix", type=int, default=100, help="cpu extend: new tokens per request")
     parser.add_argument("--linear-rows", type=int, default=6000, help="cpu linear: rows (tokens) per call")
+    parser.add_argument("--gemv-layers", type=int, default=24,
+                        help="cpu gemv: Qwen2.5-0.5B layers streamed per step (0 skips it)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: timing the CPU path's kernels (the Triton kernels are timed on a GPU)")
@@ -297,7 +412,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print_table(dec, f"cpu decode attention (one layer), fp32, {torch.get_num_threads()} threads")
         lin = bench_cpu_linear(args.linear_rows)
         print_table(lin, f"cpu linear, fp32, {torch.get_num_threads()} threads")
-        return ext + dec + lin
+        gemv = bench_cpu_gemv(args.gemv_layers) if args.gemv_layers else []
+        if gemv:
+            print_table(gemv, f"cpu decode linears, bf16, Qwen2.5-0.5B shapes ({args.gemv_layers} layers and the "
+                              f"lm-head per step), {torch.get_num_threads()} threads")
+        elem = bench_cpu_elementwise()
+        if elem:
+            print_table(elem, f"cpu element-wise ops, C kernels vs torch, {torch.get_num_threads()} threads")
+        return ext + dec + lin + gemv + elem
     dtype = DTYPES[args.dtype]
     device_name = torch.cuda.get_device_name()
     rows: list[dict] = []

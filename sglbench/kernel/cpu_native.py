@@ -19,6 +19,7 @@ keep their torch paths.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -99,14 +100,28 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     return lib, None
 
 
+_off: list[str] = []  # the reasons of the `disabled()` blocks in force, innermost last
+
+
+@contextlib.contextmanager
+def disabled(reason: str = "disabled for a comparison"):
+    """The C kernels off inside the block, torch's paths on: benchmarks and tests compare the two. Models
+    loaded inside keep one packed weight copy (cpu_linear.keeps_dense asks `available`)."""
+    _off.append(reason)
+    try:
+        yield
+    finally:
+        _off.remove(reason)
+
+
 def available() -> bool:
     """Whether the C kernels run on this machine (built and loaded on first call)."""
-    return _load()[0] is not None
+    return not _off and _load()[0] is not None
 
 
 def unavailable_reason() -> str | None:
     """Why the C kernels are not used here, or None when they are."""
-    return _load()[1]
+    return _off[-1] if _off else _load()[1]
 
 
 def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True) -> str:
@@ -125,6 +140,13 @@ def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True) -> str:
         return ("on: decode and extend attention, RMSNorm, rotary, SiLU-and-multiply (fp32 linears stay on torch's "
                 "BLAS)")
     return f"off: none for {str(dtype).removeprefix('torch.')}"
+
+
+def _lib() -> ctypes.CDLL:
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(f"the C kernels are not built here: {reason}")
+    return lib
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -155,7 +177,7 @@ def _gemv_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 def gemv_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias) for bf16 x [rows <= MAX_GEMV_ROWS, K] and weight [N, K]: [rows, N]."""
     out = _gemv_args(x, weight, bias, weight.shape[0])
-    lib = _load()[0]
+    lib = _lib()
     _check(lib.sgl_gemv_bf16(x.data_ptr(), x.stride(0), weight.data_ptr(), _ptr(bias), out.data_ptr(),
                              out.stride(0), x.shape[0], weight.shape[0], weight.shape[1], torch.get_num_threads()),
            "sgl_gemv_bf16")
@@ -168,7 +190,7 @@ def gemv_silu_mul_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         raise ValueError(f"a gate-up weight has an even number of rows, got {weight.shape[0]}")
     half = weight.shape[0] // 2
     out = _gemv_args(x, weight, bias, half)
-    lib = _load()[0]
+    lib = _lib()
     _check(lib.sgl_gemv_silu_mul_bf16(x.data_ptr(), x.stride(0), weight.data_ptr(), _ptr(bias), out.data_ptr(),
                                       out.stride(0), x.shape[0], half, weight.shape[1], torch.get_num_threads()),
            "sgl_gemv_silu_mul_bf16")
@@ -199,7 +221,7 @@ def _attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, 
     if kv_start.numel() != requests or kv_lens.numel() != requests or (requests and int(qo_indptr[-1]) != total):
         raise ValueError(f"the query and context offsets of {requests} requests do not cover {total} query rows")
     out = torch.empty(total, heads, dim, dtype=q.dtype)
-    lib = _load()[0]
+    lib = _lib()
     _check(lib.sgl_attention(q.data_ptr(), q.stride(0), k_buffer.data_ptr(), v_buffer.data_ptr(), out.data_ptr(),
                              qo_indptr.data_ptr(), kv_start.data_ptr(), kv_lens.data_ptr(), kv_indices.data_ptr(),
                              kv_indices.numel(), k_buffer.shape[0], requests, heads, kv_heads, dim, sm_scale,
@@ -252,7 +274,7 @@ def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: to
                                                             or residual.dtype != x.dtype)):
         raise ValueError(f"x {tuple(x.shape)}, weight {tuple(weight.shape)} and residual do not fit")
     out = torch.empty(rows, dim, dtype=x.dtype)
-    lib = _load()[0]
+    lib = _lib()
     _check(lib.sgl_add_rms_norm(x.data_ptr(), x.stride(0), _ptr(residual), 0 if residual is None else residual.stride(0),
                                 weight.data_ptr(), out.data_ptr(), out.stride(0), rows, dim, eps, x.element_size(),
                                 torch.get_num_threads()), "sgl_add_rms_norm")
@@ -273,7 +295,7 @@ def rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cis: torch.
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, positions and cis {tuple(cis.shape)} do not fit")
     if positions.dtype != torch.int64 or not positions.is_contiguous():
         raise ValueError("positions must be contiguous int64")
-    lib = _load()[0]
+    lib = _lib()
     _check(lib.sgl_rope(q.data_ptr(), q.stride(0), heads, k.data_ptr(), k.stride(0), k.shape[1], positions.data_ptr(),
                         cis.data_ptr(), cis.shape[0], tokens, dim, q.element_size(), torch.get_num_threads()),
            "sgl_rope")
@@ -288,7 +310,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """F.silu(gate) * up of gate, up = gate_up.chunk(2, -1) ([rows, 2I]), in one pass: [rows, I]."""
     rows, width = gate_up.shape
     out = torch.empty(rows, width // 2, dtype=gate_up.dtype)
-    lib = _load()[0]
+    lib = _lib()
     _check(lib.sgl_silu_mul(gate_up.data_ptr(), gate_up.stride(0), out.data_ptr(), out.stride(0), rows, width // 2,
                             gate_up.element_size(), torch.get_num_threads()), "sgl_silu_mul")
     return out
