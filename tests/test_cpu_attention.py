@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sglbench.bench.kernels import few_shot_batch
-from sglbench.kernel import cpu_attention, reference
+from sglbench.kernel import cpu_attention, cpu_native, reference
 from tests.helpers import EXTEND_CASES, GQA, make_batch
 
 CASES = {
@@ -164,3 +164,21 @@ def test_score_matrix_fallback_takes_the_mask():
     k, v = kb.index_select(0, slots).transpose(0, 1)[None], vb.index_select(0, slots).transpose(0, 1)[None]
     fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qd, k, v, attn_mask=plan.mask, scale=0.2)[0]
     torch.testing.assert_close(cpu_attention._attend_by_scores(qd, k, v, False, 0.2, plan.mask)[0], fused)
+
+
+@pytest.mark.skipif(not cpu_native.available(), reason="the C kernels are off here")
+def test_choose_extend_takes_the_c_kernel_unless_shared_prefixes_dominate():
+    unshared = few_shot_batch(subjects=6, questions=6, prefix=0, suffix=80)  # prompts with nothing cached
+    hellaswag_like = few_shot_batch(subjects=1, questions=40, prefix=1200, suffix=20)  # 98 % over one prefix
+    mmlu_like = few_shot_batch(subjects=2, questions=8, prefix=100, suffix=60)  # 60 % shared: C
+    for batch, native in ((unshared, True), (hellaswag_like, False), (mmlu_like, True)):
+        q, k_buf, v_buf, qo, kv, kvi = batch
+        plan = cpu_attention.choose_extend(q, k_buf, qo, kv, kvi)
+        assert isinstance(plan, cpu_attention.NativeExtendPlan) is native
+        out = cpu_attention.extend_attention_cpu(q, k_buf, v_buf, qo, kv, kvi, 0.2, plan)
+        torch.testing.assert_close(out, reference.extend_attention_ref(q, k_buf, v_buf, qo, kv, kvi, 0.2),
+                                   rtol=2e-5, atol=2e-5)
+        bf16 = cpu_attention.choose_extend(q.bfloat16(), k_buf.bfloat16(), qo, kv, kvi)
+        assert not isinstance(bf16, cpu_attention.NativeExtendPlan)  # bf16: torch's flash kernel is as fast
+    with cpu_native.disabled():
+        assert not isinstance(cpu_attention.choose_extend(*unshared[:2], *unshared[3:]), cpu_attention.NativeExtendPlan)

@@ -206,9 +206,10 @@ def bench_cpu_extend(subjects: int, questions: int, prefix: int, suffix: int) ->
     if cpu_native.available():  # what the engine runs in fp32 where the C kernels are built
         impls.append(("C attention (cpu_native)", lambda: cpu_native.extend_attention(*args, scale)))
     share = cpu_attention.shared_prefix_share(plan, args[3], args[4])
-    takes_c = cpu_native.available() and share < cpu_attention.C_KERNEL_MAX_SHARED
+    choice = cpu_attention.choose_extend(args[0], args[1], *args[3:])
+    takes_c = isinstance(choice, cpu_attention.NativeExtendPlan)
     impls.append((f"engine's choice ({'C' if takes_c else 'torch'}: {share:.0%} of scores over shared prefixes)",
-                  lambda: cpu_attention.extend_attention_cpu(*args, scale, plan)))
+                  lambda: cpu_attention.extend_attention_cpu(*args, scale, choice)))
     impls.append((f"cpu_attention on torch, chosen: {plan_kind(plan)}",
                   lambda: cpu_attention.extend_attention_cpu(*args, scale, plan)))
     for kind in cpu_attention.PLAN_KINDS[1:]:

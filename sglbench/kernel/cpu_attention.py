@@ -478,6 +478,29 @@ def _attend_by_scores(q, k, v, causal: bool, scale: float, mask: torch.Tensor | 
 C_KERNEL_MAX_SHARED = 0.9
 
 
+@dataclass(frozen=True)
+class NativeExtendPlan:
+    """The C kernel's turn (cpu_native.extend_attention): it reads every context in place and needs no plan."""
+
+
+def choose_extend(q: torch.Tensor, k_buffer: torch.Tensor, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor,
+                  kv_indices: torch.Tensor) -> ExtendPlan | MaskedExtendPlan | NativeExtendPlan:
+    """An extend batch's plan: the C kernel for fp32 where it runs, unless C_KERNEL_MAX_SHARED of the scores or
+    more are over shared prefixes, else `plan_extend`'s. Batches whose cached prefixes are too short to reach
+    that share (whether shared or not) go to the C kernel without planning."""
+    native = q.dtype == torch.float32 and cpu_native.decode_attention_fits(q, k_buffer)
+    if native:
+        new = qo_indptr[1:] - qo_indptr[:-1]
+        context = kv_indptr[1:] - kv_indptr[:-1]
+        total = int((new * context).sum())
+        if int((new * (context - new)).sum()) < C_KERNEL_MAX_SHARED * total:  # the prefix share's upper bound
+            return NativeExtendPlan()
+    plan = plan_extend(qo_indptr, kv_indptr, kv_indices, q.dtype, work_per_score=q.shape[1] * q.shape[2])
+    if native and shared_prefix_share(plan, qo_indptr, kv_indptr) < C_KERNEL_MAX_SHARED:
+        return NativeExtendPlan()
+    return plan
+
+
 def shared_prefix_share(plan, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor) -> float:
     """The fraction of an extend batch's scores (new tokens x context) over the plan's shared prefixes."""
     if not isinstance(plan, ExtendPlan) or not plan.segments:
@@ -496,13 +519,12 @@ def extend_attention_cpu(
     kv_indptr: torch.Tensor,  # [batch + 1] int64
     kv_indices: torch.Tensor,  # [total_kv] int64
     sm_scale: float,
-    plan: ExtendPlan | MaskedExtendPlan | None = None,  # plan_extend of these indices, shared by a batch's layers
+    plan: ExtendPlan | MaskedExtendPlan | NativeExtendPlan | None = None,  # choose_extend's, shared by the layers
 ) -> torch.Tensor:
     """Causal attention of new tokens over their cached prefix and each other; returns [total_q, heads, dim]."""
     if plan is None:
-        plan = plan_extend(qo_indptr, kv_indptr, kv_indices, q.dtype)
-    if (q.dtype == torch.float32 and cpu_native.decode_attention_fits(q, k_buffer)
-            and shared_prefix_share(plan, qo_indptr, kv_indptr) < C_KERNEL_MAX_SHARED):
+        plan = choose_extend(q, k_buffer, qo_indptr, kv_indptr, kv_indices)
+    if isinstance(plan, NativeExtendPlan):
         return cpu_native.extend_attention(q, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices, sm_scale)
     if isinstance(plan, MaskedExtendPlan):
         return _extend_masked(q, k_buffer, v_buffer, plan, sm_scale)

@@ -68,8 +68,8 @@ class TorchAttentionBackend(AttentionBackend):
         return self._planned[1]
 
     def _plan_extend(self, batch: ForwardBatch, q: torch.Tensor):
-        return cpu_attention.plan_extend(batch.qo_indptr, batch.kv_indptr, batch.kv_indices, q.dtype,
-                                         work_per_score=q.shape[1] * q.shape[2])
+        k_buf = self.pool.k_buffers[0] if self.pool.k_buffers else q
+        return cpu_attention.choose_extend(q, k_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices)
 
     def _plan_decode(self, batch: ForwardBatch, q: torch.Tensor):
         # The C kernel reads every context in place as fast as the shared-prefix plan's two calls and merge
