@@ -164,13 +164,15 @@ def test_bf16_checkpoint_dtype_choice_is_reported(bf16_checkpoint):
     assert info.packed_linears == (4 * layers + 1 if packs else 0)  # qkv, o, gate_up, down; the lm-head
 
 
-def test_bf16_batched_decode_runs_as_one_batch_and_agrees_with_the_torch_path(bf16_checkpoint, monkeypatch):
-    """Batches of 1 to 7 requests (the C GEMV's widths, then oneDNN's) decode in one step each, with the C
-    kernels' strided query views and all: no step falls back to running requests one by one
-    ("engine.isolate"), and the greedy tokens equal the torch-only path's."""
+@pytest.mark.parametrize("requests", [3, 7])  # within the C GEMV's width (4 rows), then oneDNN's
+def test_bf16_batched_decode_runs_as_one_batch_and_agrees_with_the_torch_path(bf16_checkpoint, requests,
+                                                                               monkeypatch):
+    """A batch of several requests decodes in one step, with the C kernels' strided query views and all: no
+    step falls back to running requests one by one ("engine.isolate"), and the greedy tokens equal the
+    torch-only path's."""
     path, _, _ = bf16_checkpoint
     prompts = _prompts(ModelConfig.from_path(path).vocab_size)
-    prompts = (prompts * 4)[:7]
+    prompts = (prompts * 4)[:requests]
 
     def run() -> tuple[list[list[int]], list]:
         with Runtime(str(path), device="cpu", dtype="bfloat16", max_total_tokens=512) as rt:
