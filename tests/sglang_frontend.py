@@ -36,6 +36,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from sglbench.kernel.cpu_native import cache_dir  # sglbench's cache folder: the wheel is kept under it
+
 SGLANG_VERSION = "0.5.23"
 # The frontend is pure Python, so one wheel serves every machine: pip is told which one to fetch (the
 # Linux x86-64 CPython 3.11 build), whatever this interpreter and platform are. PyPI never replaces a
@@ -51,13 +53,6 @@ PROGRAMS_FILE = "sglang/test/test_programs.py"
 
 class WheelUnavailable(RuntimeError):
     """The wheel could not be obtained (no network, no pip): the tests skip, or fail under CI."""
-
-
-def cache_dir() -> Path:
-    if os.environ.get("SGLBENCH_CACHE_DIR"):
-        return Path(os.environ["SGLBENCH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sglbench"
 
 
 def _sha256(path: Path) -> str:

@@ -329,11 +329,11 @@ def _elementwise_cases(dtype: torch.dtype, rows: int, hidden: int, inter: int, h
     import torch.nn.functional as F
 
     from sglbench.kernel import cpu_native
-    from sglbench.kernel.reference import rms_norm_ref
+    from sglbench.runtime.models.llama import RMSNorm, rotate_pairs
 
     g = torch.Generator().manual_seed(rows)
     x, res = torch.randn(rows, hidden, generator=g).to(dtype), torch.randn(rows, hidden, generator=g).to(dtype)
-    w = torch.ones(hidden, dtype=dtype)
+    norm = RMSNorm(hidden, 1e-6).to(dtype)
     gate_up = torch.randn(rows, 2 * inter, generator=g).to(dtype)
     qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim, generator=g).to(dtype)
     q = qkv[:, : heads * dim].reshape(rows, heads, dim)
@@ -343,19 +343,18 @@ def _elementwise_cases(dtype: torch.dtype, rows: int, hidden: int, inter: int, h
     table = torch.view_as_real(cis)
 
     def norm_torch():
-        summed = res + x
-        return F.rms_norm(summed, (hidden,), w, 1e-6) if dtype == torch.float32 else rms_norm_ref(summed, w, 1e-6)
+        with cpu_native.disabled():
+            return norm.add_forward(x, res)  # residual + x, then the norm's torch ops; res is not written
 
     def rope_torch():
         c = cis[positions].unsqueeze(1)
-        return [torch.view_as_real(torch.view_as_complex(t.float().reshape(*t.shape[:-1], -1, 2)) * c)
-                .flatten(-2).to(dtype) for t in (q, k)]
+        return rotate_pairs(q, c), rotate_pairs(k, c)
 
     def silu_torch():
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate).mul_(up)
 
-    return {"add + RMSNorm": (norm_torch, lambda: cpu_native.add_rms_norm(x, w, 1e-6, residual=res.clone())),
+    return {"add + RMSNorm": (norm_torch, lambda: cpu_native.add_rms_norm(x, norm.weight, 1e-6, residual=res.clone())),
             "rotary": (rope_torch, lambda: cpu_native.rope_(q, k, positions, table)),
             "SiLU-and-multiply": (silu_torch, lambda: cpu_native.silu_mul(gate_up))}
 

@@ -400,7 +400,7 @@ def decode_attention_cpu(
         return torch.zeros_like(q)
     if plan.shared is not None:
         return _decode_shared(q, k_buffer, v_buffer, plan.shared, sm_scale)
-    if plan.lens is not None and cpu_native.decode_attention_fits(q, k_buffer):  # K/V read in place, no gather
+    if plan.lens is not None and cpu_native.attention_fits(q, k_buffer):  # K/V read in place, no gather
         return cpu_native.decode_attention(q, k_buffer, v_buffer, plan.slots.view(batch, plan.max_len), plan.lens,
                                            sm_scale)
     groups = q.reshape(batch, kv_heads, num_heads // kv_heads, head_dim)  # a kv head's query heads as a query run
@@ -488,12 +488,11 @@ def choose_extend(q: torch.Tensor, k_buffer: torch.Tensor, qo_indptr: torch.Tens
     """An extend batch's plan: the C kernel for fp32 where it runs, unless C_KERNEL_MAX_SHARED of the scores or
     more are over shared prefixes, else `plan_extend`'s. Batches whose cached prefixes are too short to reach
     that share (whether shared or not) go to the C kernel without planning."""
-    native = q.dtype == torch.float32 and cpu_native.decode_attention_fits(q, k_buffer)
+    native = q.dtype == torch.float32 and cpu_native.attention_fits(q, k_buffer)
     if native:
         new = qo_indptr[1:] - qo_indptr[:-1]
-        context = kv_indptr[1:] - kv_indptr[:-1]
-        total = int((new * context).sum())
-        if int((new * (context - new)).sum()) < C_KERNEL_MAX_SHARED * total:  # the prefix share's upper bound
+        prefix_scores = int((new * (kv_indptr[1:] - kv_indptr[:-1] - new)).sum())  # the shared scores' bound
+        if prefix_scores < C_KERNEL_MAX_SHARED * _extend_scores(qo_indptr, kv_indptr):
             return NativeExtendPlan()
     plan = plan_extend(qo_indptr, kv_indptr, kv_indices, q.dtype, work_per_score=q.shape[1] * q.shape[2])
     if native and shared_prefix_share(plan, qo_indptr, kv_indptr) < C_KERNEL_MAX_SHARED:
@@ -501,11 +500,16 @@ def choose_extend(q: torch.Tensor, k_buffer: torch.Tensor, qo_indptr: torch.Tens
     return plan
 
 
+def _extend_scores(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor) -> int:
+    """An extend batch's scores: each request's new tokens times its context."""
+    return int(((qo_indptr[1:] - qo_indptr[:-1]) * (kv_indptr[1:] - kv_indptr[:-1])).sum())
+
+
 def shared_prefix_share(plan, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor) -> float:
     """The fraction of an extend batch's scores (new tokens x context) over the plan's shared prefixes."""
     if not isinstance(plan, ExtendPlan) or not plan.segments:
         return 0.0
-    total = int(((qo_indptr[1:] - qo_indptr[:-1]) * (kv_indptr[1:] - kv_indptr[:-1])).sum())
+    total = _extend_scores(qo_indptr, kv_indptr)
     shared = sum((seg.rows.stop - seg.rows.start if isinstance(seg.rows, slice) else seg.rows.numel())
                  * seg.slots.numel() for seg in plan.segments)
     return shared / total if total else 0.0

@@ -1,9 +1,9 @@
 """The C kernels of csrc/cpu_decode.c, for CPUs with AVX512-BF16: bf16 GEMV for decode batches of up to
-`MAX_GEMV_ROWS` rows (plain, and with the MLP's SiLU-and-multiply fused in), paged decode attention, causal
-extend attention (used for fp32, where torch's flash kernel is slowest: at head size 32 it took 1.4x as
-long over the JSON workload's 8,192-token prefill batches), and
-the per-layer element-wise work in bf16 or fp32 (RMSNorm with the residual add fused in, rotary embedding in
-place, SiLU-and-multiply).
+`MAX_GEMV_ROWS` rows (plain, and with the MLP's SiLU-and-multiply fused in); one causal attention over the
+paged K/V for decode (bf16, fp32) and extend (used for fp32, where torch's flash kernel is slowest: at head
+size 32 it took 1.4x as long over the JSON workload's 8,192-token prefill batches); and the per-layer
+element-wise work in bf16 or fp32 (RMSNorm with the residual add fused in, rotary embedding in place,
+SiLU-and-multiply).
 
 Why C: at a decode batch of one, torch's ops cost 10-100 us each before any work (a bf16 RMSNorm is eight of
 them, a rotary embedding a dozen), and oneDNN's packed GEMV reads Qwen2.5-0.5B's layer weights at about
@@ -197,7 +197,7 @@ def gemv_silu_mul_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return out
 
 
-def decode_attention_fits(q: torch.Tensor, k_buffer: torch.Tensor) -> bool:
+def attention_fits(q: torch.Tensor, k_buffer: torch.Tensor) -> bool:
     """Whether the attention kernels take this query and KV pool: on the CPU, bf16 or fp32, one dtype, built."""
     return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float32) and k_buffer.dtype == q.dtype
             and available())
@@ -207,7 +207,7 @@ def _attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, 
                kv_start: torch.Tensor, kv_lens: torch.Tensor, kv_indices: torch.Tensor, sm_scale: float) -> torch.Tensor:
     total, heads, dim = q.shape
     kv_heads = k_buffer.shape[1]
-    if not decode_attention_fits(q, k_buffer) or v_buffer.dtype != q.dtype:
+    if not attention_fits(q, k_buffer) or v_buffer.dtype != q.dtype:
         raise ValueError(f"the attention kernel takes bf16 or fp32 q, k and v of one dtype on the CPU, got {q.dtype}, "
                          f"{k_buffer.dtype}, {v_buffer.dtype}")
     if q.stride(2) != 1 or q.stride(1) != dim or not (k_buffer.is_contiguous() and v_buffer.is_contiguous()):

@@ -67,33 +67,32 @@ class TorchAttentionBackend(AttentionBackend):
             self._planned = (batch, make())
         return self._planned[1]
 
-    def _plan_extend(self, batch: ForwardBatch, q: torch.Tensor):
-        k_buf = self.pool.k_buffers[0] if self.pool.k_buffers else q
+    def _plan_extend(self, batch: ForwardBatch, q: torch.Tensor, k_buf: torch.Tensor):
         return cpu_attention.choose_extend(q, k_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices)
 
-    def _plan_decode(self, batch: ForwardBatch, q: torch.Tensor):
+    def _plan_decode(self, batch: ForwardBatch, q: torch.Tensor, k_buf: torch.Tensor):
         # The C kernel reads every context in place as fast as the shared-prefix plan's two calls and merge
         # (fork-join and few-shot workloads: level or up to 1.1x), so it gets the plain plan.
-        native = cpu_native.decode_attention_fits(q, self.pool.k_buffers[0]) if self.pool.k_buffers else False
+        native = cpu_native.attention_fits(q, k_buf)
         return cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, q.dtype, batch.padded_kv_indices,
                                          share_prefixes=False if native else None)
 
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
-        plan = self._plan(batch, lambda: self._plan_decode(batch, q))
+        plan = self._plan(batch, lambda: self._plan_decode(batch, q, k_buf))
         return cpu_attention.decode_attention_cpu(q, k_buf, v_buf, plan, self.sm_scale)
 
     def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         if batch.parts is not None:  # extend requests, then decode requests riding along: each its own way
             head, tail = batch.parts
-            head_plan, tail_plan = self._plan(batch, lambda: (self._plan_extend(head, q),
-                                                              self._plan_decode(tail, q)))
+            head_plan, tail_plan = self._plan(batch, lambda: (self._plan_extend(head, q, k_buf),
+                                                              self._plan_decode(tail, q, k_buf)))
             split = head.num_tokens
             return torch.cat([
                 cpu_attention.extend_attention_cpu(q[:split], k_buf, v_buf, head.qo_indptr, head.kv_indptr,
                                                    head.kv_indices, self.sm_scale, head_plan),
                 cpu_attention.decode_attention_cpu(q[split:], k_buf, v_buf, tail_plan, self.sm_scale),
             ])
-        plan = self._plan(batch, lambda: self._plan_extend(batch, q))
+        plan = self._plan(batch, lambda: self._plan_extend(batch, q, k_buf))
         return cpu_attention.extend_attention_cpu(
             q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale, plan
         )

@@ -1,11 +1,13 @@
-/* CPU kernels for small decode batches, where torch's per-op cost and oneDNN's GEMV fall short of the
- * machine: bf16 GEMV at memory speed (weights streamed row by row with AVX512-BF16 dot products), the same
- * with the MLP's SiLU-and-multiply fused in, and paged decode attention that reads K/V rows in place.
+/* CPU kernels where torch's per-op cost and oneDNN's GEMV fall short of the machine: bf16 GEMV at memory
+ * speed for decode batches (weights streamed row by row with AVX512-BF16 dot products), the same with the
+ * MLP's SiLU-and-multiply fused in, causal attention over the paged K/V for extend and decode (rows read in
+ * place), and the per-layer element-wise ops (RMSNorm with the residual add, rotary, SiLU-and-multiply).
  *
  * Built once per machine by kernel/cpu_native.py (the system C compiler, -fopenmp: the library shares the
  * OpenMP runtime torch already loaded), called through ctypes. Plain-torch references: F.linear,
- * F.silu(gate) * up and reference.decode_attention_ref; tests/test_cpu_native.py holds them side by side.
- * Rounding follows torch's bf16 ops: fp32 accumulation, one round-to-nearest-even per op torch would run. */
+ * F.silu(gate) * up, reference.extend_attention_ref / decode_attention_ref, reference.rms_norm_ref and the
+ * model's rotary embedding; tests/test_cpu_native.py holds them side by side. Rounding follows torch's bf16
+ * ops: fp32 accumulation, one round-to-nearest-even per op torch would run. */
 
 #include <immintrin.h>
 #include <math.h>
@@ -52,7 +54,6 @@ static inline unsigned flush_denormals(void) {
     return csr;
 }
 
-
 /* 16 lanes of bf16 (elem 2) or fp32 (elem 4) values as fp32, masked loads and stores for a row's tail. A bf16
  * result is rounded wherever torch's bf16 ops round (each op's output); fp32 needs no rounding. */
 static inline __m512 load16m(const void *base, int64_t at, int elem, __mmask16 m) {
@@ -60,7 +61,6 @@ static inline __m512 load16m(const void *base, int64_t at, int elem, __mmask16 m
     const __m256i h = _mm256_maskz_loadu_epi16(m, (const bf16 *)base + at);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
-
 
 static inline void store16m(void *base, int64_t at, int elem, __mmask16 m, __m512 v) {
     if (elem == 4)

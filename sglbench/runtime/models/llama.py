@@ -60,10 +60,12 @@ class RotaryEmbedding(nn.Module):
             cpu_native.rope_(q, k, positions, table)
             return q, k
         cis = self.cis[positions].unsqueeze(1)  # [tokens, 1, dim / 2] complex64
-        return _rotate(q, cis), _rotate(k, cis)
+        return rotate_pairs(q, cis), rotate_pairs(k, cis)
 
 
-def _rotate(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+def rotate_pairs(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    """x [tokens, heads, dim] with each interleaved pair (2i, 2i + 1) times cis [tokens, 1, dim / 2] (complex),
+    in fp32 and cast back: the rotary embedding's torch path."""
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # [tokens, heads, dim / 2]
     return torch.view_as_real(pairs * cis).flatten(-2).to(x.dtype)
 

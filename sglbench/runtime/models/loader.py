@@ -90,12 +90,11 @@ def load_model(model_path: str | Path, device: str, dtype: torch.dtype, config: 
     linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Linear)}
     dense_bytes = sum(m.weight.numel() for name, m in linears.items() if name != "lm_head.weight") * dtype.itemsize
     in_place = packing and not keeps_dense(dtype, dense_bytes)  # packed copies replace dense weights as read
-    linear_weights = set(linears)
 
     def final(name: str, tensor: torch.Tensor) -> torch.Tensor:
         if not packing:
             return tensor
-        return pack_weight(tensor) if in_place and name in linear_weights else tensor.clone()
+        return pack_weight(tensor) if in_place and name in linears else tensor.clone()
 
     loaded: dict[str, torch.Tensor] = {}
     parts: dict[str, dict[str, torch.Tensor]] = {}  # fused parameter -> its checkpoint pieces read so far
