@@ -303,12 +303,35 @@ static inline void transpose16(__m512 r[16]) {
  * queries (rows qo_indptr[r] .. qo_indptr[r + 1] of q) attend to its kv_lens[r] slots, kv_indices[kv_start[r]
  * ..], the last n_r being the new tokens', query i seeing the first kv_lens[r] - n_r + i + 1 (a decode step:
  * n_r = 1, the whole context). A task is one request, one KV head and a block of up to QB query rows with all
- * the head's query heads: each chunk of KC keys is gathered once for all of them, K transposed in registers;
- * scores vectorised over keys, QG queries at a time (independent FMA chains), an online softmax in fp32 with
- * denormals flushed. At head size 32 torch's flash kernel spends its time in per-block GEMM calls and exps;
- * here a score costs a few instructions. q: [total_q, H, D] rows ldq apart; out: [total_q, H, D] contiguous;
- * elem 2 (bf16) or 4 (fp32). Returns 3, reading nothing, when an index or slot is out of range. */
-enum { QB = 16, KC = 16, QG = 8 };
+ * the head's query heads: each chunk of KC keys is gathered once for all of them, K transposed in registers.
+ * Scores are vectorised over keys, QG queries by up to KC / 16 key vectors at a time (independent FMA chains
+ * held in registers); the online softmax takes one maximum per query per chunk and keeps its running sum as a
+ * vector, reduced once at the end, in fp32 with denormals flushed. At head size 32 torch's flash kernel spends
+ * its time in per-block GEMM calls and exps; here a score costs a few instructions. q: [total_q, H, D] rows ldq
+ * apart; out: [total_q, H, D] contiguous; elem 2 (bf16) or 4 (fp32). Returns 3, reading nothing, when an index
+ * or slot is out of range. */
+enum { QB = 16, KC = 64, KB = KC / 16, QG = 4 };
+
+/* Lanes [0, left) of 16 set: a masked row's visible keys within one 16-key vector (none when left <= 0). */
+static inline __mmask16 lanes16(int64_t left) { return left <= 0 ? 0 : tail16(left); }
+
+/* s[e][16 b + lane] = q_e . k for QG queries e and the chunk's first 16 nb keys (kt: [D][KC], transposed). */
+static inline __attribute__((always_inline)) void chunk_scores(const float *qs, size_t pad, const float *kt,
+                                                               int D, int nb, float *s) {
+    __m512 sc[QG][KB];
+    for (int e = 0; e < QG; e++)
+        for (int b = 0; b < nb; b++) sc[e][b] = _mm512_setzero_ps();
+    for (int d = 0; d < D; d++) {
+        __m512 kd[KB];
+        for (int b = 0; b < nb; b++) kd[b] = _mm512_loadu_ps(kt + (size_t)d * KC + 16 * b);
+        for (int e = 0; e < QG; e++) {
+            const __m512 qd = _mm512_set1_ps(qs[(size_t)e * pad + d]);
+            for (int b = 0; b < nb; b++) sc[e][b] = _mm512_fmadd_ps(qd, kd[b], sc[e][b]);
+        }
+    }
+    for (int e = 0; e < QG; e++)
+        for (int b = 0; b < nb; b++) _mm512_storeu_ps(s + e * KC + 16 * b, sc[e][b]);
+}
 
 int sgl_attention(const void *q, int64_t ldq, const void *k, const void *v, void *out, const int64_t *qo_indptr,
                   const int64_t *kv_start, const int64_t *kv_lens, const int64_t *kv_indices, int64_t num_indices,
@@ -324,16 +347,17 @@ int sgl_attention(const void *q, int64_t ldq, const void *k, const void *v, void
         tasks += (n + QB - 1) / QB * KVH;
     }
     if (threads < 1) threads = 1;
-    const size_t rows = (size_t)QB * G, pad = (size_t)DV * 16;
-    const size_t per_thread = rows * pad * 2 + rows * 2 + pad * KC * 2 + (size_t)QG * KC;
+    /* query rows padded to whole QG groups (the score and PV loops run QG rows; extra rows are never output) */
+    const size_t rows = ((size_t)QB * G + QG - 1) / QG * QG, pad = (size_t)DV * 16;
+    const size_t per_thread = rows * pad * 2 + rows + rows * 16 + pad * KC * 2 + (size_t)QG * KC;
     float *scratch = aligned_alloc(64, sizeof(float) * ((per_thread * (size_t)threads + 15) / 16 * 16));
     if (!scratch) return 2;
 #pragma omp parallel num_threads(threads)
     {
         const unsigned csr = flush_denormals();
         float *qs = scratch + per_thread * (size_t)omp_get_thread_num(); /* [rows][pad], pre-scaled */
-        float *acc = qs + rows * pad, *m = acc + rows * pad, *l = m + rows;
-        float *kt = l + rows, *vc = kt + pad * KC, *p = vc + (size_t)KC * pad; /* kt: [pad][KC]; vc: [KC][pad] */
+        float *acc = qs + rows * pad, *m = acc + rows * pad, *l = m + rows; /* l: [rows][16] running sums */
+        float *kt = l + rows * 16, *vc = kt + pad * KC, *p = vc + (size_t)KC * pad; /* kt: [pad][KC]; vc: [KC][pad] */
         int64_t task = 0;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < tasks; t++) {
@@ -349,88 +373,108 @@ int sgl_attention(const void *q, int64_t ldq, const void *k, const void *v, void
             const int64_t prefix = kv_len - n, i0 = task / KVH * QB, qb = n - i0 < QB ? n - i0 : QB;
             const int64_t *slots = kv_indices + kv_start[r];
             const int nq = (int)qb * G; /* query vectors: row i, head g at i * G + g */
+            memset(qs, 0, sizeof(float) * rows * pad);
+            memset(acc, 0, sizeof(float) * rows * pad);
+            memset(l, 0, sizeof(float) * rows * 16);
             for (int a = 0; a < nq; a++) {
                 const int64_t at = (qo_indptr[r] + i0 + a / G) * ldq + (int64_t)(kh * G + a % G) * D;
-                for (int j = 0; j < DV; j++) {
-                    const __mmask16 mk = tail16(D - 16 * j);
-                    _mm512_storeu_ps(qs + a * pad + 16 * j, _mm512_mul_ps(load16m(q, at + 16 * j, elem, mk),
+                for (int j = 0; j < DV; j++)
+                    _mm512_storeu_ps(qs + a * pad + 16 * j, _mm512_mul_ps(load16m(q, at + 16 * j, elem, tail16(D - 16 * j)),
                                                                          _mm512_set1_ps(scale)));
-                    _mm512_storeu_ps(acc + a * pad + 16 * j, _mm512_setzero_ps());
-                }
                 m[a] = -INFINITY;
-                l[a] = 0.0f;
             }
             const int64_t kv_end = prefix + i0 + qb; /* the block's last row sees this many */
             for (int64_t c = 0; c < kv_end; c += KC) {
-                const int kc = kv_end - c < KC ? (int)(kv_end - c) : KC;
-                for (int d = 0; d < DV; d++) { /* gather the chunk: K transposed in registers, V as rows */
-                    const __mmask16 mk = tail16(D - 16 * d);
-                    __m512 rows16[16];
-                    for (int j = 0; j < KC; j++) {
-                        if (j >= kc) {
-                            rows16[j] = _mm512_setzero_ps();
-                            continue;
+                const int kc = kv_end - c < KC ? (int)(kv_end - c) : KC, nb = (kc + 15) / 16;
+                for (int b = 0; b < nb; b++) /* gather the chunk: K transposed in registers, V as rows */
+                    for (int d = 0; d < DV; d++) {
+                        const __mmask16 mk = tail16(D - 16 * d);
+                        __m512 rows16[16];
+                        for (int j = 0; j < 16; j++) {
+                            const int key = 16 * b + j;
+                            if (key >= kc) {
+                                rows16[j] = _mm512_setzero_ps();
+                                continue;
+                            }
+                            const int64_t at = (slots[c + key] * KVH + kh) * D + 16 * d;
+                            rows16[j] = load16m(k, at, elem, mk);
+                            _mm512_storeu_ps(vc + key * pad + 16 * d, load16m(v, at, elem, mk));
                         }
-                        const int64_t at = (slots[c + j] * KVH + kh) * D + 16 * d;
-                        rows16[j] = load16m(k, at, elem, mk);
-                        _mm512_storeu_ps(vc + j * pad + 16 * d, load16m(v, at, elem, mk));
+                        transpose16(rows16);
+                        for (int e = 0; e < 16; e++) _mm512_storeu_ps(kt + (16 * d + e) * KC + 16 * b, rows16[e]);
                     }
-                    transpose16(rows16);
-                    for (int e = 0; e < 16; e++) _mm512_storeu_ps(kt + (16 * d + e) * KC, rows16[e]);
-                }
-                for (int a0 = 0; a0 < nq; a0 += QG) { /* QG queries at a time: independent FMA chains */
-                    const int na = nq - a0 < QG ? nq - a0 : QG;
-                    int valid[QG], any = 0;
+                for (int a0 = 0; a0 < nq; a0 += QG) {
+                    int valid[QG], width = 0; /* keys of this chunk each query sees */
                     for (int e = 0; e < QG; e++) {
-                        const int64_t sees = e < na ? prefix + i0 + (a0 + e) / G + 1 - c : 0;
+                        const int64_t sees = a0 + e < nq ? prefix + i0 + (a0 + e) / G + 1 - c : 0;
                         valid[e] = sees <= 0 ? 0 : sees < kc ? (int)sees : kc;
-                        any |= valid[e];
-                    }
-                    if (!any) continue;
-                    __m512 sc[QG];
-                    for (int e = 0; e < QG; e++) sc[e] = _mm512_setzero_ps();
-                    for (int d = 0; d < D; d++) {
-                        const __m512 kd = _mm512_loadu_ps(kt + d * KC);
-                        for (int e = 0; e < QG; e++)
-                            sc[e] = _mm512_fmadd_ps(_mm512_set1_ps(qs[(size_t)(a0 + e) * pad + d]), kd, sc[e]);
-                    }
-                    int width = 0;
-                    for (int e = 0; e < na; e++) {
-                        const int a = a0 + e;
-                        if (!valid[e]) {
-                            _mm512_storeu_ps(p + e * KC, _mm512_setzero_ps());
-                            continue;
-                        }
-                        const __mmask16 ok = tail16(valid[e]);
-                        const __m512 se = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), ok, sc[e]);
-                        const float top = _mm512_reduce_max_ps(se), m_new = top > m[a] ? top : m[a];
-                        const __m512 pe = _mm512_maskz_mov_ps(ok, exp16(_mm512_sub_ps(se, _mm512_set1_ps(m_new))));
-                        if (m_new > m[a]) { /* rescale what was summed under the old maximum */
-                            const float alpha = expf(m[a] - m_new);
-                            float *aa = acc + (size_t)a * pad;
-                            l[a] *= alpha;
-                            for (int d = 0; d < DV; d++)
-                                _mm512_storeu_ps(aa + 16 * d, _mm512_mul_ps(_mm512_loadu_ps(aa + 16 * d), _mm512_set1_ps(alpha)));
-                            m[a] = m_new;
-                        }
-                        l[a] += _mm512_reduce_add_ps(pe);
-                        _mm512_storeu_ps(p + e * KC, pe);
                         width = valid[e] > width ? valid[e] : width;
                     }
-                    for (int d = 0; d < DV; d++) {
-                        __m512 o[QG];
-                        for (int e = 0; e < na; e++) o[e] = _mm512_loadu_ps(acc + (size_t)(a0 + e) * pad + 16 * d);
-                        for (int j = 0; j < width; j++) {
-                            const __m512 vj = _mm512_loadu_ps(vc + j * pad + 16 * d);
-                            for (int e = 0; e < na; e++) o[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j]), vj, o[e]);
+                    if (!width) continue;
+                    const int wb = (width + 15) / 16;
+                    switch (wb) { /* constant trip counts: the score accumulators stay in registers */
+                    case 1: chunk_scores(qs + a0 * pad, pad, kt, D, 1, p); break;
+                    case 2: chunk_scores(qs + a0 * pad, pad, kt, D, 2, p); break;
+                    case 3: chunk_scores(qs + a0 * pad, pad, kt, D, 3, p); break;
+                    default: chunk_scores(qs + a0 * pad, pad, kt, D, 4, p); break;
+                    }
+                    for (int e = 0; e < QG; e++) {
+                        const int a = a0 + e;
+                        float *pe = p + e * KC;
+                        if (!valid[e]) {
+                            for (int b = 0; b < wb; b++) _mm512_storeu_ps(pe + 16 * b, _mm512_setzero_ps());
+                            continue;
                         }
-                        for (int e = 0; e < na; e++) _mm512_storeu_ps(acc + (size_t)(a0 + e) * pad + 16 * d, o[e]);
+                        __m512 top = _mm512_set1_ps(-INFINITY);
+                        for (int b = 0; b < wb; b++)
+                            top = _mm512_mask_max_ps(top, lanes16(valid[e] - 16 * b), top, _mm512_loadu_ps(pe + 16 * b));
+                        const float chunk_max = _mm512_reduce_max_ps(top);
+                        if (chunk_max > m[a]) { /* rescale what was summed under the old maximum */
+                            const __m512 alpha = _mm512_set1_ps(expf(m[a] - chunk_max));
+                            float *aa = acc + (size_t)a * pad;
+                            for (int d = 0; d < DV; d++)
+                                _mm512_storeu_ps(aa + 16 * d, _mm512_mul_ps(_mm512_loadu_ps(aa + 16 * d), alpha));
+                            _mm512_storeu_ps(l + a * 16, _mm512_mul_ps(_mm512_loadu_ps(l + a * 16), alpha));
+                            m[a] = chunk_max;
+                        }
+                        const __m512 mx = _mm512_set1_ps(m[a]);
+                        __m512 sum = _mm512_loadu_ps(l + a * 16);
+                        for (int b = 0; b < wb; b++) {
+                            const __m512 w = _mm512_maskz_mov_ps(lanes16(valid[e] - 16 * b),
+                                                                 exp16(_mm512_sub_ps(_mm512_loadu_ps(pe + 16 * b), mx)));
+                            sum = _mm512_add_ps(sum, w);
+                            _mm512_storeu_ps(pe + 16 * b, w);
+                        }
+                        _mm512_storeu_ps(l + a * 16, sum);
+                    }
+                    for (int d = 0; d < DV; d++) { /* even and odd keys apart: 2 QG independent FMA chains */
+                        __m512 o[QG], o2[QG];
+                        for (int e = 0; e < QG; e++) {
+                            o[e] = _mm512_loadu_ps(acc + (size_t)(a0 + e) * pad + 16 * d);
+                            o2[e] = _mm512_setzero_ps();
+                        }
+                        int j = 0;
+                        for (; j + 1 < width; j += 2) {
+                            const __m512 vj = _mm512_loadu_ps(vc + j * pad + 16 * d);
+                            const __m512 vj2 = _mm512_loadu_ps(vc + (j + 1) * pad + 16 * d);
+                            for (int e = 0; e < QG; e++) {
+                                o[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j]), vj, o[e]);
+                                o2[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j + 1]), vj2, o2[e]);
+                            }
+                        }
+                        if (j < width) {
+                            const __m512 vj = _mm512_loadu_ps(vc + j * pad + 16 * d);
+                            for (int e = 0; e < QG; e++) o[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j]), vj, o[e]);
+                        }
+                        for (int e = 0; e < QG; e++)
+                            _mm512_storeu_ps(acc + (size_t)(a0 + e) * pad + 16 * d, _mm512_add_ps(o[e], o2[e]));
                     }
                 }
             }
             for (int a = 0; a < nq; a++) {
                 const int64_t at = ((qo_indptr[r] + i0 + a / G) * H + kh * G + a % G) * D;
-                const __m512 inv = _mm512_set1_ps(l[a] > 0.0f ? 1.0f / l[a] : 0.0f);
+                const float total = _mm512_reduce_add_ps(_mm512_loadu_ps(l + a * 16));
+                const __m512 inv = _mm512_set1_ps(total > 0.0f ? 1.0f / total : 0.0f);
                 for (int d = 0; d < DV; d++)
                     store16m(out, at + 16 * d, elem, tail16(D - 16 * d),
                              _mm512_mul_ps(_mm512_loadu_ps(acc + a * pad + 16 * d), inv));
