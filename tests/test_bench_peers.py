@@ -137,6 +137,19 @@ def test_sglbench_failures_still_raise(rt):
         measure_round_robin(mmlu.WORKLOADS[1].run_for("tiny"), [Broken("x", rt)])
 
 
+def test_in_a_suite_a_workload_sglbench_cannot_run_is_a_row_and_the_rest_is_measured(tmp_path):
+    # a 256-token context: HellaSwag's scored select (prefix + context + ending) does not fit, the decoded one does
+    path = str(make_random_checkpoint(tmp_path, family="llama", seed=5, max_position_embeddings=256))
+    config = SuiteConfig(model_path=path, model_label="random", size="tiny", device="cpu", systems=("lpm",))
+    frame = run_suite([hellaswag.WORKLOADS[0], hellaswag.WORKLOADS[1]], config, log=lambda _: None).frame
+    failed, ran = frame.iloc[0], frame.iloc[1]
+    assert failed["workload"] == "hellaswag" and math.isnan(failed["programs_s"])
+    assert failed["note"].startswith("failed: RuntimeError: hellaswag") and "the model's context is 256" in failed["note"]
+    assert ran["workload"] == "hellaswag-decoded" and ran["programs_s"] > 0 and not ran["note"].startswith("failed")
+    conform = goals(frame)[-1]
+    assert conform.passed is False and "failed: sglbench (lpm) on hellaswag" in conform.detail
+
+
 def test_a_missing_or_broken_peer_is_reported_never_skipped(monkeypatch, model_path):
     monkeypatch.setitem(PEERS, "outlines", PeerSpec("sglbench_no_such_peer", "x", "X"))
     missing = open_peer("outlines", "Outlines", model_path, "cpu", torch.float32)
@@ -192,7 +205,13 @@ def test_goals_fail_on_non_conforming_or_failed_systems():
     rows[1] = {"workload": "mmlu-select", "system": "Outlines", "note": "failed: RuntimeError: x"}
     conform = goals(_frame(rows))[-1]
     assert conform.passed is False and "failed: Outlines on mmlu-select" in conform.detail
+    rows[0] = {"workload": "mmlu-select", "system": "sglbench (lpm)", "note": "failed: RuntimeError: too long"}
+    rows[1] = {"workload": "mmlu-select", "system": "Outlines", "programs_s": 1.0, "conformance": 1.0}
+    checked = {g.text: g for g in goals(_frame(rows))}
+    over = checked["sglbench >= 3x Outlines on every workload it runs"]
+    assert over.passed is False and over.detail == "sglbench failed on mmlu-select"
     rows[1] = {"workload": "mmlu-select", "system": "LMQL", "note": MISSING}
+    rows[0] = {"workload": "mmlu-select", "system": "sglbench (lpm)", "programs_s": 10.0, "conformance": 1.0}
     conform = goals(_frame(rows))[-1]
     assert conform.passed is True and "not run (see notes): LMQL" in conform.detail
 

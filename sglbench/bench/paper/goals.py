@@ -43,15 +43,36 @@ def _speedups(frame: pd.DataFrame, system: str, workloads: tuple[str, ...] | Non
     return out
 
 
-def _at_least(text: str, ratios: dict[str, float], bound: float, expected: tuple[str, ...] | None = None) -> Goal:
-    missing = [w for w in expected or () if w not in ratios]
-    if not ratios:
+def _ours_failed(frame: pd.DataFrame, system: str, workloads: tuple[str, ...] | None = None) -> list[str]:
+    """Workloads `system` ran where sglbench (lpm) failed: each one a miss of a goal over that system."""
+    rows = frame.set_index(["workload", "system"])
+    out = []
+    for workload in frame.loc[frame["system"] == system, "workload"]:
+        if workloads is not None and workload not in workloads:
+            continue
+        ours = rows.loc[(workload, SYSTEMS["lpm"])] if (workload, SYSTEMS["lpm"]) in rows.index else None
+        theirs = rows.loc[(workload, system)]["programs_s"]
+        if ours is not None and str(ours["note"]).startswith("failed") and math.isfinite(theirs):
+            out.append(workload)
+    return out
+
+
+def _at_least(text: str, ratios: dict[str, float], bound: float, expected: tuple[str, ...] | None = None,
+              failed: list[str] | None = None) -> Goal:
+    failed = failed or []
+    missing = [w for w in expected or () if w not in ratios and w not in failed]
+    if not ratios and not failed:
         return Goal(text, None, "no workload where both ran")
-    worst = min(ratios, key=ratios.get)
-    detail = f"lowest {ratios[worst]:.2f}x on {worst}; " + ", ".join(f"{w} {r:.2f}x" for w, r in ratios.items())
+    parts = []
+    if ratios:
+        worst = min(ratios, key=ratios.get)
+        parts.append(f"lowest {ratios[worst]:.2f}x on {worst}; " + ", ".join(f"{w} {r:.2f}x" for w, r in ratios.items()))
+    if failed:
+        parts.append(f"sglbench failed on {', '.join(failed)}")
     if missing:
-        detail += f"; not measured: {', '.join(missing)}"
-    return Goal(text, ratios[worst] >= bound and not missing, detail)
+        parts.append(f"not measured: {', '.join(missing)}")
+    passed = all(r >= bound for r in ratios.values()) and not failed and not missing
+    return Goal(text, passed, "; ".join(parts))
 
 
 def goals(frame: pd.DataFrame) -> list[Goal]:
@@ -62,10 +83,11 @@ def goals(frame: pd.DataFrame) -> list[Goal]:
         if name not in set(frame["system"]):
             continue
         out.append(_at_least(f"sglbench >= {OVER_EVERY_PEER:g}x {name} on every workload it runs",
-                             _speedups(frame, name), OVER_EVERY_PEER))
+                             _speedups(frame, name), OVER_EVERY_PEER, failed=_ours_failed(frame, name)))
         if key == "outlines":
             out.append(_at_least(f"sglbench >= {OVER_OUTLINES:g}x Outlines on JSON and decode-heavy fork-join",
-                                 _speedups(frame, name, OUTLINES_WORKLOADS), OVER_OUTLINES, OUTLINES_WORKLOADS))
+                                 _speedups(frame, name, OUTLINES_WORKLOADS), OVER_OUTLINES, OUTLINES_WORKLOADS,
+                                 failed=_ours_failed(frame, name, OUTLINES_WORKLOADS)))
     ran = frame[frame["conformance"].map(lambda c: isinstance(c, float) and math.isfinite(c))]
     short = ran[ran["conformance"] < 1.0]
     detail = ("every output conformed" if short.empty else

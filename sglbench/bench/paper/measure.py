@@ -183,11 +183,12 @@ def measure(run: WorkloadRun, system: System, warmup: int = 1, repeats: int = 1)
 
 
 def measure_round_robin(run: WorkloadRun, systems: Sequence[System], warmup: int = 1,
-                        repeats: int = 1) -> list[Measurement]:
+                        repeats: int = 1, tolerate_failures: bool = False) -> list[Measurement]:
     """`measure` for systems that are open together: each is warmed up, then every round times each system
     once, so a slow spell of a shared machine hits all of them alike; each keeps its fastest run. A system
-    that cannot run the workload gets a row saying why; one that tolerates failures and fails gets a
-    "failed: ..." row and sits out the later rounds."""
+    that cannot run the workload gets a row saying why; one that fails, where it tolerates failures or
+    `tolerate_failures` says all do (a suite's table), gets a "failed: ..." row and sits out the later
+    rounds."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     out: dict[int, Measurement] = {}
@@ -201,7 +202,7 @@ def measure_round_robin(run: WorkloadRun, systems: Sequence[System], warmup: int
         try:
             step(systems[i])
         except Exception as exc:
-            if not systems[i].tolerate_failures:
+            if not (tolerate_failures or systems[i].tolerate_failures):
                 raise
             systems[i].reset()
             out[i] = not_run(run, systems[i], f"failed: {type(exc).__name__}: {_short(str(exc))}")
