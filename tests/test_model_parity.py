@@ -158,7 +158,8 @@ def test_bf16_checkpoint_dtype_choice_is_reported(bf16_checkpoint):
     assert info.dtype == ("torch.bfloat16" if cpu_features.detect().fast_bf16 else "torch.float32")
     assert info.dtype_reason.startswith("auto: checkpoint stored in bfloat16")
     assert info.cpu_features == cpu_features.detect().describe()
-    assert info.cpu_kernels == cpu_native.describe(torch.bfloat16 if "bfloat16" in info.dtype else torch.float32)
+    dtype = torch.bfloat16 if "bfloat16" in info.dtype else torch.float32
+    assert info.cpu_kernels == cpu_native.describe(dtype, fused_decode=dtype == torch.float32 and cpu_native.available())
     layers = ModelConfig.from_path(path).num_layers
     packs = info.dtype == "torch.bfloat16" and cpu_linear.packing_available(torch.bfloat16)
     assert info.packed_linears == (4 * layers + 1 if packs else 0)  # qkv, o, gate_up, down; the lm-head
@@ -204,3 +205,91 @@ def test_dense_weights_kept_for_the_gemv_only_within_the_memory_share(bf16_check
         assert "GEMV off" in rt.model_info().cpu_kernels
         out = rt.generate([5, 6, 7, 8], max_new_tokens=3, temperature=0, ignore_eos=True)
         assert len(out["output_ids"]) == 3
+
+
+def _decode_step(tokens: list[int], lens: list[int]) -> ForwardBatch:
+    """One new token per request after `_extend_batch`'s layout: request i's context is slots 1 + 64 i onwards."""
+    t = lambda x: torch.tensor(x, dtype=torch.int64)  # noqa: E731
+    out = [1 + 64 * i + n for i, n in enumerate(lens)]
+    kv_idx = torch.cat([torch.arange(1 + 64 * i, 1 + 64 * i + n + 1) for i, n in enumerate(lens)])
+    kv = [0, *torch.tensor([n + 1 for n in lens]).cumsum(0).tolist()]
+    return ForwardBatch(ForwardMode.DECODE, t(tokens), t(lens), t(out), t(list(range(len(lens) + 1))), t(kv), kv_idx,
+                        t(list(range(len(lens)))))
+
+
+def test_fused_decode_layers_match_the_layer_by_layer_path(checkpoint, monkeypatch):
+    """An fp32 decode step with each layer in one C call (cpu_native.decode_layer) gives the layer-by-layer
+    path's logits and K/V; families with q/k norms (Qwen3) keep the layer-by-layer path."""
+    path, _ = checkpoint
+    if not cpu_native.available():
+        pytest.skip(f"the C kernels are off here: {cpu_native.unavailable_reason()}")
+    config = ModelConfig.from_path(path)
+    model = load_model(path, "cpu", torch.float32, config)
+    pool = KVPool(KVPoolConfig(256, config.num_layers, config.num_kv_heads, config.head_dim, torch.float32, "cpu"))
+    backend = TorchAttentionBackend(pool, config.head_dim**-0.5)
+    prompts = _prompts(config.vocab_size)
+    model(_extend_batch(prompts, pool, [0] * 3), backend)
+    calls = []
+    original = cpu_native.decode_layers
+    monkeypatch.setattr(cpu_native, "decode_layers", lambda *a, **k: calls.append(1) or original(*a, **k))
+    step = _decode_step([7, 8, 9], [len(p) for p in prompts])
+    fused = model(step, backend)
+    k_fused = [pool.k_buffers[i][step.out_cache_loc].clone() for i in range(config.num_layers)]
+    assert len(calls) == (0 if config.qk_norm else 1)
+    with Runtime(str(path), device="cpu", max_total_tokens=256) as rt:  # model info says which path decodes
+        fused_here = rt.model_info().cpu_kernels.startswith("on: decode layers as one call each")
+    assert fused_here == (not config.qk_norm)
+    monkeypatch.setattr(type(model.model), "_fused_decode", lambda *a: None)
+    plain = model(_decode_step([7, 8, 9], [len(p) for p in prompts]), backend)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    for i in range(config.num_layers):
+        torch.testing.assert_close(pool.k_buffers[i][step.out_cache_loc], k_fused[i], rtol=1e-6, atol=1e-6)
+
+
+def test_fused_decode_layers_refuse_out_of_range_slots_and_positions(checkpoint):
+    path, _ = checkpoint
+    if not cpu_native.available():
+        pytest.skip(f"the C kernels are off here: {cpu_native.unavailable_reason()}")
+    config = ModelConfig.from_path(path)
+    model = load_model(path, "cpu", torch.float32, config)
+    weights = model.model.fused_decode_weights()
+    if weights is None:
+        pytest.skip("this family keeps the layer-by-layer path")
+    pool = KVPool(KVPoolConfig(64, config.num_layers, config.num_kv_heads, config.head_dim, torch.float32, "cpu"))
+    cis = torch.view_as_real(model.model.rotary_emb.cis)
+    slots = pool.k_buffers[0].shape[0]
+    embedding = torch.randn(2, config.hidden_size)
+    good = dict(positions=torch.tensor([3, 5]), out_loc=torch.tensor([4, 6]), slots=torch.tensor([[1, 2, 3, 4, 0, 0],
+                [7, 8, 9, 10, 11, 6]]), lens=torch.tensor([4, 6]))
+
+    def call(**changes):
+        args = {**good, **changes}
+        return cpu_native.decode_layers(embedding.clone(), weights, cis, args["positions"], pool.k_buffers,
+                                        pool.v_buffers, args["out_loc"], args["slots"], args["lens"], 0.1)
+
+    for bad in (dict(out_loc=torch.tensor([4, slots])), dict(positions=torch.tensor([3, cis.shape[0]])),
+                dict(slots=torch.tensor([[1, 2, 3, slots, 0, 0], [7, 8, 9, 10, 11, 6]])), dict(lens=torch.tensor([4, 7]))):
+        before = pool.k_buffers[0].clone()
+        with pytest.raises(RuntimeError, match="out of range"):
+            call(**bad)
+        assert torch.equal(pool.k_buffers[0], before)  # refused before anything was written
+    with pytest.raises(ValueError, match="int64"):
+        call(lens=torch.tensor([4, 6], dtype=torch.int32))
+    assert torch.isfinite(call()).all()
+
+
+def test_fused_decode_weights_are_packed_again_after_the_weights_change(checkpoint):
+    path, _ = checkpoint
+    config = ModelConfig.from_path(path)
+    model = load_model(path, "cpu", torch.float32, config)
+    first = model.model.fused_decode_weights()
+    if first is None:
+        pytest.skip("no fused decode for this family here")
+    assert model.model.fused_decode_weights() is first  # cached
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(2)  # in place
+    second = model.model.fused_decode_weights()
+    assert second is not first
+    torch.testing.assert_close(second[0].down, first[0].down * 2)
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    assert model.model.fused_decode_weights() is not second

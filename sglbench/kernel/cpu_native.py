@@ -3,7 +3,10 @@
 paged K/V for decode (bf16, fp32) and extend (used for fp32, where torch's flash kernel is slowest: at head
 size 32 it took 1.4x as long over the JSON workload's 8,192-token prefill batches); and the per-layer
 element-wise work in bf16 or fp32 (RMSNorm with the residual add fused in, rotary embedding in place,
-SiLU-and-multiply).
+SiLU-and-multiply); and, for small fp32 models, a whole decoder layer of a decode step in one call
+(`decode_layers`: norms, projections on a packed copy of the weights, rotary, K/V store, attention and MLP),
+because there a step is mostly the per-op cost of a dozen torch ops and C calls per layer (the embedded model:
+2.0 -> 1.4 ms a step at batch 1, 4.2 -> 2.8 at batch 16).
 
 Why C: at a decode batch of one, torch's ops cost 10-100 us each before any work (a bf16 RMSNorm is eight of
 them, a rotary embedding a dozen), and oneDNN's packed GEMV reads Qwen2.5-0.5B's layer weights at about
@@ -27,6 +30,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,6 +49,9 @@ _SIGNATURES = {
     "sgl_add_rms_norm": (_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _FLOAT, _INT, _INT),
     "sgl_silu_mul": (_PTR, _I64, _PTR, _I64, _I64, _I64, _INT, _INT),
     "sgl_rope": (_PTR, _I64, _INT, _PTR, _I64, _INT, _PTR, _PTR, _I64, _I64, _INT, _INT, _INT),
+    "sgl_decode_layer": (_PTR, _PTR, _PTR, _INT, _PTR, _PTR, _FLOAT, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
+                         _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _INT, _INT, _INT, _INT, _INT,
+                         _INT, _FLOAT, _INT),
 }
 
 
@@ -124,9 +131,10 @@ def unavailable_reason() -> str | None:
     return _off[-1] if _off else _load()[1]
 
 
-def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True) -> str:
+def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True, fused_decode: bool = False) -> str:
     """One line for model info: what the C kernels do for a model of dtype here, or why they are off; gemv:
-    whether the model kept the dense weights the bf16 GEMV reads (cpu_linear.keeps_dense)."""
+    whether the model kept the dense weights the bf16 GEMV reads (cpu_linear.keeps_dense); fused_decode:
+    whether its decode steps run each layer as one call (`decode_layer`)."""
     reason = unavailable_reason()
     if reason is not None:
         return f"off: {reason}"
@@ -136,6 +144,9 @@ def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True) -> str:
     if dtype == torch.bfloat16:
         return ("on: decode attention, RMSNorm, rotary, SiLU-and-multiply; GEMV off: a dense copy of the weights "
                 "beside the packed one would take more than a sixth of this machine's memory")
+    if dtype == torch.float32 and fused_decode:
+        return ("on: decode layers as one call each (norms, projections, rotary, K/V store, attention, MLP); extend "
+                "attention, RMSNorm, rotary, SiLU-and-multiply (prefill linears on torch's BLAS)")
     if dtype == torch.float32:
         return ("on: decode and extend attention, RMSNorm, rotary, SiLU-and-multiply (fp32 linears stay on torch's "
                 "BLAS)")
@@ -314,3 +325,87 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     _check(lib.sgl_silu_mul(gate_up.data_ptr(), gate_up.stride(0), out.data_ptr(), out.stride(0), rows, width // 2,
                             gate_up.element_size(), torch.get_num_threads()), "sgl_silu_mul")
     return out
+
+
+# ---------------------------------------------------------------------------- fused decode layer
+FUSED_DECODE_MAX_BYTES = 64 << 20  # the packed copy of every layer's weights: small models only (see DecodeLayer)
+
+
+def pack_columns(weight: torch.Tensor) -> torch.Tensor:
+    """A linear weight [N, K] as the fused decode layer's GEMMs read it: blocks of 16 output columns, each
+    [K, 16] (k-major), zero-padded to whole blocks: fp32 [ceil(N / 16), K, 16]."""
+    n, k = weight.shape
+    blocks = -(-n // 16)
+    padded = torch.zeros(blocks * 16, k, dtype=torch.float32)
+    padded[:n] = weight.detach()
+    return padded.view(blocks, 16, k).transpose(1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class DecodeLayerWeights:
+    """One decoder layer's weights for `decode_layer`: the norms' as they are, the projections' packed
+    (`pack_columns`; the gate-up's halves of `intermediate` columns each), biases fp32 or None."""
+
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    eps: float
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    gate_up: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+
+
+def decode_layer_fits(dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int, intermediate: int) -> bool:
+    """Whether `decode_layer` takes a layer of this shape: fp32, the gate-up's halves in whole 16-column
+    blocks, an even head size up to 256, built here."""
+    return (dtype == torch.float32 and intermediate % 16 == 0 and head_dim % 2 == 0 and 2 <= head_dim <= 256
+            and kv_heads >= 1 and heads % kv_heads == 0 and available())
+
+
+def decode_layers(embedding: torch.Tensor, layers: list[DecodeLayerWeights], cis: torch.Tensor,
+                  positions: torch.Tensor, k_buffers: list[torch.Tensor], v_buffers: list[torch.Tensor],
+                  out_loc: torch.Tensor, slots: torch.Tensor, lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """A decode batch through every decoder layer, one C call (sgl_decode_layer) each, fp32: embedding [batch,
+    hidden] becomes the residual stream (updated in place: after the call it is the stream before the last
+    layer's output); layer i stores the new tokens' K/V at out_loc in k/v_buffers[i] and attends over slots
+    [batch, width] (row b's first lens[b]) as `decode_attention`. Returns the last layer's output [batch, hidden]
+    (the final norm adds it to the stream)."""
+    batch, hidden = embedding.shape
+    tensors = [embedding, cis, positions, out_loc, slots, lens, *k_buffers, *v_buffers]
+    if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
+        raise ValueError("decode_layers takes contiguous CPU tensors")
+    if embedding.dtype != torch.float32 or any(k.dtype != torch.float32 for k in k_buffers + v_buffers):
+        raise ValueError("decode_layers takes fp32 activations and K/V buffers")
+    if len(k_buffers) < len(layers) or len(v_buffers) < len(layers):
+        raise ValueError(f"{len(layers)} layers need as many K and V buffers")
+    for t in (positions, out_loc, slots, lens):
+        if t.dtype != torch.int64:
+            raise ValueError("positions, out_loc, slots and lens must be int64")
+    if (positions.shape != (batch,) or out_loc.shape != (batch,) or lens.shape != (batch,) or slots.dim() != 2
+            or slots.shape[0] != batch):
+        raise ValueError(f"positions, out_loc, slots and lens must have {batch} rows")
+    lib, threads, residual, x = _lib(), torch.get_num_threads(), embedding, None
+    for i, w in enumerate(layers):
+        k, v = k_buffers[i], v_buffers[i]
+        if (k.shape != v.shape or k.shape[1:] != (w.kv_heads, w.head_dim) or cis.shape[1:] != (w.head_dim // 2, 2)
+                or w.ln1.shape != (hidden,)):
+            raise ValueError(f"layer {i}: K/V buffers {tuple(k.shape)}, cis {tuple(cis.shape)} or hidden size "
+                             f"{hidden} do not fit its weights")
+        out = torch.empty_like(residual)
+        _check(lib.sgl_decode_layer(
+            _ptr(x), residual.data_ptr(), out.data_ptr(), int(x is None), w.ln1.data_ptr(), w.ln2.data_ptr(), w.eps,
+            w.qkv.data_ptr(), _ptr(w.qkv_bias), w.o.data_ptr(), _ptr(w.o_bias), w.gate_up.data_ptr(),
+            _ptr(w.gate_up_bias), w.down.data_ptr(), _ptr(w.down_bias), cis.data_ptr(), positions.data_ptr(),
+            cis.shape[0], k.data_ptr(), v.data_ptr(), k.shape[0], out_loc.data_ptr(), slots.data_ptr(),
+            slots.shape[1], lens.data_ptr(), batch, hidden, w.heads, w.kv_heads, w.head_dim, w.intermediate,
+            sm_scale, threads), "sgl_decode_layer")
+        x = out
+    return x

@@ -42,6 +42,12 @@ class AttentionBackend(abc.ABC):
     def store_kv(self, k_buf, v_buf, slots, k, v) -> None:
         reference.store_kv(k_buf, v_buf, slots, k, v)
 
+    def in_place_decode_plan(self, batch: ForwardBatch):
+        """A decode batch's plan (cpu_attention.DecodePlan, with slots and lens) when its contexts are read in
+        place by the C kernels, for a model that runs whole layers in C (cpu_native.decode_layers); None where
+        this backend does not do that."""
+        return None
+
     @abc.abstractmethod
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         """One query token per request over its context: [batch, heads, dim]."""
@@ -76,6 +82,13 @@ class TorchAttentionBackend(AttentionBackend):
         native = cpu_native.attention_fits(q, k_buf)
         return cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, q.dtype, batch.padded_kv_indices,
                                          share_prefixes=False if native else None)
+
+    def in_place_decode_plan(self, batch: ForwardBatch):
+        k_buf = self.pool.k_buffers[0]
+        if batch.mode is not ForwardMode.DECODE or not cpu_native.attention_fits(k_buf, k_buf):
+            return None
+        plan = self._plan(batch, lambda: self._plan_decode(batch, k_buf, k_buf))
+        return plan if plan.shared is None and plan.lens is not None and plan.max_len > 0 else None
 
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         plan = self._plan(batch, lambda: self._plan_decode(batch, q, k_buf))

@@ -54,7 +54,8 @@ class ModelRunner:
         self.packed_linears = sum(1 for m in self.model.modules() if isinstance(m, Linear) and m.packed)
         self.cpu_features = cpu_features.detect().describe() if device == "cpu" else ""
         gemv = any(m.packed_weight is not None for m in self.model.modules() if isinstance(m, Linear))
-        self.cpu_kernels = cpu_native.describe(dtype, gemv) if device == "cpu" else ""
+        fused = device == "cpu" and self.model.model.fused_decode_weights() is not None
+        self.cpu_kernels = cpu_native.describe(dtype, gemv, fused) if device == "cpu" else ""
         if attention_backend == "auto":
             attention_backend = "triton" if device.startswith("cuda") else "torch"
         self.attention = make_attention_backend(attention_backend, pool, model_config.head_dim**-0.5)

@@ -1,12 +1,14 @@
 /* CPU kernels where torch's per-op cost and oneDNN's GEMV fall short of the machine: bf16 GEMV at memory
  * speed for decode batches (weights streamed row by row with AVX512-BF16 dot products), the same with the
  * MLP's SiLU-and-multiply fused in, causal attention over the paged K/V for extend and decode (rows read in
- * place), and the per-layer element-wise ops (RMSNorm with the residual add, rotary, SiLU-and-multiply).
+ * place), the per-layer element-wise ops (RMSNorm with the residual add, rotary, SiLU-and-multiply), and a
+ * whole fp32 decoder layer of a decode step in one call for small models (sgl_decode_layer).
  *
  * Built once per machine by kernel/cpu_native.py (the system C compiler, -fopenmp: the library shares the
  * OpenMP runtime torch already loaded), called through ctypes. Plain-torch references: F.linear,
  * F.silu(gate) * up, reference.extend_attention_ref / decode_attention_ref, reference.rms_norm_ref and the
- * model's rotary embedding; tests/test_cpu_native.py holds them side by side. Rounding follows torch's bf16
+ * model's rotary embedding; tests/test_cpu_native.py holds them side by side (the fused layer: the model's
+ * layer-by-layer path, tests/test_model_parity.py). Rounding follows torch's bf16
  * ops: fp32 accumulation, one round-to-nearest-even per op torch would run. */
 
 #include <immintrin.h>
@@ -177,62 +179,68 @@ int sgl_gemv_silu_mul_bf16(const bf16 *x, int64_t ldx, const bf16 *w, const bf16
  * (rounded as torch's add) is written back to residual and normalised; else x itself is. Llama's RMSNorm:
  * fp32 math, the normalised row rounded to the dtype, then times the weight. For fp32 that is F.rms_norm's
  * function. A prefill's 512 x 896 bf16 rows take 0.1 ms, where torch's eight bf16 ops take several. */
+/* One row of sgl_add_rms_norm (out may be x's own row: x is read before out is written). */
+static inline void norm_row(const void *x, int64_t xi, void *residual, int64_t ri, const void *weight, void *out,
+                            int64_t oi, int64_t dim, float eps, int elem) {
+    __m512 sq = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) {
+        const __mmask16 m = tail16(dim - d);
+        __m512 v = load16m(x, xi + d, elem, m);
+        if (residual) {
+            v = round16(_mm512_add_ps(v, load16m(residual, ri + d, elem, m)), elem);
+            store16m(residual, ri + d, elem, m, v);
+        }
+        sq = _mm512_fmadd_ps(v, v, sq);
+    }
+    const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) / (float)dim + eps));
+    for (int64_t d = 0; d < dim; d += 16) {
+        const __mmask16 m = tail16(dim - d);
+        const __m512 v = residual ? load16m(residual, ri + d, elem, m) : load16m(x, xi + d, elem, m);
+        const __m512 normed = round16(_mm512_mul_ps(v, scale), elem);
+        store16m(out, oi + d, elem, m, _mm512_mul_ps(load16m(weight, d, elem, m), normed));
+    }
+}
+
 int sgl_add_rms_norm(const void *x, int64_t ldx, void *residual, int64_t ldr, const void *weight, void *out,
                      int64_t ldo, int64_t rows, int64_t dim, float eps, int elem, int threads) {
     if (dim < 1 || (elem != 2 && elem != 4)) return 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (rows * dim >= 65536)
-    for (int64_t i = 0; i < rows; i++) {
-        const int64_t xi = i * ldx, ri = i * ldr, oi = i * ldo;
-        __m512 sq = _mm512_setzero_ps();
-        for (int64_t d = 0; d < dim; d += 16) {
-            const __mmask16 m = tail16(dim - d);
-            __m512 v = load16m(x, xi + d, elem, m);
-            if (residual) {
-                v = round16(_mm512_add_ps(v, load16m(residual, ri + d, elem, m)), elem);
-                store16m(residual, ri + d, elem, m, v);
-            }
-            sq = _mm512_fmadd_ps(v, v, sq);
-        }
-        const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) / (float)dim + eps));
-        for (int64_t d = 0; d < dim; d += 16) {
-            const __mmask16 m = tail16(dim - d);
-            const __m512 v = residual ? load16m(residual, ri + d, elem, m) : load16m(x, xi + d, elem, m);
-            const __m512 normed = round16(_mm512_mul_ps(v, scale), elem);
-            store16m(out, oi + d, elem, m, _mm512_mul_ps(load16m(weight, d, elem, m), normed));
-        }
-    }
+    for (int64_t i = 0; i < rows; i++) norm_row(x, i * ldx, residual, i * ldr, weight, out, i * ldo, dim, eps, elem);
     return 0;
 }
 
 /* Rotary embedding in place on q [tokens, heads, dim] and k [tokens, kv_heads, dim] (rows of ldq/ldk
  * elements, heads contiguous), dims in interleaved pairs (2i, 2i + 1) rotated by cis[position, i] =
  * (cos, sin) in fp32, each result rounded to the dtype: the complex multiply of llama.RotaryEmbedding. */
-int sgl_rope(void *q, int64_t ldq, int heads, void *k, int64_t ldk, int kv_heads, const int64_t *positions,
-             const float *cis, int64_t max_position, int64_t tokens, int dim, int elem, int threads) {
-    if (dim % 2 || (elem != 2 && elem != 4)) return 1;
-    for (int64_t t = 0; t < tokens; t++)
-        if (positions[t] < 0 || positions[t] >= max_position) return 3;
+/* Token t of sgl_rope: its heads of q, then of k, rotated by c = cis[position] ((cos, sin) pairs). */
+static inline void rope_token(void *q, int64_t qt, int heads, void *k, int64_t kt, int kv_heads, const float *c,
+                              int dim, int elem) {
     /* lanes (2i, 2i + 1) of a 16-lane vector: re' = re c - im s, im' = re s + im c */
     const __m512i swap = _mm512_set_epi32(14, 15, 12, 13, 10, 11, 8, 9, 6, 7, 4, 5, 2, 3, 0, 1);
     const __m512 sign = _mm512_set_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
     const __m512i cos_lanes = _mm512_set_epi32(14, 14, 12, 12, 10, 10, 8, 8, 6, 6, 4, 4, 2, 2, 0, 0);
     const __m512i sin_lanes = _mm512_set_epi32(15, 15, 13, 13, 11, 11, 9, 9, 7, 7, 5, 5, 3, 3, 1, 1);
-#pragma omp parallel for schedule(static) num_threads(threads) if (tokens >= 64)
-    for (int64_t t = 0; t < tokens; t++) {
-        const float *c = cis + positions[t] * dim;
-        for (int h = 0; h < heads + kv_heads; h++) {
-            const int64_t at = h < heads ? t * ldq + (int64_t)h * dim : t * ldk + (int64_t)(h - heads) * dim;
-            void *base = h < heads ? q : k;
-            for (int d = 0; d < dim; d += 16) {
-                const __mmask16 m = tail16(dim - d);
-                const __m512 x = load16m(base, at + d, elem, m);
-                const __m512 cs = _mm512_maskz_loadu_ps(m, c + d);      /* (cos, sin) pairs */
-                const __m512 cc = _mm512_permutexvar_ps(cos_lanes, cs), ss = _mm512_permutexvar_ps(sin_lanes, cs);
-                const __m512 xs = _mm512_mul_ps(_mm512_permutexvar_ps(swap, x), sign); /* (-im, re) */
-                store16m(base, at + d, elem, m, _mm512_fmadd_ps(xs, ss, _mm512_mul_ps(x, cc)));
-            }
+    for (int h = 0; h < heads + kv_heads; h++) {
+        const int64_t at = h < heads ? qt + (int64_t)h * dim : kt + (int64_t)(h - heads) * dim;
+        void *base = h < heads ? q : k;
+        for (int d = 0; d < dim; d += 16) {
+            const __mmask16 m = tail16(dim - d);
+            const __m512 x = load16m(base, at + d, elem, m);
+            const __m512 cs = _mm512_maskz_loadu_ps(m, c + d);      /* (cos, sin) pairs */
+            const __m512 cc = _mm512_permutexvar_ps(cos_lanes, cs), ss = _mm512_permutexvar_ps(sin_lanes, cs);
+            const __m512 xs = _mm512_mul_ps(_mm512_permutexvar_ps(swap, x), sign); /* (-im, re) */
+            store16m(base, at + d, elem, m, _mm512_fmadd_ps(xs, ss, _mm512_mul_ps(x, cc)));
         }
     }
+}
+
+int sgl_rope(void *q, int64_t ldq, int heads, void *k, int64_t ldk, int kv_heads, const int64_t *positions,
+             const float *cis, int64_t max_position, int64_t tokens, int dim, int elem, int threads) {
+    if (dim % 2 || (elem != 2 && elem != 4)) return 1;
+    for (int64_t t = 0; t < tokens; t++)
+        if (positions[t] < 0 || positions[t] >= max_position) return 3;
+#pragma omp parallel for schedule(static) num_threads(threads) if (tokens >= 64)
+    for (int64_t t = 0; t < tokens; t++) rope_token(q, t * ldq, heads, k, t * ldk, kv_heads, cis + positions[t] * dim, dim, elem);
     return 0;
 }
 
@@ -333,29 +341,37 @@ static inline __attribute__((always_inline)) void chunk_scores(const float *qs, 
         for (int b = 0; b < nb; b++) _mm512_storeu_ps(s + e * KC + 16 * b, sc[e][b]);
 }
 
-int sgl_attention(const void *q, int64_t ldq, const void *k, const void *v, void *out, const int64_t *qo_indptr,
-                  const int64_t *kv_start, const int64_t *kv_lens, const int64_t *kv_indices, int64_t num_indices,
-                  int64_t num_slots, int R, int H, int KVH, int D, float scale, int elem, int threads) {
-    if (KVH < 1 || H % KVH != 0 || D < 1 || D > 256 || (elem != 2 && elem != 4)) return 1;
-    const int G = H / KVH, DV = (D + 15) / 16; /* 16-lane vectors per head row */
+/* Tasks of an attention call after checking every index it will read (-1: one is out of range). */
+static int64_t attention_tasks(const int64_t *qo_indptr, const int64_t *kv_start, const int64_t *kv_lens,
+                               const int64_t *kv_indices, int64_t num_indices, int64_t num_slots, int R, int KVH) {
     int64_t tasks = 0;
     for (int r = 0; r < R; r++) { /* every index read must lie in the list and every slot in the pool */
         const int64_t n = qo_indptr[r + 1] - qo_indptr[r], kv_len = kv_lens[r];
-        if (n < 0 || n > kv_len || kv_start[r] < 0 || kv_start[r] + kv_len > num_indices) return 3;
+        if (n < 0 || n > kv_len || kv_start[r] < 0 || kv_start[r] + kv_len > num_indices) return -1;
         for (int64_t t = kv_start[r]; t < kv_start[r] + kv_len; t++)
-            if (kv_indices[t] < 0 || kv_indices[t] >= num_slots) return 3;
+            if (kv_indices[t] < 0 || kv_indices[t] >= num_slots) return -1;
         tasks += (n + QB - 1) / QB * KVH;
     }
-    if (threads < 1) threads = 1;
-    /* query rows padded to whole QG groups (the score and PV loops run QG rows; extra rows are never output) */
+    return tasks;
+}
+
+/* Floats of scratch one thread of `attention_team` needs. */
+static size_t attention_scratch(int G, int D) {
+    const size_t rows = ((size_t)QB * G + QG - 1) / QG * QG, pad = (size_t)(D + 15) / 16 * 16;
+    return (rows * pad * 2 + rows + rows * 16 + pad * KC * 2 + (size_t)QG * KC + 15) / 16 * 16;
+}
+
+/* The attention's tasks shared among the threads of the enclosing parallel region (each passes its own
+ * scratch of attention_scratch(G, D) floats, 64-byte aligned); indices checked by attention_tasks. */
+static void attention_team(const void *q, int64_t ldq, const void *k, const void *v, void *out,
+                           const int64_t *qo_indptr, const int64_t *kv_start, const int64_t *kv_lens,
+                           const int64_t *kv_indices, int64_t tasks, int H, int KVH, int D, float scale, int elem,
+                           float *scratch) {
+    const int G = H / KVH, DV = (D + 15) / 16; /* 16-lane vectors per head row */
     const size_t rows = ((size_t)QB * G + QG - 1) / QG * QG, pad = (size_t)DV * 16;
-    const size_t per_thread = rows * pad * 2 + rows + rows * 16 + pad * KC * 2 + (size_t)QG * KC;
-    float *scratch = aligned_alloc(64, sizeof(float) * ((per_thread * (size_t)threads + 15) / 16 * 16));
-    if (!scratch) return 2;
-#pragma omp parallel num_threads(threads)
+    const unsigned csr = flush_denormals();
     {
-        const unsigned csr = flush_denormals();
-        float *qs = scratch + per_thread * (size_t)omp_get_thread_num(); /* [rows][pad], pre-scaled */
+        float *qs = scratch; /* [rows][pad], pre-scaled */
         float *acc = qs + rows * pad, *m = acc + rows * pad, *l = m + rows; /* l: [rows][16] running sums */
         float *kt = l + rows * 16, *vc = kt + pad * KC, *p = vc + (size_t)KC * pad; /* kt: [pad][KC]; vc: [KC][pad] */
         int64_t task = 0;
@@ -373,9 +389,10 @@ int sgl_attention(const void *q, int64_t ldq, const void *k, const void *v, void
             const int64_t prefix = kv_len - n, i0 = task / KVH * QB, qb = n - i0 < QB ? n - i0 : QB;
             const int64_t *slots = kv_indices + kv_start[r];
             const int nq = (int)qb * G; /* query vectors: row i, head g at i * G + g */
-            memset(qs, 0, sizeof(float) * rows * pad);
-            memset(acc, 0, sizeof(float) * rows * pad);
-            memset(l, 0, sizeof(float) * rows * 16);
+            const size_t used = ((size_t)nq + QG - 1) / QG * QG; /* rows the QG-wide loops touch */
+            memset(qs, 0, sizeof(float) * used * pad);
+            memset(acc, 0, sizeof(float) * used * pad);
+            memset(l, 0, sizeof(float) * used * 16);
             for (int a = 0; a < nq; a++) {
                 const int64_t at = (qo_indptr[r] + i0 + a / G) * ldq + (int64_t)(kh * G + a % G) * D;
                 for (int j = 0; j < DV; j++)
@@ -480,8 +497,171 @@ int sgl_attention(const void *q, int64_t ldq, const void *k, const void *v, void
                              _mm512_mul_ps(_mm512_loadu_ps(acc + a * pad + 16 * d), inv));
             }
         }
-        _mm_setcsr(csr);
+    }
+    _mm_setcsr(csr);
+}
+
+int sgl_attention(const void *q, int64_t ldq, const void *k, const void *v, void *out, const int64_t *qo_indptr,
+                  const int64_t *kv_start, const int64_t *kv_lens, const int64_t *kv_indices, int64_t num_indices,
+                  int64_t num_slots, int R, int H, int KVH, int D, float scale, int elem, int threads) {
+    if (KVH < 1 || H % KVH != 0 || D < 1 || D > 256 || (elem != 2 && elem != 4)) return 1;
+    const int64_t tasks = attention_tasks(qo_indptr, kv_start, kv_lens, kv_indices, num_indices, num_slots, R, KVH);
+    if (tasks < 0) return 3;
+    if (threads < 1) threads = 1;
+    const size_t per_thread = attention_scratch(H / KVH, D);
+    float *scratch = aligned_alloc(64, sizeof(float) * per_thread * (size_t)threads);
+    if (!scratch) return 2;
+#pragma omp parallel num_threads(threads)
+    attention_team(q, ldq, k, v, out, qo_indptr, kv_start, kv_lens, kv_indices, tasks, H, KVH, D, scale, elem,
+                   scratch + per_thread * (size_t)omp_get_thread_num());
+    free(scratch);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------ fused decode layer */
+
+/* acc[r][c] = x[r, :K] . (column block c of the packed weight): wa and wb are two blocks of 16 output columns
+ * ([K][16] each, k-major), MR rows of x at a time; the accumulators stay in registers (constant MR, NB). */
+static inline __attribute__((always_inline)) void gemm_tile(const float *x, int64_t ldx, const float *wa,
+                                                            const float *wb, int64_t K, int MR, int NB,
+                                                            __m512 acc[8][2]) {
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NB; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        const __m512 w0 = _mm512_loadu_ps(wa + k * 16), w1 = NB > 1 ? _mm512_loadu_ps(wb + k * 16) : w0;
+        for (int r = 0; r < MR; r++) {
+            const __m512 xr = _mm512_set1_ps(x[r * ldx + k]);
+            acc[r][0] = _mm512_fmadd_ps(xr, w0, acc[r][0]);
+            if (NB > 1) acc[r][1] = _mm512_fmadd_ps(xr, w1, acc[r][1]);
+        }
+    }
+}
+
+#define GEMM_TILE_CASES(NB)                                                                                    \
+    switch (mr) {                                                                                              \
+    case 1: gemm_tile(xr, ldx, wa, wb, K, 1, NB, acc); break;                                                  \
+    case 2: gemm_tile(xr, ldx, wa, wb, K, 2, NB, acc); break;                                                  \
+    case 3: gemm_tile(xr, ldx, wa, wb, K, 3, NB, acc); break;                                                  \
+    case 4: gemm_tile(xr, ldx, wa, wb, K, 4, NB, acc); break;                                                  \
+    case 5: gemm_tile(xr, ldx, wa, wb, K, 5, NB, acc); break;                                                  \
+    case 6: gemm_tile(xr, ldx, wa, wb, K, 6, NB, acc); break;                                                  \
+    case 7: gemm_tile(xr, ldx, wa, wb, K, 7, NB, acc); break;                                                  \
+    default: gemm_tile(xr, ldx, wa, wb, K, 8, NB, acc); break;                                                 \
+    }
+
+/* y[b, n] = x[b, :K] . w[n, :K] + bias[n] (bias may be NULL) for B rows and N columns, w packed by
+ * cpu_native.pack_columns ([ceil(N / 16)][K][16], zero-padded). With silu_mul, w holds a gate-up projection of
+ * 2N columns and y[b, n] = silu(gate) * up, gate and up being columns n and N + n (N a multiple of 16): the MLP's
+ * activation fused in. Column blocks (pairs of them) are shared among the threads of the enclosing parallel
+ * region; rows go 8 at a time. */
+static void gemm_team(const float *x, int64_t ldx, const float *w, const float *bias, float *y, int64_t ldy, int B,
+                      int64_t N, int64_t K, int silu_mul) {
+    const int64_t blocks = (N + 15) / 16, units = silu_mul ? blocks : (blocks + 1) / 2;
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; u++) {
+        const int64_t b0 = silu_mul ? u : 2 * u; /* first column block */
+        const int two = silu_mul || b0 + 1 < blocks;
+        const float *wa = w + b0 * K * 16, *wb = silu_mul ? w + (b0 + blocks) * K * 16 : wa + K * 16;
+        for (int r0 = 0; r0 < B; r0 += 8) {
+            const int mr = B - r0 < 8 ? B - r0 : 8;
+            const float *xr = x + (int64_t)r0 * ldx;
+            __m512 acc[8][2];
+            if (two) {
+                GEMM_TILE_CASES(2)
+            } else {
+                GEMM_TILE_CASES(1)
+            }
+            for (int r = 0; r < mr; r++) {
+                float *yr = y + (int64_t)(r0 + r) * ldy;
+                if (silu_mul) {
+                    __m512 g = acc[r][0], up = acc[r][1];
+                    if (bias) {
+                        g = _mm512_add_ps(g, _mm512_loadu_ps(bias + b0 * 16));
+                        up = _mm512_add_ps(up, _mm512_loadu_ps(bias + (b0 + blocks) * 16));
+                    }
+                    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+                    _mm512_storeu_ps(yr + b0 * 16, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), up));
+                    continue;
+                }
+                for (int c = 0; c < 1 + two; c++) {
+                    const int64_t n = (b0 + c) * 16;
+                    const __mmask16 m = tail16(N - n);
+                    __m512 v = acc[r][c];
+                    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + n));
+                    _mm512_mask_storeu_ps(yr + n, m, v);
+                }
+            }
+        }
+    }
+}
+
+/* One Llama decoder layer for a decode batch (one new token per request), fp32, in one call: where a small
+ * model's step is mostly the per-op cost of a dozen torch ops per layer, this is one parallel region with a
+ * barrier between stages. Stages, each the contract of the kernel or torch op the layer runs otherwise:
+ *   h = RMSNorm(residual += x) (first layer: residual is the embedding, h = RMSNorm(residual));
+ *   q, k, v = h W_qkv^T + b; rotary on q and k at positions[b]; k, v stored at slot out_loc[b];
+ *   a = attention of q over slots[b, :lens[b]] (sgl_attention's decode);
+ *   h = RMSNorm(residual += a W_o^T + b_o); out = (silu(h W_g^T) * h W_u^T) W_d^T + b_d.
+ * Weights come packed (pack_columns); the gate-up's halves are I columns each (I a multiple of 16); biases may be
+ * NULL. residual is updated in place; out gets the layer's output ([B, hidden]); x may be NULL on the first
+ * layer. Every position, slot and length is checked before anything is written: 3 when one is out of range. */
+int sgl_decode_layer(const float *x, float *residual, float *out, int first, const float *ln1, const float *ln2,
+                     float eps, const float *w_qkv, const float *b_qkv, const float *w_o, const float *b_o,
+                     const float *w_gu, const float *b_gu, const float *w_d, const float *b_d, const float *cis,
+                     const int64_t *positions, int64_t max_position, float *k_buf, float *v_buf, int64_t num_slots,
+                     const int64_t *out_loc, const int64_t *slots, int64_t ldslots, const int64_t *lens, int B,
+                     int hidden, int H, int KVH, int D, int I, float scale, int threads) {
+    if (B < 1 || KVH < 1 || H % KVH != 0 || D < 2 || D > 256 || D % 2 || I % 16 || hidden < 1) return 1;
+    if (!first && !x) return 1;
+    for (int b = 0; b < B; b++)
+        if (positions[b] < 0 || positions[b] >= max_position || out_loc[b] < 0 || out_loc[b] >= num_slots ||
+            lens[b] < 1 || lens[b] > ldslots)
+            return 3;
+    int64_t *offsets = malloc(sizeof(int64_t) * (2 * (size_t)B + 1));
+    if (!offsets) return 2;
+    int64_t *qo_indptr = offsets, *kv_start = offsets + B + 1; /* decode: row b is request b's one query */
+    for (int b = 0; b <= B; b++) qo_indptr[b] = b;
+    for (int b = 0; b < B; b++) kv_start[b] = (int64_t)b * ldslots;
+    const int64_t tasks = attention_tasks(qo_indptr, kv_start, lens, slots, (int64_t)B * ldslots, num_slots, B, KVH);
+    if (tasks < 0) {
+        free(offsets);
+        return 3;
+    }
+    if (threads < 1) threads = 1;
+    const int64_t q_size = (int64_t)H * D, kv_size = (int64_t)KVH * D, n_qkv = q_size + 2 * kv_size;
+    const size_t per_thread = attention_scratch(H / KVH, D);
+    const size_t rows_floats = (size_t)B * ((size_t)hidden + (size_t)n_qkv + (size_t)q_size + (size_t)I);
+    float *scratch = aligned_alloc(64, sizeof(float) * ((rows_floats + 15) / 16 * 16 + per_thread * (size_t)threads));
+    if (!scratch) {
+        free(offsets);
+        return 2;
+    }
+    float *h = scratch, *qkv = h + (size_t)B * hidden, *att = qkv + (size_t)B * n_qkv, *act = att + (size_t)B * q_size;
+    float *att_scratch = scratch + (rows_floats + 15) / 16 * 16;
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; b++)
+            norm_row(first ? residual : x, (int64_t)b * hidden, first ? NULL : residual, (int64_t)b * hidden, ln1, h,
+                     (int64_t)b * hidden, hidden, eps, 4);
+        gemm_team(h, hidden, w_qkv, b_qkv, qkv, n_qkv, B, n_qkv, hidden, 0);
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) {
+            float *row = qkv + (int64_t)b * n_qkv;
+            rope_token(row, 0, H, row + q_size, 0, KVH, cis + positions[b] * D, D, 4);
+            memcpy(k_buf + out_loc[b] * kv_size, row + q_size, sizeof(float) * (size_t)kv_size);
+            memcpy(v_buf + out_loc[b] * kv_size, row + q_size + kv_size, sizeof(float) * (size_t)kv_size);
+        }
+        attention_team(qkv, n_qkv, k_buf, v_buf, att, qo_indptr, kv_start, lens, slots, tasks, H, KVH, D, scale, 4,
+                       att_scratch + per_thread * (size_t)omp_get_thread_num()); /* ends in a barrier */
+        gemm_team(att, q_size, w_o, b_o, h, hidden, B, hidden, q_size, 0);
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) /* in place: norm_row reads the row before writing it */
+            norm_row(h, (int64_t)b * hidden, residual, (int64_t)b * hidden, ln2, h, (int64_t)b * hidden, hidden, eps, 4);
+        gemm_team(h, hidden, w_gu, b_gu, act, I, B, I, hidden, 1);
+        gemm_team(act, I, w_d, b_d, out, hidden, B, hidden, I, 0);
     }
     free(scratch);
+    free(offsets);
     return 0;
 }

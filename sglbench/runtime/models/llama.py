@@ -16,7 +16,7 @@ from sglbench.kernel import cpu_native
 from sglbench.kernel.cpu_linear import Linear
 from sglbench.kernel.reference import rms_norm_ref
 from sglbench.runtime.attention import AttentionBackend
-from sglbench.runtime.forward_batch import ForwardBatch
+from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
 from sglbench.runtime.model_config import ModelConfig
 
 
@@ -137,6 +137,31 @@ class DecoderLayer(nn.Module):
         h, residual = self.post_attention_layernorm.add_forward(h, residual)
         return self.mlp(h), residual
 
+    def decode_params(self) -> tuple[torch.Tensor | None, ...]:
+        """The tensors `decode_weights` packs, in its order."""
+        attn, mlp = self.self_attn, self.mlp
+        return (self.input_layernorm.weight, self.post_attention_layernorm.weight, attn.qkv_proj.weight,
+                attn.qkv_proj.bias, attn.o_proj.weight, attn.o_proj.bias, mlp.gate_up_proj.weight,
+                mlp.gate_up_proj.bias, mlp.down_proj.weight, mlp.down_proj.bias)
+
+    def decode_weights(self) -> cpu_native.DecodeLayerWeights | None:
+        """This layer's weights packed for `cpu_native.decode_layers`, or None where that kernel does not take
+        the layer (not fp32, q/k norms, odd shapes)."""
+        attn, params = self.self_attn, self.decode_params()
+        inter = self.mlp.down_proj.weight.shape[1]
+        if (attn.q_norm is not None
+                or not all(p is None or (p.dtype == torch.float32 and p.device.type == "cpu" and not p.is_mkldnn)
+                           for p in params)
+                or not cpu_native.decode_layer_fits(torch.float32, attn.num_heads, attn.num_kv_heads, attn.head_dim,
+                                                    inter)):
+            return None
+        ln1, ln2, qkv, qkv_b, o, o_b, gate_up, gate_up_b, down, down_b = (
+            None if p is None else p.detach().contiguous() for p in params)
+        pack = cpu_native.pack_columns
+        return cpu_native.DecodeLayerWeights(ln1, ln2, self.input_layernorm.eps, pack(qkv), qkv_b, pack(o), o_b,
+                                             pack(gate_up), gate_up_b, pack(down), down_b, attn.num_heads,
+                                             attn.num_kv_heads, attn.head_dim, inter)
+
 
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -145,17 +170,64 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
+        self._fused_cache: tuple | None = None  # (versions, tensors, fused_decode_weights' answer)
+        # load_state_dict(assign=True) swaps the tensors themselves: pack them again
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_fused_cache", None))
 
     def forward(self, batch: ForwardBatch, backend: AttentionBackend, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states [tokens, hidden], or only those of `rows` (the last norm skips the others)."""
         x, residual = self.embed_tokens(batch.input_ids), None  # [tokens, hidden]
-        for layer in self.layers:
-            x, residual = layer(x, residual, batch.positions, self.rotary_emb, backend, batch)
+        fused = self._fused_decode(batch, backend)
+        if fused is not None:  # a small model's decode step: one C call per layer
+            plan, weights = fused
+            pool = backend.pool
+            residual, x = x, cpu_native.decode_layers(
+                x, weights, torch.view_as_real(self.rotary_emb.cis), batch.positions, pool.k_buffers, pool.v_buffers,
+                batch.out_cache_loc, plan.slots.view(plan.batch, plan.max_len), plan.lens, backend.sm_scale)
+        else:
+            for layer in self.layers:
+                x, residual = layer(x, residual, batch.positions, self.rotary_emb, backend, batch)
         if residual is None:  # no layers
             return self.norm(x if rows is None else x[rows])
         if rows is not None:
             x, residual = x[rows], residual[rows]
         return self.norm.add_forward(x, residual)[0]
+
+    def fused_decode_weights(self) -> list[cpu_native.DecodeLayerWeights] | None:
+        """Every layer's packed weights when decode steps run each layer as one C call: an fp32 model on the CPU
+        whose packed copies stay within cpu_native.FUSED_DECODE_MAX_BYTES (small models, where a step is mostly
+        per-op cost) and whose layers the kernel takes; else None. Packed once; again after a weight changes
+        (in place, or by load_state_dict)."""
+        weight = self.embed_tokens.weight
+        if not self.layers or weight.dtype != torch.float32 or weight.device.type != "cpu":
+            return None
+        cached = self._fused_cache
+        if cached is not None and cached[0] == _versions(cached[1]):
+            return cached[2]
+        params = tuple(p for layer in self.layers for p in layer.decode_params())
+        weights = None
+        packed_bytes = sum(layer.mlp.down_proj.weight.numel() + layer.mlp.gate_up_proj.weight.numel()
+                           + layer.self_attn.qkv_proj.weight.numel() + layer.self_attn.o_proj.weight.numel()
+                           for layer in self.layers) * 4
+        if packed_bytes <= cpu_native.FUSED_DECODE_MAX_BYTES:
+            weights = [layer.decode_weights() for layer in self.layers]
+            weights = None if any(w is None for w in weights) else weights
+        self._fused_cache = (_versions(params), params, weights)
+        return weights
+
+    def _fused_decode(self, batch: ForwardBatch, backend: AttentionBackend):
+        """(decode plan, `fused_decode_weights`) when this step runs each layer as one C call: a decode batch
+        whose K/V the backend reads in place; else None."""
+        if batch.mode is not ForwardMode.DECODE or not cpu_native.available():
+            return None
+        weights = self.fused_decode_weights()
+        plan = None if weights is None else backend.in_place_decode_plan(batch)
+        return None if plan is None else (plan, weights)
+
+
+def _versions(tensors: tuple[torch.Tensor | None, ...]) -> tuple:
+    """What changes when a tensor is written in place or given other storage (packed copies go stale)."""
+    return tuple(None if t is None else (id(t), t._version, 0 if t.is_mkldnn else t.data_ptr()) for t in tensors)
 
 
 class LlamaForCausalLM(nn.Module):
