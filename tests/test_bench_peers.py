@@ -150,6 +150,16 @@ def test_in_a_suite_a_workload_sglbench_cannot_run_is_a_row_and_the_rest_is_meas
     assert conform.passed is False and "failed: sglbench (lpm) on hellaswag" in conform.detail
 
 
+def test_a_suite_can_serve_a_context_past_the_models_as_sglang_allows(tmp_path, monkeypatch):
+    path = str(make_random_checkpoint(tmp_path, family="llama", seed=5, max_position_embeddings=256))
+    monkeypatch.setenv("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1")
+    config = SuiteConfig(model_path=path, model_label="random", size="tiny", device="cpu", systems=("lpm",),
+                         context_length=512)
+    result = run_suite([hellaswag.WORKLOADS[0]], config, log=lambda _: None)
+    row = result.frame.iloc[0]
+    assert row["programs_s"] > 0 and row["conformance"] == 1.0 and result.meta["context_length"] == 512
+
+
 def test_a_missing_or_broken_peer_is_reported_never_skipped(monkeypatch, model_path):
     monkeypatch.setitem(PEERS, "outlines", PeerSpec("sglbench_no_such_peer", "x", "X"))
     missing = open_peer("outlines", "Outlines", model_path, "cpu", torch.float32)

@@ -261,3 +261,22 @@ def test_decoding_requests_ride_along_with_a_prefill_step(model_path):
     assert not any(s["mode"] == "mixed" for s in plain_steps)
     assert mixed_metrics.decode_tokens == plain_metrics.decode_tokens == 4 * 11
     assert mixed_metrics.prefill_tokens == plain_metrics.prefill_tokens
+
+
+def test_context_length_past_the_models_is_refused_unless_allowed_as_sglang_does(model_path, monkeypatch):
+    from sglbench.runtime.model_config import LONGER_CONTEXT_ENV, ModelConfig
+
+    trained = ModelConfig.from_path(model_path).max_position_embeddings
+    monkeypatch.delenv(LONGER_CONTEXT_ENV, raising=False)
+    with pytest.raises(ValueError, match=LONGER_CONTEXT_ENV):
+        Runtime(model_path, device="cpu", context_length=2 * trained)
+    with Runtime(model_path, device="cpu", context_length=trained // 2, max_total_tokens=4 * trained) as rt:
+        assert rt.engine.context_length == trained // 2  # shorter is taken as asked
+        with pytest.raises(ValueError, match=f"the model's context is {trained // 2} tokens"):
+            rt.generate([5] * trained, max_new_tokens=1)
+    monkeypatch.setenv(LONGER_CONTEXT_ENV, "1")
+    with Runtime(model_path, device="cpu", context_length=2 * trained, max_total_tokens=4 * trained) as rt:
+        assert rt.engine.context_length == 2 * trained
+        assert rt.engine.model.model.rotary_emb.cis.shape[0] == 2 * trained  # positions past the trained ones
+        out = rt.generate([5 + i % 50 for i in range(trained + 10)], max_new_tokens=3, temperature=0, ignore_eos=True)
+        assert len(out["output_ids"]) == 3

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import torch
@@ -110,7 +110,9 @@ class Engine:
         self.dtype = self.dtype_choice.dtype
         if self.device == "cpu" and config.retain_freed_memory:
             retain_freed_memory()
-        self.context_length = min(config.context_length or mc.max_position_embeddings, mc.max_position_embeddings)
+        self.context_length = mc.context_length(config.context_length)
+        if self.context_length > mc.max_position_embeddings:  # allowed past the model's: the rotary table grows
+            mc = self.model_config = replace(mc, max_position_embeddings=self.context_length)
         self.events = EventLog()
         num_slots = config.max_total_tokens or default_pool_size(mc, self.dtype, self.device, config.mem_fraction_static)
         self.kv = CacheManager(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,9 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 class UnsupportedModelError(ValueError):
     """The checkpoint is not a Llama-family decoder this runtime can run."""
+
+
+LONGER_CONTEXT_ENV = "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"  # SGLang's own switch, same meaning
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,20 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
     torch_dtype: str | None = None
+
+    def context_length(self, requested: int | None = None) -> int:
+        """The context the engine serves: the model's (max_position_embeddings) unless `requested`. Longer than the
+        model's is refused, as SGLang refuses it, unless SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 (then the
+        rotary table is extended: positions past the trained context, outputs of unknown quality)."""
+        derived = self.max_position_embeddings
+        if requested is None:
+            return derived
+        if requested < 1:
+            raise ValueError(f"context_length must be >= 1, got {requested}")
+        if requested > derived and os.environ.get(LONGER_CONTEXT_ENV, "").lower() not in ("1", "true", "yes"):
+            raise ValueError(f"context_length ({requested}) is greater than the model's ({derived}, its "
+                             f"max_position_embeddings); this may give wrong outputs. Set {LONGER_CONTEXT_ENV}=1 to allow it.")
+        return requested
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -26,6 +26,10 @@ def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> Su
                              "systems (pip install -e '.[peers]'), e.g. --systems lpm,outlines,guidance,lmql,transformers")
     parser.add_argument("--out", default="bench_results", help="folder for the CSV, JSON, SVG and HTML files")
     parser.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size of the engine")
+    parser.add_argument("--context-length", type=int, default=None,
+                        help="sglbench's context (default: the model's); past the model's it needs "
+                             "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1, as in SGLang, e.g. --size full on the "
+                             "embedded model (2,048), whose longest full-size prompts are ~3,000 tokens")
     parser.add_argument("--hf-batch-size", type=int, default=16, help="rows per transformers call")
     parser.add_argument("--endpoint", default=None, help="OpenAI-compatible base URL, run through sgl.OpenAI")
     parser.add_argument("--endpoint-model", default="default", help="model name sent to --endpoint")
@@ -47,7 +51,8 @@ def main(workloads: Sequence[Workload], argv: list[str] | None, prog: str) -> Su
     config = SuiteConfig(
         model_path=path, model_label=label, size=args.size, device=args.device, dtype=args.dtype,
         systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()), timing_only=args.preset is not None,
-        max_total_tokens=args.max_total_tokens, hf_batch_size=args.hf_batch_size, endpoint=args.endpoint,
+        max_total_tokens=args.max_total_tokens, context_length=args.context_length,
+        hf_batch_size=args.hf_batch_size, endpoint=args.endpoint,
         endpoint_model=args.endpoint_model, repeats=args.repeats,
         isolate=not args.no_isolate and resolve_device(args.device) == "cpu",
     )

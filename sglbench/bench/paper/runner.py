@@ -55,6 +55,7 @@ class SuiteConfig:
     systems: tuple[str, ...] = DEFAULT_SYSTEMS
     timing_only: bool = False  # random-weight preset: fixed output lengths
     max_total_tokens: int | None = None  # KV pool size (None: the engine's default)
+    context_length: int | None = None  # the engine's context (None: the model's; longer needs SGLang's env switch)
     hf_batch_size: int = 16
     endpoint: str | None = None
     endpoint_model: str = "default"
@@ -107,7 +108,8 @@ def open_group(config: SuiteConfig, spec: GroupSpec, log: Callable[[str], None] 
     if spec.kind == "engine":
         policy, disable_cache, names = spec.args
         rt = Runtime(config.model_path, device=config.device, dtype=config.dtype, schedule_policy=policy,
-                     disable_radix_cache=disable_cache, max_total_tokens=config.max_total_tokens)
+                     disable_radix_cache=disable_cache, max_total_tokens=config.max_total_tokens,
+                     context_length=config.context_length)
         try:
             yield [RuntimeSystem(SYSTEMS[n], rt, hints=n != "no-hints") for n in names]
         finally:
@@ -217,6 +219,7 @@ def _meta(config: SuiteConfig) -> dict[str, Any]:
         "model": config.model_label, "model_path": config.model_path, "size": config.size,
         "device": resolve_device(config.device), "dtype": config.dtype, "timing_only": config.timing_only,
         "systems": [SYSTEMS[s] for s in config.systems], "max_total_tokens": config.max_total_tokens,
+        "context_length": config.context_length,
         "hf_batch_size": config.hf_batch_size, "torch_threads": torch.get_num_threads(), "repeats": config.repeats,
         "peer_versions": {key: peer_version(key) for key in PEER_SYSTEMS if key in config.systems},
         "isolated": config.isolate,
