@@ -218,7 +218,7 @@ def _decode_step(tokens: list[int], lens: list[int]) -> ForwardBatch:
 
 
 def test_fused_decode_layers_match_the_layer_by_layer_path(checkpoint, monkeypatch):
-    """An fp32 decode step with each layer in one C call (cpu_native.decode_layer) gives the layer-by-layer
+    """An fp32 decode step with each layer in one C call (cpu_native.decode_layers) gives the layer-by-layer
     path's logits and K/V; families with q/k norms (Qwen3) keep the layer-by-layer path."""
     path, _ = checkpoint
     if not cpu_native.available():

@@ -134,7 +134,7 @@ def unavailable_reason() -> str | None:
 def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True, fused_decode: bool = False) -> str:
     """One line for model info: what the C kernels do for a model of dtype here, or why they are off; gemv:
     whether the model kept the dense weights the bf16 GEMV reads (cpu_linear.keeps_dense); fused_decode:
-    whether its decode steps run each layer as one call (`decode_layer`)."""
+    whether its decode steps run each layer as one call (`decode_layers`)."""
     reason = unavailable_reason()
     if reason is not None:
         return f"off: {reason}"
@@ -328,7 +328,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- fused decode layer
-FUSED_DECODE_MAX_BYTES = 64 << 20  # the packed copy of every layer's weights: small models only (see DecodeLayer)
+FUSED_DECODE_MAX_BYTES = 64 << 20  # the packed copy of every layer's weights: small models only (`decode_layers`)
 
 
 def pack_columns(weight: torch.Tensor) -> torch.Tensor:
@@ -343,7 +343,7 @@ def pack_columns(weight: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DecodeLayerWeights:
-    """One decoder layer's weights for `decode_layer`: the norms' as they are, the projections' packed
+    """One decoder layer's weights for `decode_layers`: the norms' as they are, the projections' packed
     (`pack_columns`; the gate-up's halves of `intermediate` columns each), biases fp32 or None."""
 
     ln1: torch.Tensor
@@ -363,11 +363,11 @@ class DecodeLayerWeights:
     intermediate: int
 
 
-def decode_layer_fits(dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int, intermediate: int) -> bool:
-    """Whether `decode_layer` takes a layer of this shape: fp32, the gate-up's halves in whole 16-column
+def decode_layer_fits(heads: int, kv_heads: int, head_dim: int, intermediate: int) -> bool:
+    """Whether `decode_layers` takes an fp32 layer of this shape: the gate-up's halves in whole 16-column
     blocks, an even head size up to 256, built here."""
-    return (dtype == torch.float32 and intermediate % 16 == 0 and head_dim % 2 == 0 and 2 <= head_dim <= 256
-            and kv_heads >= 1 and heads % kv_heads == 0 and available())
+    return (intermediate % 16 == 0 and head_dim % 2 == 0 and 2 <= head_dim <= 256 and kv_heads >= 1
+            and heads % kv_heads == 0 and available())
 
 
 def decode_layers(embedding: torch.Tensor, layers: list[DecodeLayerWeights], cis: torch.Tensor,

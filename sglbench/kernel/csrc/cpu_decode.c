@@ -370,132 +370,130 @@ static void attention_team(const void *q, int64_t ldq, const void *k, const void
     const int G = H / KVH, DV = (D + 15) / 16; /* 16-lane vectors per head row */
     const size_t rows = ((size_t)QB * G + QG - 1) / QG * QG, pad = (size_t)DV * 16;
     const unsigned csr = flush_denormals();
-    {
-        float *qs = scratch; /* [rows][pad], pre-scaled */
-        float *acc = qs + rows * pad, *m = acc + rows * pad, *l = m + rows; /* l: [rows][16] running sums */
-        float *kt = l + rows * 16, *vc = kt + pad * KC, *p = vc + (size_t)KC * pad; /* kt: [pad][KC]; vc: [KC][pad] */
-        int64_t task = 0;
+    float *qs = scratch; /* [rows][pad], pre-scaled */
+    float *acc = qs + rows * pad, *m = acc + rows * pad, *l = m + rows; /* l: [rows][16] running sums */
+    float *kt = l + rows * 16, *vc = kt + pad * KC, *p = vc + (size_t)KC * pad; /* kt: [pad][KC]; vc: [KC][pad] */
+    int64_t task = 0;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < tasks; t++) {
-            /* find task t: request, KV head, query block */
-            int r = 0;
-            for (task = t;; r++) {
-                const int64_t here = (qo_indptr[r + 1] - qo_indptr[r] + QB - 1) / QB * KVH;
-                if (task < here) break;
-                task -= here;
-            }
-            const int kh = (int)(task % KVH);
-            const int64_t n = qo_indptr[r + 1] - qo_indptr[r], kv_len = kv_lens[r];
-            const int64_t prefix = kv_len - n, i0 = task / KVH * QB, qb = n - i0 < QB ? n - i0 : QB;
-            const int64_t *slots = kv_indices + kv_start[r];
-            const int nq = (int)qb * G; /* query vectors: row i, head g at i * G + g */
-            const size_t used = ((size_t)nq + QG - 1) / QG * QG; /* rows the QG-wide loops touch */
-            memset(qs, 0, sizeof(float) * used * pad);
-            memset(acc, 0, sizeof(float) * used * pad);
-            memset(l, 0, sizeof(float) * used * 16);
-            for (int a = 0; a < nq; a++) {
-                const int64_t at = (qo_indptr[r] + i0 + a / G) * ldq + (int64_t)(kh * G + a % G) * D;
-                for (int j = 0; j < DV; j++)
-                    _mm512_storeu_ps(qs + a * pad + 16 * j, _mm512_mul_ps(load16m(q, at + 16 * j, elem, tail16(D - 16 * j)),
-                                                                         _mm512_set1_ps(scale)));
-                m[a] = -INFINITY;
-            }
-            const int64_t kv_end = prefix + i0 + qb; /* the block's last row sees this many */
-            for (int64_t c = 0; c < kv_end; c += KC) {
-                const int kc = kv_end - c < KC ? (int)(kv_end - c) : KC, nb = (kc + 15) / 16;
-                for (int b = 0; b < nb; b++) /* gather the chunk: K transposed in registers, V as rows */
-                    for (int d = 0; d < DV; d++) {
-                        const __mmask16 mk = tail16(D - 16 * d);
-                        __m512 rows16[16];
-                        for (int j = 0; j < 16; j++) {
-                            const int key = 16 * b + j;
-                            if (key >= kc) {
-                                rows16[j] = _mm512_setzero_ps();
-                                continue;
-                            }
-                            const int64_t at = (slots[c + key] * KVH + kh) * D + 16 * d;
-                            rows16[j] = load16m(k, at, elem, mk);
-                            _mm512_storeu_ps(vc + key * pad + 16 * d, load16m(v, at, elem, mk));
-                        }
-                        transpose16(rows16);
-                        for (int e = 0; e < 16; e++) _mm512_storeu_ps(kt + (16 * d + e) * KC + 16 * b, rows16[e]);
-                    }
-                for (int a0 = 0; a0 < nq; a0 += QG) {
-                    int valid[QG], width = 0; /* keys of this chunk each query sees */
-                    for (int e = 0; e < QG; e++) {
-                        const int64_t sees = a0 + e < nq ? prefix + i0 + (a0 + e) / G + 1 - c : 0;
-                        valid[e] = sees <= 0 ? 0 : sees < kc ? (int)sees : kc;
-                        width = valid[e] > width ? valid[e] : width;
-                    }
-                    if (!width) continue;
-                    const int wb = (width + 15) / 16;
-                    switch (wb) { /* constant trip counts: the score accumulators stay in registers */
-                    case 1: chunk_scores(qs + a0 * pad, pad, kt, D, 1, p); break;
-                    case 2: chunk_scores(qs + a0 * pad, pad, kt, D, 2, p); break;
-                    case 3: chunk_scores(qs + a0 * pad, pad, kt, D, 3, p); break;
-                    default: chunk_scores(qs + a0 * pad, pad, kt, D, 4, p); break;
-                    }
-                    for (int e = 0; e < QG; e++) {
-                        const int a = a0 + e;
-                        float *pe = p + e * KC;
-                        if (!valid[e]) {
-                            for (int b = 0; b < wb; b++) _mm512_storeu_ps(pe + 16 * b, _mm512_setzero_ps());
+    for (int64_t t = 0; t < tasks; t++) {
+        /* find task t: request, KV head, query block */
+        int r = 0;
+        for (task = t;; r++) {
+            const int64_t here = (qo_indptr[r + 1] - qo_indptr[r] + QB - 1) / QB * KVH;
+            if (task < here) break;
+            task -= here;
+        }
+        const int kh = (int)(task % KVH);
+        const int64_t n = qo_indptr[r + 1] - qo_indptr[r], kv_len = kv_lens[r];
+        const int64_t prefix = kv_len - n, i0 = task / KVH * QB, qb = n - i0 < QB ? n - i0 : QB;
+        const int64_t *slots = kv_indices + kv_start[r];
+        const int nq = (int)qb * G; /* query vectors: row i, head g at i * G + g */
+        const size_t used = ((size_t)nq + QG - 1) / QG * QG; /* rows the QG-wide loops touch */
+        memset(qs, 0, sizeof(float) * used * pad);
+        memset(acc, 0, sizeof(float) * used * pad);
+        memset(l, 0, sizeof(float) * used * 16);
+        for (int a = 0; a < nq; a++) {
+            const int64_t at = (qo_indptr[r] + i0 + a / G) * ldq + (int64_t)(kh * G + a % G) * D;
+            for (int j = 0; j < DV; j++)
+                _mm512_storeu_ps(qs + a * pad + 16 * j, _mm512_mul_ps(load16m(q, at + 16 * j, elem, tail16(D - 16 * j)),
+                                                                     _mm512_set1_ps(scale)));
+            m[a] = -INFINITY;
+        }
+        const int64_t kv_end = prefix + i0 + qb; /* the block's last row sees this many */
+        for (int64_t c = 0; c < kv_end; c += KC) {
+            const int kc = kv_end - c < KC ? (int)(kv_end - c) : KC, nb = (kc + 15) / 16;
+            for (int b = 0; b < nb; b++) /* gather the chunk: K transposed in registers, V as rows */
+                for (int d = 0; d < DV; d++) {
+                    const __mmask16 mk = tail16(D - 16 * d);
+                    __m512 rows16[16];
+                    for (int j = 0; j < 16; j++) {
+                        const int key = 16 * b + j;
+                        if (key >= kc) {
+                            rows16[j] = _mm512_setzero_ps();
                             continue;
                         }
-                        __m512 top = _mm512_set1_ps(-INFINITY);
-                        for (int b = 0; b < wb; b++)
-                            top = _mm512_mask_max_ps(top, lanes16(valid[e] - 16 * b), top, _mm512_loadu_ps(pe + 16 * b));
-                        const float chunk_max = _mm512_reduce_max_ps(top);
-                        if (chunk_max > m[a]) { /* rescale what was summed under the old maximum */
-                            const __m512 alpha = _mm512_set1_ps(expf(m[a] - chunk_max));
-                            float *aa = acc + (size_t)a * pad;
-                            for (int d = 0; d < DV; d++)
-                                _mm512_storeu_ps(aa + 16 * d, _mm512_mul_ps(_mm512_loadu_ps(aa + 16 * d), alpha));
-                            _mm512_storeu_ps(l + a * 16, _mm512_mul_ps(_mm512_loadu_ps(l + a * 16), alpha));
-                            m[a] = chunk_max;
-                        }
-                        const __m512 mx = _mm512_set1_ps(m[a]);
-                        __m512 sum = _mm512_loadu_ps(l + a * 16);
-                        for (int b = 0; b < wb; b++) {
-                            const __m512 w = _mm512_maskz_mov_ps(lanes16(valid[e] - 16 * b),
-                                                                 exp16(_mm512_sub_ps(_mm512_loadu_ps(pe + 16 * b), mx)));
-                            sum = _mm512_add_ps(sum, w);
-                            _mm512_storeu_ps(pe + 16 * b, w);
-                        }
-                        _mm512_storeu_ps(l + a * 16, sum);
+                        const int64_t at = (slots[c + key] * KVH + kh) * D + 16 * d;
+                        rows16[j] = load16m(k, at, elem, mk);
+                        _mm512_storeu_ps(vc + key * pad + 16 * d, load16m(v, at, elem, mk));
                     }
-                    for (int d = 0; d < DV; d++) { /* even and odd keys apart: 2 QG independent FMA chains */
-                        __m512 o[QG], o2[QG];
+                    transpose16(rows16);
+                    for (int e = 0; e < 16; e++) _mm512_storeu_ps(kt + (16 * d + e) * KC + 16 * b, rows16[e]);
+                }
+            for (int a0 = 0; a0 < nq; a0 += QG) {
+                int valid[QG], width = 0; /* keys of this chunk each query sees */
+                for (int e = 0; e < QG; e++) {
+                    const int64_t sees = a0 + e < nq ? prefix + i0 + (a0 + e) / G + 1 - c : 0;
+                    valid[e] = sees <= 0 ? 0 : sees < kc ? (int)sees : kc;
+                    width = valid[e] > width ? valid[e] : width;
+                }
+                if (!width) continue;
+                const int wb = (width + 15) / 16;
+                switch (wb) { /* constant trip counts: the score accumulators stay in registers */
+                case 1: chunk_scores(qs + a0 * pad, pad, kt, D, 1, p); break;
+                case 2: chunk_scores(qs + a0 * pad, pad, kt, D, 2, p); break;
+                case 3: chunk_scores(qs + a0 * pad, pad, kt, D, 3, p); break;
+                default: chunk_scores(qs + a0 * pad, pad, kt, D, 4, p); break;
+                }
+                for (int e = 0; e < QG; e++) {
+                    const int a = a0 + e;
+                    float *pe = p + e * KC;
+                    if (!valid[e]) {
+                        for (int b = 0; b < wb; b++) _mm512_storeu_ps(pe + 16 * b, _mm512_setzero_ps());
+                        continue;
+                    }
+                    __m512 top = _mm512_set1_ps(-INFINITY);
+                    for (int b = 0; b < wb; b++)
+                        top = _mm512_mask_max_ps(top, lanes16(valid[e] - 16 * b), top, _mm512_loadu_ps(pe + 16 * b));
+                    const float chunk_max = _mm512_reduce_max_ps(top);
+                    if (chunk_max > m[a]) { /* rescale what was summed under the old maximum */
+                        const __m512 alpha = _mm512_set1_ps(expf(m[a] - chunk_max));
+                        float *aa = acc + (size_t)a * pad;
+                        for (int d = 0; d < DV; d++)
+                            _mm512_storeu_ps(aa + 16 * d, _mm512_mul_ps(_mm512_loadu_ps(aa + 16 * d), alpha));
+                        _mm512_storeu_ps(l + a * 16, _mm512_mul_ps(_mm512_loadu_ps(l + a * 16), alpha));
+                        m[a] = chunk_max;
+                    }
+                    const __m512 mx = _mm512_set1_ps(m[a]);
+                    __m512 sum = _mm512_loadu_ps(l + a * 16);
+                    for (int b = 0; b < wb; b++) {
+                        const __m512 w = _mm512_maskz_mov_ps(lanes16(valid[e] - 16 * b),
+                                                             exp16(_mm512_sub_ps(_mm512_loadu_ps(pe + 16 * b), mx)));
+                        sum = _mm512_add_ps(sum, w);
+                        _mm512_storeu_ps(pe + 16 * b, w);
+                    }
+                    _mm512_storeu_ps(l + a * 16, sum);
+                }
+                for (int d = 0; d < DV; d++) { /* even and odd keys apart: 2 QG independent FMA chains */
+                    __m512 o[QG], o2[QG];
+                    for (int e = 0; e < QG; e++) {
+                        o[e] = _mm512_loadu_ps(acc + (size_t)(a0 + e) * pad + 16 * d);
+                        o2[e] = _mm512_setzero_ps();
+                    }
+                    int j = 0;
+                    for (; j + 1 < width; j += 2) {
+                        const __m512 vj = _mm512_loadu_ps(vc + j * pad + 16 * d);
+                        const __m512 vj2 = _mm512_loadu_ps(vc + (j + 1) * pad + 16 * d);
                         for (int e = 0; e < QG; e++) {
-                            o[e] = _mm512_loadu_ps(acc + (size_t)(a0 + e) * pad + 16 * d);
-                            o2[e] = _mm512_setzero_ps();
+                            o[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j]), vj, o[e]);
+                            o2[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j + 1]), vj2, o2[e]);
                         }
-                        int j = 0;
-                        for (; j + 1 < width; j += 2) {
-                            const __m512 vj = _mm512_loadu_ps(vc + j * pad + 16 * d);
-                            const __m512 vj2 = _mm512_loadu_ps(vc + (j + 1) * pad + 16 * d);
-                            for (int e = 0; e < QG; e++) {
-                                o[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j]), vj, o[e]);
-                                o2[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j + 1]), vj2, o2[e]);
-                            }
-                        }
-                        if (j < width) {
-                            const __m512 vj = _mm512_loadu_ps(vc + j * pad + 16 * d);
-                            for (int e = 0; e < QG; e++) o[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j]), vj, o[e]);
-                        }
-                        for (int e = 0; e < QG; e++)
-                            _mm512_storeu_ps(acc + (size_t)(a0 + e) * pad + 16 * d, _mm512_add_ps(o[e], o2[e]));
                     }
+                    if (j < width) {
+                        const __m512 vj = _mm512_loadu_ps(vc + j * pad + 16 * d);
+                        for (int e = 0; e < QG; e++) o[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j]), vj, o[e]);
+                    }
+                    for (int e = 0; e < QG; e++)
+                        _mm512_storeu_ps(acc + (size_t)(a0 + e) * pad + 16 * d, _mm512_add_ps(o[e], o2[e]));
                 }
             }
-            for (int a = 0; a < nq; a++) {
-                const int64_t at = ((qo_indptr[r] + i0 + a / G) * H + kh * G + a % G) * D;
-                const float total = _mm512_reduce_add_ps(_mm512_loadu_ps(l + a * 16));
-                const __m512 inv = _mm512_set1_ps(total > 0.0f ? 1.0f / total : 0.0f);
-                for (int d = 0; d < DV; d++)
-                    store16m(out, at + 16 * d, elem, tail16(D - 16 * d),
-                             _mm512_mul_ps(_mm512_loadu_ps(acc + a * pad + 16 * d), inv));
-            }
+        }
+        for (int a = 0; a < nq; a++) {
+            const int64_t at = ((qo_indptr[r] + i0 + a / G) * H + kh * G + a % G) * D;
+            const float total = _mm512_reduce_add_ps(_mm512_loadu_ps(l + a * 16));
+            const __m512 inv = _mm512_set1_ps(total > 0.0f ? 1.0f / total : 0.0f);
+            for (int d = 0; d < DV; d++)
+                store16m(out, at + 16 * d, elem, tail16(D - 16 * d),
+                         _mm512_mul_ps(_mm512_loadu_ps(acc + a * pad + 16 * d), inv));
         }
     }
     _mm_setcsr(csr);

@@ -152,8 +152,7 @@ class DecoderLayer(nn.Module):
         if (attn.q_norm is not None
                 or not all(p is None or (p.dtype == torch.float32 and p.device.type == "cpu" and not p.is_mkldnn)
                            for p in params)
-                or not cpu_native.decode_layer_fits(torch.float32, attn.num_heads, attn.num_kv_heads, attn.head_dim,
-                                                    inter)):
+                or not cpu_native.decode_layer_fits(attn.num_heads, attn.num_kv_heads, attn.head_dim, inter)):
             return None
         ln1, ln2, qkv, qkv_b, o, o_b, gate_up, gate_up_b, down, down_b = (
             None if p is None else p.detach().contiguous() for p in params)
@@ -206,9 +205,7 @@ class LlamaModel(nn.Module):
             return cached[2]
         params = tuple(p for layer in self.layers for p in layer.decode_params())
         weights = None
-        packed_bytes = sum(layer.mlp.down_proj.weight.numel() + layer.mlp.gate_up_proj.weight.numel()
-                           + layer.self_attn.qkv_proj.weight.numel() + layer.self_attn.o_proj.weight.numel()
-                           for layer in self.layers) * 4
+        packed_bytes = sum(p.numel() * 4 for p in params if p is not None and p.dim() == 2)  # the projections
         if packed_bytes <= cpu_native.FUSED_DECODE_MAX_BYTES:
             weights = [layer.decode_weights() for layer in self.layers]
             weights = None if any(w is None for w in weights) else weights
