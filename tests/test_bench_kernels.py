@@ -34,11 +34,13 @@ def test_cpu_kernel_bench_runs_small_shapes_and_checks_results(capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the Triton kernels are timed instead")
-def test_cpu_gemv_bench_reads_every_weight_per_step():
-    rows = kernels.bench_cpu_gemv(1, rows_list=(1,), lm_head=False)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cpu_gemv_bench_reads_every_weight_per_step(dtype):
+    rows = kernels.bench_cpu_gemv(1, rows_list=(1,), lm_head=False, dtype=dtype)
     impls = [r["impl"] for r in rows]
     assert impls[0] == "F.linear" and ("C GEMV (cpu_native)" in impls) == cpu_native.available()
-    assert all(r["weights_MB"] == pytest.approx(sum(n * k for n, k in kernels.QWEN_LINEARS.values()) * 2 / 1e6)
+    size = dtype.itemsize
+    assert all(r["weights_MB"] == pytest.approx(sum(n * k for n, k in kernels.QWEN_LINEARS.values()) * size / 1e6)
                for r in rows)
     assert all(r["GB/s"] > 0 for r in rows)
 

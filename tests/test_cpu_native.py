@@ -21,19 +21,28 @@ def _bf16(*shape, seed=0, scale=1.0):
     return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale).bfloat16()
 
 
+def _rand(dtype, *shape, seed=0, scale=1.0):
+    return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
+
+
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
 @pytest.mark.parametrize(("n", "k"), [(37, 96), (64, 100), (1152, 896), (40, 31)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_gemv_matches_f_linear(rows, n, k, bias):
-    """Every block shape (16/8/4 rows per block by batch), a row tail (N not a multiple of the block), a K
-    tail (masked loads), bias: at most one bf16 rounding step from F.linear (summation order differs)."""
-    x, w = _bf16(rows, k, seed=rows), _bf16(n, k, seed=n, scale=0.2)
-    b = _bf16(n, seed=7) if bias else None
-    ours, ref = cpu_native.gemv_bf16(x, w, b), F.linear(x, w, b)
-    assert ours.dtype == torch.bfloat16 and ours.shape == (rows, n)
-    exact = F.linear(x.float(), w.float(), None if b is None else b.float())
-    assert (ours.float() - exact).abs().max() <= (ref.float() - exact).abs().max() * 1.01 + 1e-6
+def test_gemv_matches_f_linear(dtype, rows, n, k, bias):
+    """Every block shape (16/8/4 rows per block by batch and dtype), a row tail (N not a multiple of the block),
+    a K tail (masked loads), bias: bf16 at most one rounding step from F.linear (summation order differs), fp32
+    within float error of the exact product."""
+    x, w = _rand(dtype, rows, k, seed=rows), _rand(dtype, n, k, seed=n, scale=0.2)
+    b = _rand(dtype, n, seed=7) if bias else None
+    ours, ref = cpu_native.gemv(x, w, b), F.linear(x, w, b)
+    assert ours.dtype == dtype and ours.shape == (rows, n)
+    exact = F.linear(x.double(), w.double(), None if b is None else b.double())
+    if dtype == torch.float32:
+        torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5)
+        return
+    assert (ours.double() - exact).abs().max() <= (ref.double() - exact).abs().max() * 1.01 + 1e-6
     assert (ours != ref).float().mean() < 0.05  # all but a few equal torch's own bf16 result
 
 
@@ -41,28 +50,32 @@ def test_gemv_matches_f_linear(rows, n, k, bias):
 def test_gemv_reads_strided_rows_and_refuses_what_it_cannot_take():
     wide = _bf16(3, 200, seed=1)
     x, w = wide[:, :96], _bf16(40, 96, seed=2)  # rows 200 apart
-    torch.testing.assert_close(cpu_native.gemv_bf16(x, w), F.linear(x, w), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(cpu_native.gemv(x, w), F.linear(x, w), rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match=r"1\.\.4"):
-        cpu_native.gemv_bf16(_bf16(5, 96), w)
-    with pytest.raises(ValueError, match="bf16"):
-        cpu_native.gemv_bf16(x.float(), w.float())
+        cpu_native.gemv(_bf16(5, 96), w)
+    with pytest.raises(ValueError, match="bf16 or fp32"):
+        cpu_native.gemv(x.half(), w.half())
+    with pytest.raises(ValueError, match="bf16 or fp32"):
+        cpu_native.gemv(x.float(), w)  # mixed dtypes
     with pytest.raises(ValueError, match="columns"):
-        cpu_native.gemv_bf16(_bf16(1, 95), w)
+        cpu_native.gemv(_bf16(1, 95), w)
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("rows", [1, 3, 4])
 @pytest.mark.parametrize("bias", [False, True])
-def test_gemv_silu_mul_matches_the_unfused_ops(rows, bias):
-    x, w = _bf16(rows, 96, seed=rows), _bf16(2 * 37, 96, seed=3, scale=0.3)
-    b = _bf16(2 * 37, seed=4) if bias else None
+def test_gemv_silu_mul_matches_the_unfused_ops(dtype, rows, bias):
+    x, w = _rand(dtype, rows, 96, seed=rows), _rand(dtype, 2 * 37, 96, seed=3, scale=0.3)
+    b = _rand(dtype, 2 * 37, seed=4) if bias else None
     gate, up = F.linear(x, w, b).chunk(2, dim=-1)
     ref = F.silu(gate) * up
-    ours = cpu_native.gemv_silu_mul_bf16(x, w, b)
-    assert ours.shape == (rows, 37)
-    torch.testing.assert_close(ours, ref, rtol=1.6e-2, atol=1e-2)
+    ours = cpu_native.gemv_silu_mul(x, w, b)
+    assert ours.shape == (rows, 37) and ours.dtype == dtype
+    tolerance = dict(rtol=1.6e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, ref, **tolerance)
     with pytest.raises(ValueError, match="even"):
-        cpu_native.gemv_silu_mul_bf16(x, w[:-1].contiguous())
+        cpu_native.gemv_silu_mul(x, w[:-1].contiguous())
 
 
 def _paged(lens, kv_heads, dim, dtype, slots_total=4000, seed=0):

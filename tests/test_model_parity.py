@@ -159,7 +159,11 @@ def test_bf16_checkpoint_dtype_choice_is_reported(bf16_checkpoint):
     assert info.dtype_reason.startswith("auto: checkpoint stored in bfloat16")
     assert info.cpu_features == cpu_features.detect().describe()
     dtype = torch.bfloat16 if "bfloat16" in info.dtype else torch.float32
-    assert info.cpu_kernels == cpu_native.describe(dtype, fused_decode=dtype == torch.float32 and cpu_native.available())
+    if cpu_native.available():  # bf16: dense weights (kept beside the packed ones), fp32: small, so packed copies
+        widest = f"decode batches up to {cpu_native.MAX_GEMV_ROWS}" if dtype == torch.bfloat16 else "every decode batch"
+        assert info.cpu_kernels.startswith(f"on: decode layers as one call each for {widest}")
+    else:
+        assert info.cpu_kernels == cpu_native.describe(dtype)
     layers = ModelConfig.from_path(path).num_layers
     packs = info.dtype == "torch.bfloat16" and cpu_linear.packing_available(torch.bfloat16)
     assert info.packed_linears == (4 * layers + 1 if packs else 0)  # qkv, o, gate_up, down; the lm-head
@@ -217,33 +221,63 @@ def _decode_step(tokens: list[int], lens: list[int]) -> ForwardBatch:
                         t(list(range(len(lens)))))
 
 
-def test_fused_decode_layers_match_the_layer_by_layer_path(checkpoint, monkeypatch):
-    """An fp32 decode step with each layer in one C call (cpu_native.decode_layers) gives the layer-by-layer
-    path's logits and K/V; families with q/k norms (Qwen3) keep the layer-by-layer path."""
-    path, _ = checkpoint
-    if not cpu_native.available():
-        pytest.skip(f"the C kernels are off here: {cpu_native.unavailable_reason()}")
+def _fused_against_layer_by_layer(path, dtype, monkeypatch, requests: int = 3):
+    """One decode step of `requests` requests with each layer in one C call, and the same step layer by layer
+    (the C GEMV, attention and element-wise kernels, or torch): (fused logits, plain logits, fused K, plain K)
+    and how many steps went through cpu_native.decode_layers."""
     config = ModelConfig.from_path(path)
-    model = load_model(path, "cpu", torch.float32, config)
-    pool = KVPool(KVPoolConfig(256, config.num_layers, config.num_kv_heads, config.head_dim, torch.float32, "cpu"))
+    model = load_model(path, "cpu", dtype, config)
+    pool = KVPool(KVPoolConfig(512, config.num_layers, config.num_kv_heads, config.head_dim, dtype, "cpu"))
     backend = TorchAttentionBackend(pool, config.head_dim**-0.5)
-    prompts = _prompts(config.vocab_size)
-    model(_extend_batch(prompts, pool, [0] * 3), backend)
+    prompts = (_prompts(config.vocab_size) * 3)[:requests]
+    model(_extend_batch(prompts, pool, [0] * requests), backend)
     calls = []
     original = cpu_native.decode_layers
     monkeypatch.setattr(cpu_native, "decode_layers", lambda *a, **k: calls.append(1) or original(*a, **k))
-    step = _decode_step([7, 8, 9], [len(p) for p in prompts])
-    fused = model(step, backend)
-    k_fused = [pool.k_buffers[i][step.out_cache_loc].clone() for i in range(config.num_layers)]
-    assert len(calls) == (0 if config.qk_norm else 1)
-    with Runtime(str(path), device="cpu", max_total_tokens=256) as rt:  # model info says which path decodes
-        fused_here = rt.model_info().cpu_kernels.startswith("on: decode layers as one call each")
-    assert fused_here == (not config.qk_norm)
-    monkeypatch.setattr(type(model.model), "_fused_decode", lambda *a: None)
-    plain = model(_decode_step([7, 8, 9], [len(p) for p in prompts]), backend)
+    step = lambda: _decode_step(list(range(7, 7 + requests)), [len(p) for p in prompts])  # noqa: E731
+    fused = model(step(), backend)
+    new_slots = step().out_cache_loc
+    k_fused = [pool.k_buffers[i][new_slots].clone() for i in range(config.num_layers)]
+    with monkeypatch.context() as m:
+        m.setattr(type(model.model), "_fused_decode", lambda *a: None)
+        plain = model(step(), backend)
+    k_plain = [pool.k_buffers[i][new_slots].clone() for i in range(config.num_layers)]
+    return fused, plain, k_fused, k_plain, len(calls)
+
+
+@pytest.mark.parametrize("layout", ["packed", "dense"])
+def test_fp32_fused_decode_layers_match_the_layer_by_layer_path(checkpoint, layout, monkeypatch):
+    """An fp32 decode step with each layer in one C call (cpu_native.decode_layers), on packed copies of the
+    weights (small models) or on the model's dense weights (larger ones; forced here), q/k norms (Qwen3)
+    included, gives the layer-by-layer path's logits and K/V; model info says which path decodes."""
+    path, _ = checkpoint
+    if not cpu_native.available():
+        pytest.skip(f"the C kernels are off here: {cpu_native.unavailable_reason()}")
+    if layout == "dense":
+        monkeypatch.setattr(cpu_native, "FUSED_DECODE_MAX_BYTES", 0)
+    fused, plain, k_fused, k_plain, calls = _fused_against_layer_by_layer(path, torch.float32, monkeypatch)
+    assert calls == 1
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
-    for i in range(config.num_layers):
-        torch.testing.assert_close(pool.k_buffers[i][step.out_cache_loc], k_fused[i], rtol=1e-6, atol=1e-6)
+    for k, ref in zip(k_fused, k_plain):
+        torch.testing.assert_close(k, ref, rtol=1e-6, atol=1e-6)
+    with Runtime(str(path), device="cpu", max_total_tokens=256) as rt:
+        kernels = rt.model_info().cpu_kernels
+    widest = "every decode batch" if layout == "packed" else f"decode batches up to {cpu_native.MAX_GEMV_ROWS}"
+    assert kernels.startswith(f"on: decode layers as one call each for {widest}")
+
+
+def test_bf16_fused_decode_layers_equal_the_layer_by_layer_c_kernels(bf16_checkpoint, monkeypatch):
+    """bf16 decode layers in one call each, on the dense weights the C GEMV reads, round where the layer-by-layer
+    kernels round: the same logits and K/V to the bit; 5 requests (wider than the GEMV) stay layer by layer."""
+    if not (cpu_native.available() and cpu_linear.keeps_dense(torch.bfloat16)):
+        pytest.skip("needs the C kernels and room for the dense bf16 weights")
+    path, _, _ = bf16_checkpoint
+    fused, plain, k_fused, k_plain, calls = _fused_against_layer_by_layer(path, torch.bfloat16, monkeypatch)
+    assert calls == 1
+    assert torch.equal(fused, plain)
+    assert all(torch.equal(k, ref) for k, ref in zip(k_fused, k_plain))
+    *_, calls = _fused_against_layer_by_layer(path, torch.bfloat16, monkeypatch, requests=cpu_native.MAX_GEMV_ROWS + 1)
+    assert calls == 0
 
 
 def test_fused_decode_layers_refuse_out_of_range_slots_and_positions(checkpoint):
@@ -253,8 +287,7 @@ def test_fused_decode_layers_refuse_out_of_range_slots_and_positions(checkpoint)
     config = ModelConfig.from_path(path)
     model = load_model(path, "cpu", torch.float32, config)
     weights = model.model.fused_decode_weights()
-    if weights is None:
-        pytest.skip("this family keeps the layer-by-layer path")
+    assert weights is not None
     pool = KVPool(KVPoolConfig(64, config.num_layers, config.num_kv_heads, config.head_dim, torch.float32, "cpu"))
     cis = torch.view_as_real(model.model.rotary_emb.cis)
     slots = pool.k_buffers[0].shape[0]
@@ -284,7 +317,7 @@ def test_fused_decode_weights_are_packed_again_after_the_weights_change(checkpoi
     model = load_model(path, "cpu", torch.float32, config)
     first = model.model.fused_decode_weights()
     if first is None:
-        pytest.skip("no fused decode for this family here")
+        pytest.skip(f"the C kernels are off here: {cpu_native.unavailable_reason()}")
     assert model.model.fused_decode_weights() is first  # cached
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.mul_(2)  # in place

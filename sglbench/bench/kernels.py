@@ -27,8 +27,9 @@ cpu decode: decode batches whose contexts share prefixes (an LLM judge's 10 answ
         block and through the shared-prefix plan (each shared prefix read once).
 cpu linear: ``cpu_linear.linear`` (oneDNN for large weights) vs F.linear (torch's default BLAS) at the
         default model's projection shapes.
-cpu gemv: bf16 decode linears at Qwen2.5-0.5B's shapes, every layer's weights read once per step as a model
-        step reads them: the C GEMV (``cpu_native``, dense weights) vs oneDNN packed vs F.linear, as GB/s.
+cpu gemv: bf16 and fp32 decode linears at Qwen2.5-0.5B's shapes, every layer's weights read once per step as a
+        model step reads them: the C GEMV (``cpu_native``, dense weights) vs cpu_linear's route (bf16: oneDNN
+        packed) vs F.linear, as GB/s.
 cpu element-wise: add + RMSNorm, rotary, SiLU-and-multiply: the C kernels vs the torch ops they replace, at
         one row (decode) and 512 (prefill), bf16 and fp32.
 Where the C kernels are built, the attention tables lead with them (what the engine runs) and time the torch
@@ -291,35 +292,39 @@ QWEN_LINEARS = {"qkv": (1152, 896), "o": (896, 896), "gate_up": (9728, 896), "do
 QWEN_LM_HEAD = (151936, 896)
 
 
-def bench_cpu_gemv(layers: int, rows_list: tuple[int, ...] = (1, 4), lm_head: bool = True) -> list[dict]:
-    """bf16 decode linears as a model step reads them: every layer's four projections, then the lm-head, each
-    weight read once per step (so caches do not flatter anyone), through the C GEMV (dense weights), oneDNN
-    (packed) and F.linear. GB/s = weight bytes per step / step time."""
+def bench_cpu_gemv(layers: int, rows_list: tuple[int, ...] = (1, 4), lm_head: bool = True,
+                   dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+    """Decode linears of dtype as a model step reads them: every layer's four projections, then the lm-head,
+    each weight read once per step (so caches do not flatter anyone), through the C GEMV (dense weights),
+    cpu_linear's route (bf16: oneDNN packed; fp32: F.linear, oneDNN from 4 rows) and F.linear. GB/s = weight
+    bytes per step / step time."""
     from sglbench.kernel import cpu_linear, cpu_native
 
     g = torch.Generator().manual_seed(0)
-    dense = [[(torch.randn(n, k, generator=g) * 0.02).bfloat16() for n, k in QWEN_LINEARS.values()]
+    dense = [[(torch.randn(n, k, generator=g) * 0.02).to(dtype) for n, k in QWEN_LINEARS.values()]
              for _ in range(layers)]
     if lm_head:
-        dense.append([(torch.randn(*QWEN_LM_HEAD, generator=g) * 0.02).bfloat16()])
-    weight_bytes = sum(w.numel() * 2 for group in dense for w in group)
+        dense.append([(torch.randn(*QWEN_LM_HEAD, generator=g) * 0.02).to(dtype)])
+    weight_bytes = sum(w.numel() * w.element_size() for group in dense for w in group)
     impls = [("F.linear", dense, torch.nn.functional.linear)]
-    if cpu_linear.packing_available(torch.bfloat16):
+    if cpu_linear.packing_available(dtype):
         packed = [[cpu_linear.pack_weight(w) for w in group] for group in dense]
         impls.append(("oneDNN packed (cpu_linear)", packed, cpu_linear.linear))
-    if cpu_native.available():
-        impls.append(("C GEMV (cpu_native)", dense, cpu_native.gemv_bf16))
+    elif dtype == torch.float32:
+        impls.append(("cpu_linear.linear", dense, cpu_linear.linear))
+    if cpu_native.available() and dtype in cpu_native.GEMV_DTYPES:
+        impls.append(("C GEMV (cpu_native)", dense, cpu_native.gemv))
     out = []
     for rows in rows_list:
-        xs = {k: torch.randn(rows, k, generator=g).bfloat16() for k in (896, 4864)}
+        xs = {k: torch.randn(rows, k, generator=g).to(dtype) for k in (896, 4864)}
         for name, weights, fn in impls:
             def step(weights=weights, fn=fn, xs=xs):
                 for group in weights:
                     for w in group:
                         fn(xs[w.shape[1]], w)
             ms = _wall_ms(step, repeats=3)
-            out.append({"impl": name, "rows": rows, "layers": layers, "weights_MB": weight_bytes / 1e6,
-                        "ms_per_step": ms, "GB/s": weight_bytes / ms / 1e6})
+            out.append({"dtype": str(dtype).removeprefix("torch."), "impl": name, "rows": rows, "layers": layers,
+                        "weights_MB": weight_bytes / 1e6, "ms_per_step": ms, "GB/s": weight_bytes / ms / 1e6})
     return out
 
 
@@ -412,10 +417,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print_table(dec, f"cpu decode attention (one layer), fp32, {torch.get_num_threads()} threads")
         lin = bench_cpu_linear(args.linear_rows)
         print_table(lin, f"cpu linear, fp32, {torch.get_num_threads()} threads")
-        gemv = bench_cpu_gemv(args.gemv_layers) if args.gemv_layers else []
-        if gemv:
-            print_table(gemv, f"cpu decode linears, bf16, Qwen2.5-0.5B shapes ({args.gemv_layers} layers and the "
-                              f"lm-head per step), {torch.get_num_threads()} threads")
+        gemv = []
+        for dtype in (torch.bfloat16, torch.float32) if args.gemv_layers else ():
+            gemv += (rows := bench_cpu_gemv(args.gemv_layers, dtype=dtype))
+            print_table(rows, f"cpu decode linears, {str(dtype).removeprefix('torch.')}, Qwen2.5-0.5B shapes "
+                              f"({args.gemv_layers} layers and the lm-head per step), {torch.get_num_threads()} threads")
         elem = bench_cpu_elementwise()
         if elem:
             print_table(elem, f"cpu element-wise ops, C kernels vs torch, {torch.get_num_threads()} threads")

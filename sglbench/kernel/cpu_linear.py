@@ -91,7 +91,7 @@ def keeps_dense(dtype: torch.dtype, extra_bytes: int = 0) -> bool:
 
 
 def _gemv_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
+    return (x.device.type == "cpu" and x.dtype in cpu_native.GEMV_DTYPES and weight.dtype == x.dtype
             and not weight.is_mkldnn and 0 < x.numel() <= cpu_native.MAX_GEMV_ROWS * x.shape[-1]
             and weight.is_contiguous() and cpu_native.available())
 
@@ -119,7 +119,7 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _gemv_fits(x, self.weight):
             rows = x.reshape(-1, x.shape[-1])
-            return cpu_native.gemv_bf16(rows, self.weight, self.bias).reshape(*x.shape[:-1], self.weight.shape[0])
+            return cpu_native.gemv(rows, self.weight, self.bias).reshape(*x.shape[:-1], self.weight.shape[0])
         return linear(x, self.weight if self.packed_weight is None else self.packed_weight, self.bias)
 
     def silu_mul(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +127,7 @@ class Linear(nn.Linear):
         where it runs."""
         if _gemv_fits(x, self.weight):
             rows = x.reshape(-1, x.shape[-1])
-            return cpu_native.gemv_silu_mul_bf16(rows, self.weight, self.bias).reshape(*x.shape[:-1], -1)
+            return cpu_native.gemv_silu_mul(rows, self.weight, self.bias).reshape(*x.shape[:-1], -1)
         gate_up = self(x)
         rows = gate_up.reshape(-1, gate_up.shape[-1])
         if cpu_native.silu_mul_fits(rows):  # more rows, or fp32: the activation in one C pass, not two ops

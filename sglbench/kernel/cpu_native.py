@@ -39,19 +39,20 @@ from sglbench.kernel import cpu_features
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_decode.c"
 MAX_GEMV_ROWS = 4  # the C GEMV's widest batch: from 8 rows oneDNN's AMX GEMM wins
+GEMV_DTYPES = (torch.bfloat16, torch.float32)  # the C GEMV's (and the dense fused layer's) dtypes
 FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16")
 _I64, _INT, _PTR, _FLOAT = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
 _SIGNATURES = {
-    "sgl_gemv_bf16": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT),
-    "sgl_gemv_silu_mul_bf16": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT),
+    "sgl_gemv": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT, _INT),
+    "sgl_gemv_silu_mul": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT, _INT),
     "sgl_attention": (_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _INT, _INT, _INT, _INT, _FLOAT,
                       _INT, _INT),
     "sgl_add_rms_norm": (_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _FLOAT, _INT, _INT),
     "sgl_silu_mul": (_PTR, _I64, _PTR, _I64, _I64, _I64, _INT, _INT),
     "sgl_rope": (_PTR, _I64, _INT, _PTR, _I64, _INT, _PTR, _PTR, _I64, _I64, _INT, _INT, _INT),
-    "sgl_decode_layer": (_PTR, _PTR, _PTR, _INT, _PTR, _PTR, _FLOAT, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
-                         _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _INT, _INT, _INT, _INT, _INT,
-                         _INT, _FLOAT, _INT),
+    "sgl_decode_layer": (_PTR, _PTR, _PTR, _INT, _PTR, _PTR, _PTR, _PTR, _FLOAT, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
+                         _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _INT, _INT, _INT,
+                         _INT, _INT, _INT, _FLOAT, _INT, _INT, _INT),
 }
 
 
@@ -131,26 +132,28 @@ def unavailable_reason() -> str | None:
     return _off[-1] if _off else _load()[1]
 
 
-def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True, fused_decode: bool = False) -> str:
+def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True, fused_decode: str = "") -> str:
     """One line for model info: what the C kernels do for a model of dtype here, or why they are off; gemv:
-    whether the model kept the dense weights the bf16 GEMV reads (cpu_linear.keeps_dense); fused_decode:
-    whether its decode steps run each layer as one call (`decode_layers`)."""
+    whether the model's Linears reach the C GEMV (bf16: they kept the dense weights, cpu_linear.keeps_dense);
+    fused_decode: which decode batches run each layer as one call (`decode_layers`), "" for none."""
     reason = unavailable_reason()
     if reason is not None:
         return f"off: {reason}"
-    if dtype == torch.bfloat16 and gemv:
-        return (f"on: GEMV (decode batches up to {MAX_GEMV_ROWS}), decode attention, RMSNorm, rotary, "
-                "SiLU-and-multiply")
-    if dtype == torch.bfloat16:
-        return ("on: decode attention, RMSNorm, rotary, SiLU-and-multiply; GEMV off: a dense copy of the weights "
-                "beside the packed one would take more than a sixth of this machine's memory")
-    if dtype == torch.float32 and fused_decode:
-        return ("on: decode layers as one call each (norms, projections, rotary, K/V store, attention, MLP); extend "
-                "attention, RMSNorm, rotary, SiLU-and-multiply (prefill linears on torch's BLAS)")
-    if dtype == torch.float32:
-        return ("on: decode and extend attention, RMSNorm, rotary, SiLU-and-multiply (fp32 linears stay on torch's "
-                "BLAS)")
-    return f"off: none for {str(dtype).removeprefix('torch.')}"
+    if dtype not in GEMV_DTYPES:
+        return f"off: none for {str(dtype).removeprefix('torch.')}"
+    parts = []
+    if fused_decode:
+        parts.append(f"decode layers as one call each for {fused_decode} (norms, projections, rotary, K/V store, "
+                     "attention, MLP)")
+    if gemv:
+        parts.append(f"GEMV (decode batches up to {MAX_GEMV_ROWS})")
+    parts.append("decode attention" if dtype == torch.bfloat16 else "decode and extend attention")
+    parts.append("RMSNorm, rotary, SiLU-and-multiply")
+    line = "on: " + ", ".join(parts)
+    if dtype == torch.bfloat16 and not gemv:
+        line += ("; GEMV off: a dense copy of the weights beside the packed one would take more than a sixth of "
+                 "this machine's memory")
+    return line
 
 
 def _lib() -> ctypes.CDLL:
@@ -176,35 +179,35 @@ def _check(code: int, what: str) -> None:
 def _gemv_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows_out: int):
     if x.dim() != 2 or not 1 <= x.shape[0] <= MAX_GEMV_ROWS or x.stride(1) != 1:
         raise ValueError(f"x must be [1..{MAX_GEMV_ROWS}, K] with unit column stride, got {tuple(x.shape)}")
-    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or not weight.is_contiguous():
-        raise ValueError("the C GEMV takes bf16 inputs and a contiguous bf16 weight")
+    if x.dtype not in GEMV_DTYPES or weight.dtype != x.dtype or not weight.is_contiguous():
+        raise ValueError(f"the C GEMV takes bf16 or fp32 inputs and a contiguous weight of their dtype, got "
+                         f"{x.dtype} and {weight.dtype}")
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"x has {x.shape[1]} columns, the weight {weight.shape[1]}")
-    if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()):
-        raise ValueError("bias must be contiguous bf16")
-    return torch.empty(x.shape[0], rows_out, dtype=torch.bfloat16)
+    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous()):
+        raise ValueError(f"bias must be contiguous {x.dtype}")
+    return torch.empty(x.shape[0], rows_out, dtype=x.dtype)
 
 
-def gemv_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) for bf16 x [rows <= MAX_GEMV_ROWS, K] and weight [N, K]: [rows, N]."""
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for x [rows <= MAX_GEMV_ROWS, K] and weight [N, K], both bf16 or both fp32."""
     out = _gemv_args(x, weight, bias, weight.shape[0])
-    lib = _lib()
-    _check(lib.sgl_gemv_bf16(x.data_ptr(), x.stride(0), weight.data_ptr(), _ptr(bias), out.data_ptr(),
-                             out.stride(0), x.shape[0], weight.shape[0], weight.shape[1], torch.get_num_threads()),
-           "sgl_gemv_bf16")
+    _check(_lib().sgl_gemv(x.data_ptr(), x.stride(0), weight.data_ptr(), _ptr(bias), out.data_ptr(), out.stride(0),
+                           x.shape[0], weight.shape[0], weight.shape[1], torch.get_num_threads(), x.element_size()),
+           "sgl_gemv")
     return out
 
 
-def gemv_silu_mul_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def gemv_silu_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.silu(gate) * up of F.linear(x, weight, bias).chunk(2, -1), in one pass over weight [2I, K]: [rows, I]."""
     if weight.shape[0] % 2:
         raise ValueError(f"a gate-up weight has an even number of rows, got {weight.shape[0]}")
     half = weight.shape[0] // 2
     out = _gemv_args(x, weight, bias, half)
-    lib = _lib()
-    _check(lib.sgl_gemv_silu_mul_bf16(x.data_ptr(), x.stride(0), weight.data_ptr(), _ptr(bias), out.data_ptr(),
-                                      out.stride(0), x.shape[0], half, weight.shape[1], torch.get_num_threads()),
-           "sgl_gemv_silu_mul_bf16")
+    _check(_lib().sgl_gemv_silu_mul(x.data_ptr(), x.stride(0), weight.data_ptr(), _ptr(bias), out.data_ptr(),
+                                    out.stride(0), x.shape[0], half, weight.shape[1], torch.get_num_threads(),
+                                    x.element_size()),
+           "sgl_gemv_silu_mul")
     return out
 
 
@@ -343,8 +346,10 @@ def pack_columns(weight: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DecodeLayerWeights:
-    """One decoder layer's weights for `decode_layers`: the norms' as they are, the projections' packed
-    (`pack_columns`; the gate-up's halves of `intermediate` columns each), biases fp32 or None."""
+    """One decoder layer's weights for `decode_layers`: the norms' as they are (q_norm and k_norm: Qwen3's
+    per-head norms, or None); the projections' either packed (`pack_columns`, fp32: decode batches of any size)
+    or dense (the model's own [N, K] tensors, bf16 or fp32: batches up to MAX_GEMV_ROWS), the gate-up's halves
+    of `intermediate` rows each; biases of the weights' dtype or None."""
 
     ln1: torch.Tensor
     ln2: torch.Tensor
@@ -361,29 +366,38 @@ class DecodeLayerWeights:
     kv_heads: int
     head_dim: int
     intermediate: int
+    packed: bool = True
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+
+    @property
+    def max_batch(self) -> int | None:
+        """The widest decode batch the layer takes (None: any)."""
+        return None if self.packed else MAX_GEMV_ROWS
 
 
-def decode_layer_fits(heads: int, kv_heads: int, head_dim: int, intermediate: int) -> bool:
-    """Whether `decode_layers` takes an fp32 layer of this shape: the gate-up's halves in whole 16-column
-    blocks, an even head size up to 256, built here."""
-    return (intermediate % 16 == 0 and head_dim % 2 == 0 and 2 <= head_dim <= 256 and kv_heads >= 1
-            and heads % kv_heads == 0 and available())
+def decode_layer_fits(heads: int, kv_heads: int, head_dim: int, intermediate: int, packed: bool = True) -> bool:
+    """Whether `decode_layers` takes a layer of this shape: an even head size up to 256, built here, and for
+    packed weights the gate-up's halves in whole 16-column blocks."""
+    return ((intermediate % 16 == 0 or not packed) and head_dim % 2 == 0 and 2 <= head_dim <= 256
+            and kv_heads >= 1 and heads % kv_heads == 0 and available())
 
 
 def decode_layers(embedding: torch.Tensor, layers: list[DecodeLayerWeights], cis: torch.Tensor,
                   positions: torch.Tensor, k_buffers: list[torch.Tensor], v_buffers: list[torch.Tensor],
                   out_loc: torch.Tensor, slots: torch.Tensor, lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
-    """A decode batch through every decoder layer, one C call (sgl_decode_layer) each, fp32: embedding [batch,
-    hidden] becomes the residual stream (updated in place: after the call it is the stream before the last
-    layer's output); layer i stores the new tokens' K/V at out_loc in k/v_buffers[i] and attends over slots
-    [batch, width] (row b's first lens[b]) as `decode_attention`. Returns the last layer's output [batch, hidden]
-    (the final norm adds it to the stream)."""
+    """A decode batch through every decoder layer, one C call (sgl_decode_layer) each: embedding [batch, hidden]
+    becomes the residual stream (updated in place: after the call it is the stream before the last layer's
+    output); layer i stores the new tokens' K/V at out_loc in k/v_buffers[i] and attends over slots [batch,
+    width] (row b's first lens[b]) as `decode_attention`. Activations, K/V and weights share one dtype (packed
+    weights: fp32). Returns the last layer's output [batch, hidden] (the final norm adds it to the stream)."""
     batch, hidden = embedding.shape
+    dtype = embedding.dtype
     tensors = [embedding, cis, positions, out_loc, slots, lens, *k_buffers, *v_buffers]
     if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
         raise ValueError("decode_layers takes contiguous CPU tensors")
-    if embedding.dtype != torch.float32 or any(k.dtype != torch.float32 for k in k_buffers + v_buffers):
-        raise ValueError("decode_layers takes fp32 activations and K/V buffers")
+    if dtype not in GEMV_DTYPES or any(k.dtype != dtype for k in k_buffers + v_buffers):
+        raise ValueError(f"decode_layers takes bf16 or fp32 activations and K/V buffers of their dtype, got {dtype}")
     if len(k_buffers) < len(layers) or len(v_buffers) < len(layers):
         raise ValueError(f"{len(layers)} layers need as many K and V buffers")
     for t in (positions, out_loc, slots, lens):
@@ -399,13 +413,18 @@ def decode_layers(embedding: torch.Tensor, layers: list[DecodeLayerWeights], cis
                 or w.ln1.shape != (hidden,)):
             raise ValueError(f"layer {i}: K/V buffers {tuple(k.shape)}, cis {tuple(cis.shape)} or hidden size "
                              f"{hidden} do not fit its weights")
+        if w.max_batch is not None and batch > w.max_batch:
+            raise ValueError(f"layer {i}: dense weights take decode batches of up to {w.max_batch}, got {batch}")
+        if w.qkv.dtype != (torch.float32 if w.packed else dtype):
+            raise ValueError(f"layer {i}: {w.qkv.dtype} weights with {dtype} activations")
         out = torch.empty_like(residual)
         _check(lib.sgl_decode_layer(
-            _ptr(x), residual.data_ptr(), out.data_ptr(), int(x is None), w.ln1.data_ptr(), w.ln2.data_ptr(), w.eps,
-            w.qkv.data_ptr(), _ptr(w.qkv_bias), w.o.data_ptr(), _ptr(w.o_bias), w.gate_up.data_ptr(),
-            _ptr(w.gate_up_bias), w.down.data_ptr(), _ptr(w.down_bias), cis.data_ptr(), positions.data_ptr(),
-            cis.shape[0], k.data_ptr(), v.data_ptr(), k.shape[0], out_loc.data_ptr(), slots.data_ptr(),
-            slots.shape[1], lens.data_ptr(), batch, hidden, w.heads, w.kv_heads, w.head_dim, w.intermediate,
-            sm_scale, threads), "sgl_decode_layer")
+            _ptr(x), residual.data_ptr(), out.data_ptr(), int(x is None), w.ln1.data_ptr(), w.ln2.data_ptr(),
+            _ptr(w.q_norm), _ptr(w.k_norm), w.eps, w.qkv.data_ptr(), _ptr(w.qkv_bias), w.o.data_ptr(),
+            _ptr(w.o_bias), w.gate_up.data_ptr(), _ptr(w.gate_up_bias), w.down.data_ptr(), _ptr(w.down_bias),
+            cis.data_ptr(), positions.data_ptr(), cis.shape[0], k.data_ptr(), v.data_ptr(), k.shape[0],
+            out_loc.data_ptr(), slots.data_ptr(), slots.shape[1], lens.data_ptr(), batch, hidden, w.heads,
+            w.kv_heads, w.head_dim, w.intermediate, sm_scale, int(not w.packed), embedding.element_size(), threads),
+            "sgl_decode_layer")
         x = out
     return x

@@ -53,13 +53,22 @@ class ModelRunner:
         self.model = load_model(model_path, device, dtype, model_config)
         self.packed_linears = sum(1 for m in self.model.modules() if isinstance(m, Linear) and m.packed)
         self.cpu_features = cpu_features.detect().describe() if device == "cpu" else ""
-        gemv = any(m.packed_weight is not None for m in self.model.modules() if isinstance(m, Linear))
-        fused = device == "cpu" and self.model.model.fused_decode_weights() is not None
-        self.cpu_kernels = cpu_native.describe(dtype, gemv, fused) if device == "cpu" else ""
+        self.cpu_kernels = self._describe_cpu_kernels() if device == "cpu" else ""
         if attention_backend == "auto":
             attention_backend = "triton" if device.startswith("cuda") else "torch"
         self.attention = make_attention_backend(attention_backend, pool, model_config.head_dim**-0.5)
         self.graphs: DecodeGraphRunner | None = None  # decode steps replayed from CUDA graphs (`use_graphs`)
+
+    def _describe_cpu_kernels(self) -> str:
+        """cpu_native.describe for this model: whether its Linears reach the C GEMV (fp32: dense weights; bf16:
+        dense weights kept beside the packed ones) and which decode batches run each layer as one call."""
+        linears = [m for m in self.model.modules() if isinstance(m, Linear)]
+        gemv = any(m.packed_weight is not None or (m.weight.dtype == torch.float32 and not m.weight.is_mkldnn)
+                   for m in linears)
+        fused = self.model.model.fused_decode_weights()
+        widest = None if not fused else fused[0].max_batch
+        fused_for = "" if not fused else "every decode batch" if widest is None else f"decode batches up to {widest}"
+        return cpu_native.describe(self.dtype, gemv, fused_for)
 
     def use_graphs(self, table: ReqToTokenTable, sizes: tuple[int, ...], capture: bool = True) -> None:
         """Run decode batches of up to sizes[-1] requests through a DecodeGraphRunner (captured now when

@@ -24,10 +24,10 @@ typedef uint16_t bf16;
  * in the next block of R rows (R * K elements on) into L2. Measured on Qwen2.5-0.5B's layer weights (2-core
  * Xeon): the gate-up projection's short rows (896) went from 20 to 25 GB/s, the whole layer from 23 to 25;
  * either prefetch alone, or a fixed 4 KiB, did worse. */
-#define PREFETCH_ELEMS 512
+#define PREFETCH_BYTES 1024
 #define PREFETCH_ROW(row, R, K)                                                                         \
     do {                                                                                                \
-        _mm_prefetch((const char *)((row) + PREFETCH_ELEMS), _MM_HINT_T0);                              \
+        _mm_prefetch((const char *)(row) + PREFETCH_BYTES, _MM_HINT_T0);                                \
         _mm_prefetch((const char *)((row) + (int64_t)(R) * (K)), _MM_HINT_T1);                          \
     } while (0)
 
@@ -78,8 +78,8 @@ static inline __m512 round16(__m512 v, int elem) { /* to the storage dtype and b
 
 static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); }
 
-/* acc[b][r] += x[b, k0:k0+32] . w[r, k0:k0+32] for one chunk of 32 (a masked tail when mask != ~0). */
-#define DOT_CHUNK(R, NB, mask)                                                                          \
+/* acc[b][r] += x[b, k:k+32] . w[r, k:k+32] for one chunk of 32 bf16 (a masked tail when mask != ~0). */
+#define DOT_CHUNK_BF16(R, NB, mask)                                                                     \
     do {                                                                                                \
         __m512bh xv[NB];                                                                                \
         for (int b = 0; b < NB; b++)                                                                    \
@@ -92,87 +92,131 @@ static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0x
         }                                                                                               \
     } while (0)
 
-/* out[b][r] = x[b] . w[r] for R consecutive weight rows and NB input rows (R * NB accumulators). */
-#define DEFINE_BLOCK(R, NB)                                                                             \
-    static void block_##R##_##NB(const bf16 *x, int64_t ldx, const bf16 *w, int64_t K, float out[][16]) { \
+/* The same for one chunk of 16 fp32 (one 64-byte load of each row, as bf16's 32). */
+#define DOT_CHUNK_F32(R, NB, mask)                                                                      \
+    do {                                                                                                \
+        __m512 xv[NB];                                                                                  \
+        for (int b = 0; b < NB; b++) xv[b] = _mm512_maskz_loadu_ps(mask, x + (int64_t)b * ldx + k);     \
+        for (int r = 0; r < R; r++) {                                                                   \
+            const float *row = w + (int64_t)r * K + k;                                                  \
+            PREFETCH_ROW(row, R, K);                                                                    \
+            __m512 wv = _mm512_maskz_loadu_ps(mask, row);                                               \
+            for (int b = 0; b < NB; b++) acc[b][r] = _mm512_fmadd_ps(wv, xv[b], acc[b][r]);             \
+        }                                                                                               \
+    } while (0)
+
+/* out[b][r] = x[b] . w[r] for R consecutive weight rows and NB input rows (R * NB accumulators), weights of
+ * type T taken STEP at a time. */
+#define DEFINE_BLOCK(T, STEP, CHUNK, MASK, R, NB)                                                       \
+    static void block_##T##_##R##_##NB(const T *x, int64_t ldx, const T *w, int64_t K, float out[][16]) { \
         __m512 acc[NB][R];                                                                              \
         for (int b = 0; b < NB; b++)                                                                    \
             for (int r = 0; r < R; r++) acc[b][r] = _mm512_setzero_ps();                                \
         int64_t k = 0;                                                                                  \
-        for (; k + 32 <= K; k += 32) DOT_CHUNK(R, NB, (__mmask32)0xffffffffu);                          \
-        if (k < K) DOT_CHUNK(R, NB, (__mmask32)((1ull << (K - k)) - 1));                                \
+        for (; k + STEP <= K; k += STEP) CHUNK(R, NB, (MASK)~0ull);                                     \
+        if (k < K) CHUNK(R, NB, (MASK)((1ull << (K - k)) - 1));                                         \
         for (int b = 0; b < NB; b++)                                                                    \
             for (int r = 0; r < R; r++) out[b][r] = _mm512_reduce_add_ps(acc[b][r]);                    \
     }
 
-DEFINE_BLOCK(16, 1)
-DEFINE_BLOCK(8, 2)
-DEFINE_BLOCK(4, 3)
-DEFINE_BLOCK(4, 4)
-DEFINE_BLOCK(1, 1)
-DEFINE_BLOCK(1, 2)
-DEFINE_BLOCK(1, 3)
-DEFINE_BLOCK(1, 4)
+#define DEFINE_BLOCKS(T, STEP, CHUNK, MASK)                                                             \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 16, 1)                                                           \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 8, 1)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 8, 2)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 4, 3)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 4, 4)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 1)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 2)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 3)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 4)                                                            \
+    /* out[b][r] for weight rows [0, rows) of w, rows being block_rows(nb) or 1. */                     \
+    static void dot_block_##T(const T *x, int64_t ldx, const T *w, int64_t K, int nb, int rows, float out[][16]) { \
+        if (rows == 1) {                                                                                \
+            switch (nb) {                                                                               \
+                case 1: block_##T##_1_1(x, ldx, w, K, out); return;                                     \
+                case 2: block_##T##_1_2(x, ldx, w, K, out); return;                                     \
+                case 3: block_##T##_1_3(x, ldx, w, K, out); return;                                     \
+                default: block_##T##_1_4(x, ldx, w, K, out); return;                                   \
+            }                                                                                           \
+        }                                                                                               \
+        switch (nb) {                                                                                   \
+            case 1: if (rows == 8) block_##T##_8_1(x, ldx, w, K, out); else block_##T##_16_1(x, ldx, w, K, out); return; \
+            case 2: block_##T##_8_2(x, ldx, w, K, out); return;                                         \
+            case 3: block_##T##_4_3(x, ldx, w, K, out); return;                                         \
+            default: block_##T##_4_4(x, ldx, w, K, out); return;                                        \
+        }                                                                                               \
+    }
+
+typedef float f32;
+DEFINE_BLOCKS(bf16, 32, DOT_CHUNK_BF16, __mmask32)
+DEFINE_BLOCKS(f32, 16, DOT_CHUNK_F32, __mmask16)
 
 enum { MAX_ROWS = 4 };
 
-static int block_rows(int nb) { return nb == 1 ? 16 : nb == 2 ? 8 : 4; }
+static int block_rows(int nb, int elem) { return nb == 1 ? (elem == 4 ? 8 : 16) : nb == 2 ? 8 : 4; }
 
-/* out[b][r] for weight rows [n, n + rows) where rows is block_rows(nb) or 1. */
-static void dot_block(const bf16 *x, int64_t ldx, const bf16 *w, int64_t K, int nb, int rows, float out[][16]) {
-    if (rows == 1) {
-        switch (nb) {
-            case 1: block_1_1(x, ldx, w, K, out); return;
-            case 2: block_1_2(x, ldx, w, K, out); return;
-            case 3: block_1_3(x, ldx, w, K, out); return;
-            default: block_1_4(x, ldx, w, K, out); return;
-        }
-    }
-    switch (nb) {
-        case 1: block_16_1(x, ldx, w, K, out); return;
-        case 2: block_8_2(x, ldx, w, K, out); return;
-        case 3: block_4_3(x, ldx, w, K, out); return;
-        default: block_4_4(x, ldx, w, K, out); return;
-    }
+static inline float load_elem(const void *base, int64_t at, int elem) {
+    return elem == 4 ? ((const float *)base)[at] : bf16_to_f32(((const bf16 *)base)[at]);
 }
 
-/* y[b, n] = bf16(x[b] . w[n] + bias[n]) for B <= 4 rows and n < N; w is [N, K] row-major (bias may be NULL).
- * With silu_mul, w is a gate-up projection [2N, K] (gate rows, then up rows) and y[b, n] = bf16(silu(gate) * up),
- * gate, up and silu(gate) each rounded to bf16 as torch's ops do: the MLP's projection and activation in one pass. */
-static int gemv_rows(const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, bf16 *y, int64_t ldy, int B,
-                     int64_t N, int64_t K, int threads, int silu_mul) {
-    if (B < 1 || B > MAX_ROWS) return 1;
-    const int R = block_rows(B);
+/* y[b, n] = x[b] . w[n] + bias[n] for B <= 4 rows and n < N; w is [N, K] row-major (bias may be NULL), all of
+ * one dtype, bf16 (elem 2) or fp32 (elem 4). With silu_mul, w is a gate-up projection [2N, K] (gate rows, then
+ * up rows) and y[b, n] = silu(gate) * up: the MLP's projection and activation in one pass. bf16 rounds gate,
+ * up, silu(gate) and the product as torch's ops do. Blocks of rows are shared among the threads of the
+ * enclosing parallel region (an orphaned `omp for`, ending in its barrier). */
+static void gemv_team(const void *x, int64_t ldx, const void *w, const void *bias, void *y, int64_t ldy, int B,
+                      int64_t N, int64_t K, int silu_mul, int elem) {
+    const int R = block_rows(B, elem);
     const int64_t blocks = N / R;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp for schedule(static)
     for (int64_t i = 0; i < blocks + (N - blocks * R); i++) {
         const int64_t n = i < blocks ? i * R : blocks * R + (i - blocks);
         const int rows = i < blocks ? R : 1;
         float acc[MAX_ROWS][16], up[MAX_ROWS][16];
-        dot_block(x, ldx, w + n * K, K, B, rows, acc);
-        if (silu_mul) dot_block(x, ldx, w + (N + n) * K, K, B, rows, up);
+        if (elem == 4) {
+            dot_block_f32(x, ldx, (const float *)w + n * K, K, B, rows, acc);
+            if (silu_mul) dot_block_f32(x, ldx, (const float *)w + (N + n) * K, K, B, rows, up);
+        } else {
+            dot_block_bf16(x, ldx, (const bf16 *)w + n * K, K, B, rows, acc);
+            if (silu_mul) dot_block_bf16(x, ldx, (const bf16 *)w + (N + n) * K, K, B, rows, up);
+        }
         for (int b = 0; b < B; b++)
             for (int r = 0; r < rows; r++) {
-                const float g = acc[b][r] + (bias ? bf16_to_f32(bias[n + r]) : 0.0f);
-                if (!silu_mul) {
-                    y[b * ldy + n + r] = f32_to_bf16(g);
-                    continue;
+                float v = acc[b][r] + (bias ? load_elem(bias, n + r, elem) : 0.0f);
+                if (silu_mul) {
+                    const float u = up[b][r] + (bias ? load_elem(bias, N + n + r, elem) : 0.0f);
+                    if (elem == 4) {
+                        v = v / (1.0f + expf(-v)) * u;
+                    } else {
+                        const float g = round_bf16(v);
+                        v = round_bf16(g / (1.0f + expf(-g))) * round_bf16(u);
+                    }
                 }
-                const float gr = round_bf16(g), u = round_bf16(up[b][r] + (bias ? bf16_to_f32(bias[N + n + r]) : 0.0f));
-                y[b * ldy + n + r] = f32_to_bf16(round_bf16(gr / (1.0f + expf(-gr))) * u);
+                if (elem == 4)
+                    ((float *)y)[b * ldy + n + r] = v;
+                else
+                    ((bf16 *)y)[b * ldy + n + r] = f32_to_bf16(v);
             }
     }
+}
+
+static int gemv_rows(const void *x, int64_t ldx, const void *w, const void *bias, void *y, int64_t ldy, int B,
+                     int64_t N, int64_t K, int threads, int silu_mul, int elem) {
+    if (B < 1 || B > MAX_ROWS || (elem != 2 && elem != 4)) return 1;
+#pragma omp parallel num_threads(threads)
+    gemv_team(x, ldx, w, bias, y, ldy, B, N, K, silu_mul, elem);
     return 0;
 }
 
-int sgl_gemv_bf16(const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, bf16 *y, int64_t ldy, int B,
-                  int64_t N, int64_t K, int threads) {
-    return gemv_rows(x, ldx, w, bias, y, ldy, B, N, K, threads, 0);
+/* The GEMV entry points: weights [N, K] (silu_mul: [2N, K]) of dtype elem (2: bf16, 4: fp32). */
+int sgl_gemv(const void *x, int64_t ldx, const void *w, const void *bias, void *y, int64_t ldy, int B, int64_t N,
+             int64_t K, int threads, int elem) {
+    return gemv_rows(x, ldx, w, bias, y, ldy, B, N, K, threads, 0, elem);
 }
 
-int sgl_gemv_silu_mul_bf16(const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, bf16 *y, int64_t ldy,
-                           int B, int64_t I, int64_t K, int threads) {
-    return gemv_rows(x, ldx, w, bias, y, ldy, B, I, K, threads, 1);
+int sgl_gemv_silu_mul(const void *x, int64_t ldx, const void *w, const void *bias, void *y, int64_t ldy, int B,
+                      int64_t I, int64_t K, int threads, int elem) {
+    return gemv_rows(x, ldx, w, bias, y, ldy, B, I, K, threads, 1, elem);
 }
 
 /* RMSNorm of rows, with the residual stream's add fused in front when residual is not NULL: s = x + residual
@@ -593,24 +637,41 @@ static void gemm_team(const float *x, int64_t ldx, const float *w, const float *
     }
 }
 
-/* One Llama decoder layer for a decode batch (one new token per request), fp32, in one call: where a small
- * model's step is mostly the per-op cost of a dozen torch ops per layer, this is one parallel region with a
- * barrier between stages. Stages, each the contract of the kernel or torch op the layer runs otherwise:
+/* One projection of the fused layer: dense row-major weights through the GEMV (B <= MAX_ROWS, bf16 or fp32),
+ * or packed fp32 ones through the register-tiled GEMM (any B). */
+static inline void project(int dense, const void *x, int64_t ldx, const void *w, const void *bias, void *y,
+                           int64_t ldy, int B, int64_t N, int64_t K, int silu_mul, int elem) {
+    if (dense)
+        gemv_team(x, ldx, w, bias, y, ldy, B, N, K, silu_mul, elem);
+    else
+        gemm_team(x, ldx, w, bias, y, ldy, B, N, K, silu_mul);
+}
+
+/* One Llama decoder layer for a decode batch (one new token per request) in one call: where a step is mostly
+ * the per-op cost of a dozen torch ops and C calls per layer, this is one parallel region with a barrier
+ * between stages. Stages, each the contract of the kernel or torch op the layer runs otherwise:
  *   h = RMSNorm(residual += x) (first layer: residual is the embedding, h = RMSNorm(residual));
- *   q, k, v = h W_qkv^T + b; rotary on q and k at positions[b]; k, v stored at slot out_loc[b];
+ *   q, k, v = h W_qkv^T + b; per-head RMSNorm of q and k (Qwen3; when q_norm is not NULL); rotary on q and k
+ *   at positions[b]; k, v stored at slot out_loc[b];
  *   a = attention of q over slots[b, :lens[b]] (sgl_attention's decode);
  *   h = RMSNorm(residual += a W_o^T + b_o); out = (silu(h W_g^T) * h W_u^T) W_d^T + b_d.
- * Weights come packed (pack_columns); the gate-up's halves are I columns each (I a multiple of 16); biases may be
- * NULL. residual is updated in place; out gets the layer's output ([B, hidden]); x may be NULL on the first
- * layer. Every position, slot and length is checked before anything is written: 3 when one is out of range. */
-int sgl_decode_layer(const float *x, float *residual, float *out, int first, const float *ln1, const float *ln2,
-                     float eps, const float *w_qkv, const float *b_qkv, const float *w_o, const float *b_o,
-                     const float *w_gu, const float *b_gu, const float *w_d, const float *b_d, const float *cis,
-                     const int64_t *positions, int64_t max_position, float *k_buf, float *v_buf, int64_t num_slots,
-                     const int64_t *out_loc, const int64_t *slots, int64_t ldslots, const int64_t *lens, int B,
-                     int hidden, int H, int KVH, int D, int I, float scale, int threads) {
-    if (B < 1 || KVH < 1 || H % KVH != 0 || D < 2 || D > 256 || D % 2 || I % 16 || hidden < 1) return 1;
+ * Two layouts of the projections' weights: dense ([N, K] row-major, the model's own tensors; B <= MAX_ROWS;
+ * activations, weights and K/V all bf16 (elem 2) or all fp32 (elem 4), rounded as torch's bf16 ops round), or
+ * packed (pack_columns; fp32 only; any B). The gate-up's halves are I rows (columns) each (packed: I a multiple
+ * of 16); biases may be NULL. residual is updated in place; out gets the layer's output ([B, hidden]); x may be
+ * NULL on the first layer. Every position, slot and length is checked before anything is written: 3 when one
+ * is out of range. */
+int sgl_decode_layer(const void *x, void *residual, void *out, int first, const void *ln1, const void *ln2,
+                     const void *q_norm, const void *k_norm, float eps, const void *w_qkv, const void *b_qkv,
+                     const void *w_o, const void *b_o, const void *w_gu, const void *b_gu, const void *w_d,
+                     const void *b_d, const float *cis, const int64_t *positions, int64_t max_position, void *k_buf,
+                     void *v_buf, int64_t num_slots, const int64_t *out_loc, const int64_t *slots, int64_t ldslots,
+                     const int64_t *lens, int B, int hidden, int H, int KVH, int D, int I, float scale, int dense,
+                     int elem, int threads) {
+    if (B < 1 || KVH < 1 || H % KVH != 0 || D < 2 || D > 256 || D % 2 || hidden < 1 || I < 1) return 1;
+    if (dense ? (B > MAX_ROWS || (elem != 2 && elem != 4)) : (elem != 4 || I % 16)) return 1;
     if (!first && !x) return 1;
+    if ((q_norm == NULL) != (k_norm == NULL)) return 1;
     for (int b = 0; b < B; b++)
         if (positions[b] < 0 || positions[b] >= max_position || out_loc[b] < 0 || out_loc[b] >= num_slots ||
             lens[b] < 1 || lens[b] > ldslots)
@@ -628,36 +689,45 @@ int sgl_decode_layer(const float *x, float *residual, float *out, int first, con
     if (threads < 1) threads = 1;
     const int64_t q_size = (int64_t)H * D, kv_size = (int64_t)KVH * D, n_qkv = q_size + 2 * kv_size;
     const size_t per_thread = attention_scratch(H / KVH, D);
-    const size_t rows_floats = (size_t)B * ((size_t)hidden + (size_t)n_qkv + (size_t)q_size + (size_t)I);
-    float *scratch = aligned_alloc(64, sizeof(float) * ((rows_floats + 15) / 16 * 16 + per_thread * (size_t)threads));
+    const size_t rows_elems = (size_t)B * ((size_t)hidden + (size_t)n_qkv + (size_t)q_size + (size_t)I);
+    const size_t rows_floats = (rows_elems * (size_t)elem / sizeof(float) + 15) / 16 * 16;
+    float *scratch = aligned_alloc(64, sizeof(float) * (rows_floats + per_thread * (size_t)threads));
     if (!scratch) {
         free(offsets);
         return 2;
     }
-    float *h = scratch, *qkv = h + (size_t)B * hidden, *att = qkv + (size_t)B * n_qkv, *act = att + (size_t)B * q_size;
-    float *att_scratch = scratch + (rows_floats + 15) / 16 * 16;
+    char *h = (char *)scratch, *qkv = h + (size_t)B * hidden * elem, *att = qkv + (size_t)B * n_qkv * elem;
+    char *act = att + (size_t)B * q_size * elem;
+    float *att_scratch = scratch + rows_floats;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
         for (int b = 0; b < B; b++)
             norm_row(first ? residual : x, (int64_t)b * hidden, first ? NULL : residual, (int64_t)b * hidden, ln1, h,
-                     (int64_t)b * hidden, hidden, eps, 4);
-        gemm_team(h, hidden, w_qkv, b_qkv, qkv, n_qkv, B, n_qkv, hidden, 0);
+                     (int64_t)b * hidden, hidden, eps, elem);
+        project(dense, h, hidden, w_qkv, b_qkv, qkv, n_qkv, B, n_qkv, hidden, 0, elem);
 #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) {
-            float *row = qkv + (int64_t)b * n_qkv;
-            rope_token(row, 0, H, row + q_size, 0, KVH, cis + positions[b] * D, D, 4);
-            memcpy(k_buf + out_loc[b] * kv_size, row + q_size, sizeof(float) * (size_t)kv_size);
-            memcpy(v_buf + out_loc[b] * kv_size, row + q_size + kv_size, sizeof(float) * (size_t)kv_size);
+            const int64_t row = (int64_t)b * n_qkv;
+            if (q_norm)
+                for (int hd = 0; hd < H + KVH; hd++) { /* in place: norm_row reads a row before writing it */
+                    const int64_t at = row + (int64_t)hd * D;
+                    norm_row(qkv, at, NULL, 0, hd < H ? q_norm : k_norm, qkv, at, D, eps, elem);
+                }
+            rope_token(qkv, row, H, qkv, row + q_size, KVH, cis + positions[b] * D, D, elem);
+            memcpy((char *)k_buf + out_loc[b] * kv_size * elem, qkv + (row + q_size) * elem, (size_t)(kv_size * elem));
+            memcpy((char *)v_buf + out_loc[b] * kv_size * elem, qkv + (row + q_size + kv_size) * elem,
+                   (size_t)(kv_size * elem));
         }
-        attention_team(qkv, n_qkv, k_buf, v_buf, att, qo_indptr, kv_start, lens, slots, tasks, H, KVH, D, scale, 4,
+        attention_team(qkv, n_qkv, k_buf, v_buf, att, qo_indptr, kv_start, lens, slots, tasks, H, KVH, D, scale, elem,
                        att_scratch + per_thread * (size_t)omp_get_thread_num()); /* ends in a barrier */
-        gemm_team(att, q_size, w_o, b_o, h, hidden, B, hidden, q_size, 0);
+        project(dense, att, q_size, w_o, b_o, h, hidden, B, hidden, q_size, 0, elem);
 #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) /* in place: norm_row reads the row before writing it */
-            norm_row(h, (int64_t)b * hidden, residual, (int64_t)b * hidden, ln2, h, (int64_t)b * hidden, hidden, eps, 4);
-        gemm_team(h, hidden, w_gu, b_gu, act, I, B, I, hidden, 1);
-        gemm_team(act, I, w_d, b_d, out, hidden, B, hidden, I, 0);
+            norm_row(h, (int64_t)b * hidden, residual, (int64_t)b * hidden, ln2, h, (int64_t)b * hidden, hidden, eps,
+                     elem);
+        project(dense, h, hidden, w_gu, b_gu, act, I, B, I, hidden, 1, elem);
+        project(dense, act, I, w_d, b_d, out, hidden, B, hidden, I, 0, elem);
     }
     free(scratch);
     free(offsets);

@@ -138,28 +138,30 @@ class DecoderLayer(nn.Module):
         return self.mlp(h), residual
 
     def decode_params(self) -> tuple[torch.Tensor | None, ...]:
-        """The tensors `decode_weights` packs, in its order."""
+        """The tensors `decode_weights` takes, in its order."""
         attn, mlp = self.self_attn, self.mlp
+        q_norm, k_norm = (None, None) if attn.q_norm is None else (attn.q_norm.weight, attn.k_norm.weight)
         return (self.input_layernorm.weight, self.post_attention_layernorm.weight, attn.qkv_proj.weight,
                 attn.qkv_proj.bias, attn.o_proj.weight, attn.o_proj.bias, mlp.gate_up_proj.weight,
-                mlp.gate_up_proj.bias, mlp.down_proj.weight, mlp.down_proj.bias)
+                mlp.gate_up_proj.bias, mlp.down_proj.weight, mlp.down_proj.bias, q_norm, k_norm)
 
-    def decode_weights(self) -> cpu_native.DecodeLayerWeights | None:
-        """This layer's weights packed for `cpu_native.decode_layers`, or None where that kernel does not take
-        the layer (not fp32, q/k norms, odd shapes)."""
+    def decode_weights(self, packed: bool) -> cpu_native.DecodeLayerWeights | None:
+        """This layer's weights for `cpu_native.decode_layers`, packed (fp32 copies) or dense (its own tensors),
+        or None where that kernel does not take the layer (dtype, weights packed for oneDNN, odd shapes)."""
         attn, params = self.self_attn, self.decode_params()
-        inter = self.mlp.down_proj.weight.shape[1]
-        if (attn.q_norm is not None
-                or not all(p is None or (p.dtype == torch.float32 and p.device.type == "cpu" and not p.is_mkldnn)
-                           for p in params)
-                or not cpu_native.decode_layer_fits(attn.num_heads, attn.num_kv_heads, attn.head_dim, inter)):
+        inter, dtype = self.mlp.down_proj.weight.shape[1], params[0].dtype
+        if (dtype not in ((torch.float32,) if packed else cpu_native.GEMV_DTYPES)
+                or not all(p is None or (p.dtype == dtype and p.device.type == "cpu" and not p.is_mkldnn
+                                         and p.is_contiguous()) for p in params)
+                or not cpu_native.decode_layer_fits(attn.num_heads, attn.num_kv_heads, attn.head_dim, inter, packed)):
             return None
-        ln1, ln2, qkv, qkv_b, o, o_b, gate_up, gate_up_b, down, down_b = (
-            None if p is None else p.detach().contiguous() for p in params)
-        pack = cpu_native.pack_columns
-        return cpu_native.DecodeLayerWeights(ln1, ln2, self.input_layernorm.eps, pack(qkv), qkv_b, pack(o), o_b,
-                                             pack(gate_up), gate_up_b, pack(down), down_b, attn.num_heads,
-                                             attn.num_kv_heads, attn.head_dim, inter)
+        ln1, ln2, qkv, qkv_b, o, o_b, gate_up, gate_up_b, down, down_b, q_norm, k_norm = (
+            None if p is None else p.detach() for p in params)
+        if packed:
+            qkv, o, gate_up, down = (cpu_native.pack_columns(w) for w in (qkv, o, gate_up, down))
+        return cpu_native.DecodeLayerWeights(ln1, ln2, self.input_layernorm.eps, qkv, qkv_b, o, o_b, gate_up,
+                                             gate_up_b, down, down_b, attn.num_heads, attn.num_kv_heads,
+                                             attn.head_dim, inter, packed, q_norm, k_norm)
 
 
 class LlamaModel(nn.Module):
@@ -193,32 +195,35 @@ class LlamaModel(nn.Module):
         return self.norm.add_forward(x, residual)[0]
 
     def fused_decode_weights(self) -> list[cpu_native.DecodeLayerWeights] | None:
-        """Every layer's packed weights when decode steps run each layer as one C call: an fp32 model on the CPU
-        whose packed copies stay within cpu_native.FUSED_DECODE_MAX_BYTES (small models, where a step is mostly
-        per-op cost) and whose layers the kernel takes; else None. Packed once; again after a weight changes
-        (in place, or by load_state_dict)."""
+        """Every layer's weights when decode steps run each layer as one C call (`cpu_native.decode_layers`), else
+        None: for an fp32 model on the CPU whose packed copies stay within cpu_native.FUSED_DECODE_MAX_BYTES
+        (small models, where a step is mostly per-op cost), packed copies that take every decode batch; for other
+        bf16 and fp32 models whose Linears keep dense weights, those weights themselves, for decode batches up to
+        cpu_native.MAX_GEMV_ROWS (there the C GEMV streams them anyway, and one call a layer saves the per-op
+        cost). Made once; again after a weight changes (in place, or by load_state_dict)."""
         weight = self.embed_tokens.weight
-        if not self.layers or weight.dtype != torch.float32 or weight.device.type != "cpu":
+        if not self.layers or weight.device.type != "cpu" or not cpu_native.available():
             return None
         cached = self._fused_cache
         if cached is not None and cached[0] == _versions(cached[1]):
             return cached[2]
         params = tuple(p for layer in self.layers for p in layer.decode_params())
-        weights = None
         packed_bytes = sum(p.numel() * 4 for p in params if p is not None and p.dim() == 2)  # the projections
-        if packed_bytes <= cpu_native.FUSED_DECODE_MAX_BYTES:
-            weights = [layer.decode_weights() for layer in self.layers]
-            weights = None if any(w is None for w in weights) else weights
+        packed = weight.dtype == torch.float32 and packed_bytes <= cpu_native.FUSED_DECODE_MAX_BYTES
+        weights = [layer.decode_weights(packed) for layer in self.layers]
+        weights = None if any(w is None for w in weights) else weights
         self._fused_cache = (_versions(params), params, weights)
         return weights
 
     def _fused_decode(self, batch: ForwardBatch, backend: AttentionBackend):
         """(decode plan, `fused_decode_weights`) when this step runs each layer as one C call: a decode batch
-        whose K/V the backend reads in place; else None."""
+        the weights take, whose K/V the backend reads in place; else None."""
         if batch.mode is not ForwardMode.DECODE or not cpu_native.available():
             return None
         weights = self.fused_decode_weights()
-        plan = None if weights is None else backend.in_place_decode_plan(batch)
+        if weights is None or (weights[0].max_batch is not None and batch.batch_size > weights[0].max_batch):
+            return None
+        plan = backend.in_place_decode_plan(batch)
         return None if plan is None else (plan, weights)
 
 
