@@ -309,6 +309,12 @@ def test_fused_decode_layers_refuse_out_of_range_slots_and_positions(checkpoint)
     with pytest.raises(ValueError, match="int64"):
         call(lens=torch.tensor([4, 6], dtype=torch.int32))
     assert torch.isfinite(call()).all()
+    dense = [layer.decode_weights(packed=False) for layer in model.model.layers]  # the GEMV's width at most
+    wide = cpu_native.MAX_GEMV_ROWS + 1
+    with pytest.raises(ValueError, match=f"batches of up to {cpu_native.MAX_GEMV_ROWS}"):
+        cpu_native.decode_layers(torch.randn(wide, config.hidden_size), dense, cis, torch.arange(wide),
+                                 pool.k_buffers, pool.v_buffers, torch.arange(1, wide + 1),
+                                 torch.arange(1, wide + 1).view(wide, 1), torch.ones(wide, dtype=torch.int64), 0.1)
 
 
 def test_fused_decode_weights_are_packed_again_after_the_weights_change(checkpoint):

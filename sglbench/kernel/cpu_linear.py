@@ -13,10 +13,11 @@ Two routes, picked by the weight:
   oneDNN costs about 40 us a call on top, so weights under `MIN_ONEDNN_WEIGHT` elements (the embedded
   model's: 0.1-0.4 M) stay on F.linear at every row count: 2-4x faster there at 4-23 rows.
 
-Where the C kernels run (cpu_native: AVX512-BF16 and a C compiler), a bf16 Linear keeps its dense weight as
-well as the packed one: batches of up to `cpu_native.MAX_GEMV_ROWS` rows (decode) go to the C GEMV, which
-streams dense rows at memory speed (about 1.2x oneDNN's packed GEMV over a Qwen2.5-0.5B step), and the MLP's
-gate-up projection fuses SiLU-and-multiply into it (`Linear.silu_mul`); more rows go to the packed weight.
+Where the C kernels run (cpu_native: AVX512-BF16 and a C compiler), batches of up to `cpu_native.MAX_GEMV_ROWS`
+rows (decode) of bf16 and fp32 Linears go to the C GEMV, which streams dense rows at memory speed (bf16: about
+1.2x oneDNN's packed GEMV over a Qwen2.5-0.5B step; fp32: level with MKL's at one row, 1.6x torch's route at
+four), and the MLP's gate-up projection fuses SiLU-and-multiply into it (`Linear.silu_mul`); more rows go to
+`linear`. For that a bf16 Linear keeps its dense weight as well as the packed one.
 That costs a second copy of the layer weights, so it is kept only while that copy takes at most a sixth of the
 machine's memory (`keeps_dense`); SGLBENCH_NATIVE_KERNELS=0 always keeps one.
 

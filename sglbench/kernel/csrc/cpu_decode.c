@@ -1,8 +1,9 @@
-/* CPU kernels where torch's per-op cost and oneDNN's GEMV fall short of the machine: bf16 GEMV at memory
- * speed for decode batches (weights streamed row by row with AVX512-BF16 dot products), the same with the
- * MLP's SiLU-and-multiply fused in, causal attention over the paged K/V for extend and decode (rows read in
- * place), the per-layer element-wise ops (RMSNorm with the residual add, rotary, SiLU-and-multiply), and a
- * whole fp32 decoder layer of a decode step in one call for small models (sgl_decode_layer).
+/* CPU kernels where torch's per-op cost and oneDNN's GEMV fall short of the machine: GEMV at memory speed for
+ * decode batches (bf16 weights streamed row by row with AVX512-BF16 dot products, fp32 with FMAs), the same with
+ * the MLP's SiLU-and-multiply fused in, causal attention over the paged K/V for extend and decode (rows read in
+ * place), the per-layer element-wise ops (RMSNorm with the residual add, rotary, SiLU-and-multiply), and a whole
+ * decoder layer of a decode step in one call (sgl_decode_layer: dense bf16/fp32 weights for batches of up to 4,
+ * or packed fp32 copies for small models at any batch).
  *
  * Built once per machine by kernel/cpu_native.py (the system C compiler, -fopenmp: the library shares the
  * OpenMP runtime torch already loaded), called through ctypes. Plain-torch references: F.linear,
