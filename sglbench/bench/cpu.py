@@ -150,7 +150,7 @@ def best_limits(a: MachineLimits, b: MachineLimits) -> MachineLimits:
 def bandwidth(megabytes: int, repeats: int, device: str = "cpu") -> tuple[float, float]:
     """(read, copy) bytes/s over a tensor far larger than the caches (on a GPU: than L2). On the CPU the read is
     the best of three ways to stream it (torch's sum, torch's GEMV, and the C GEMV where it is built): a single
-    way undershoots what the machine reads (torch's sum reaches about 90 % of the C GEMV on 2 threads here)."""
+    way undershoots what the machine reads (torch's sum read about 80 % of what the C GEMV read on 2 threads here)."""
     src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
     dst = torch.zeros_like(src)
     nbytes = src.numel() * 4

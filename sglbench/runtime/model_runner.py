@@ -60,11 +60,11 @@ class ModelRunner:
         self.graphs: DecodeGraphRunner | None = None  # decode steps replayed from CUDA graphs (`use_graphs`)
 
     def _describe_cpu_kernels(self) -> str:
-        """cpu_native.describe for this model: whether its Linears reach the C GEMV (fp32: dense weights; bf16:
-        dense weights kept beside the packed ones) and which decode batches run each layer as one call."""
-        linears = [m for m in self.model.modules() if isinstance(m, Linear)]
-        gemv = any(m.packed_weight is not None or (m.weight.dtype == torch.float32 and not m.weight.is_mkldnn)
-                   for m in linears)
+        """cpu_native.describe for this model: whether its Linears reach the C GEMV (fp32 weights stay dense; bf16
+        ones only where the dense copy was kept beside the packed one) and which decode batches run each layer as
+        one call."""
+        gemv = self.dtype == torch.float32 or any(
+            m.packed_weight is not None for m in self.model.modules() if isinstance(m, Linear))
         fused = self.model.model.fused_decode_weights()
         widest = None if not fused else fused[0].max_batch
         fused_for = "" if not fused else "every decode batch" if widest is None else f"decode batches up to {widest}"

@@ -122,7 +122,6 @@ static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0x
 
 #define DEFINE_BLOCKS(T, STEP, CHUNK, MASK)                                                             \
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 16, 1)                                                           \
-    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 8, 1)                                                            \
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 8, 2)                                                            \
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 4, 3)                                                            \
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 4, 4)                                                            \
@@ -141,7 +140,7 @@ static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0x
             }                                                                                           \
         }                                                                                               \
         switch (nb) {                                                                                   \
-            case 1: if (rows == 8) block_##T##_8_1(x, ldx, w, K, out); else block_##T##_16_1(x, ldx, w, K, out); return; \
+            case 1: block_##T##_16_1(x, ldx, w, K, out); return;                                        \
             case 2: block_##T##_8_2(x, ldx, w, K, out); return;                                         \
             case 3: block_##T##_4_3(x, ldx, w, K, out); return;                                         \
             default: block_##T##_4_4(x, ldx, w, K, out); return;                                        \
@@ -154,7 +153,7 @@ DEFINE_BLOCKS(f32, 16, DOT_CHUNK_F32, __mmask16)
 
 enum { MAX_ROWS = 4 };
 
-static int block_rows(int nb, int elem) { return nb == 1 ? (elem == 4 ? 8 : 16) : nb == 2 ? 8 : 4; }
+static int block_rows(int nb) { return nb == 1 ? 16 : nb == 2 ? 8 : 4; }
 
 static inline float load_elem(const void *base, int64_t at, int elem) {
     return elem == 4 ? ((const float *)base)[at] : bf16_to_f32(((const bf16 *)base)[at]);
@@ -167,7 +166,7 @@ static inline float load_elem(const void *base, int64_t at, int elem) {
  * enclosing parallel region (an orphaned `omp for`, ending in its barrier). */
 static void gemv_team(const void *x, int64_t ldx, const void *w, const void *bias, void *y, int64_t ldy, int B,
                       int64_t N, int64_t K, int silu_mul, int elem) {
-    const int R = block_rows(B, elem);
+    const int R = block_rows(B);
     const int64_t blocks = N / R;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < blocks + (N - blocks * R); i++) {
@@ -220,10 +219,6 @@ int sgl_gemv_silu_mul(const void *x, int64_t ldx, const void *w, const void *bia
     return gemv_rows(x, ldx, w, bias, y, ldy, B, I, K, threads, 1, elem);
 }
 
-/* RMSNorm of rows, with the residual stream's add fused in front when residual is not NULL: s = x + residual
- * (rounded as torch's add) is written back to residual and normalised; else x itself is. Llama's RMSNorm:
- * fp32 math, the normalised row rounded to the dtype, then times the weight. For fp32 that is F.rms_norm's
- * function. A prefill's 512 x 896 bf16 rows take 0.1 ms, where torch's eight bf16 ops take several. */
 /* One row of sgl_add_rms_norm (out may be x's own row: x is read before out is written). */
 static inline void norm_row(const void *x, int64_t xi, void *residual, int64_t ri, const void *weight, void *out,
                             int64_t oi, int64_t dim, float eps, int elem) {
@@ -246,6 +241,10 @@ static inline void norm_row(const void *x, int64_t xi, void *residual, int64_t r
     }
 }
 
+/* RMSNorm of rows, with the residual stream's add fused in front when residual is not NULL: s = x + residual
+ * (rounded as torch's add) is written back to residual and normalised; else x itself is. Llama's RMSNorm:
+ * fp32 math, the normalised row rounded to the dtype, then times the weight. For fp32 that is F.rms_norm's
+ * function. A prefill's 512 x 896 bf16 rows take 0.1 ms, where torch's eight bf16 ops take several. */
 int sgl_add_rms_norm(const void *x, int64_t ldx, void *residual, int64_t ldr, const void *weight, void *out,
                      int64_t ldo, int64_t rows, int64_t dim, float eps, int elem, int threads) {
     if (dim < 1 || (elem != 2 && elem != 4)) return 1;

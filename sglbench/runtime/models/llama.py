@@ -179,7 +179,7 @@ class LlamaModel(nn.Module):
         """Final hidden states [tokens, hidden], or only those of `rows` (the last norm skips the others)."""
         x, residual = self.embed_tokens(batch.input_ids), None  # [tokens, hidden]
         fused = self._fused_decode(batch, backend)
-        if fused is not None:  # a small model's decode step: one C call per layer
+        if fused is not None:  # a decode step the C kernels take whole: one call per layer
             plan, weights = fused
             pool = backend.pool
             residual, x = x, cpu_native.decode_layers(
@@ -218,7 +218,7 @@ class LlamaModel(nn.Module):
     def _fused_decode(self, batch: ForwardBatch, backend: AttentionBackend):
         """(decode plan, `fused_decode_weights`) when this step runs each layer as one C call: a decode batch
         the weights take, whose K/V the backend reads in place; else None."""
-        if batch.mode is not ForwardMode.DECODE or not cpu_native.available():
+        if batch.mode is not ForwardMode.DECODE:
             return None
         weights = self.fused_decode_weights()
         if weights is None or (weights[0].max_batch is not None and batch.batch_size > weights[0].max_batch):
