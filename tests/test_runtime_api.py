@@ -30,7 +30,8 @@ def test_model_info_is_what_the_engine_was_built_with(rt):
         context_length=engine.context_length, vocab_size=mc.vocab_size, dtype=str(engine.dtype),
         device="cpu", attention_backend=engine.attention.name, max_total_tokens=engine.pool.num_slots,
         dtype_reason=engine.dtype_choice.reason, cpu_features=engine.runner.cpu_features,
-        packed_linears=engine.runner.packed_linears, cpu_kernels=engine.runner.cpu_kernels, cuda_graph_bs=(),
+        packed_linears=engine.runner.packed_linears, cpu_kernels=engine.runner.cpu_kernels,
+        cpu_memory=engine.runner.cpu_memory, cuda_graph_bs=(),
         cuda_graph=engine.cuda_graph_reason,
     )
     assert info.dtype_reason.startswith("auto: ") and info.cpu_features  # why this dtype, on what CPU

@@ -73,6 +73,7 @@ class EngineConfig:
     # jump-forwards and multi-turn programs arrive while others decode.
     mixed_chunk: bool = True
     retain_freed_memory: bool = True  # CPU: keep freed activations in the heap (runtime/cpu_memory.py)
+    huge_pages: bool = True  # CPU: dense weights on transparent huge pages (runtime/cpu_memory.py)
     # CUDA graphs for decode steps (runtime/graph_runner.py): on CUDA with the Triton backend unless disabled;
     # captured for cuda_graph_bs (None: SGLang's ladder) up to cuda_graph_max_bs (None: max_running_requests).
     disable_cuda_graph: bool = False
@@ -120,7 +121,8 @@ class Engine:
             config.max_running_requests, self.context_length, config.disable_radix_cache, self._on_cache_event,
         )
         self.pool, self.cache, self.req_to_token = self.kv.pool, self.kv.cache, self.kv.req_to_token
-        self.runner = ModelRunner(config.model_path, mc, self.device, self.dtype, self.pool, config.attention_backend)
+        self.runner = ModelRunner(config.model_path, mc, self.device, self.dtype, self.pool, config.attention_backend,
+                                  config.huge_pages)
         self.model, self.attention = self.runner.model, self.runner.attention
         sizes, self.cuda_graph_reason = config.graph_sizes(self.attention.name)
         if sizes:

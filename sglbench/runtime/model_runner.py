@@ -14,6 +14,7 @@ import torch
 
 from sglbench.kernel import cpu_features, cpu_native
 from sglbench.kernel.cpu_linear import Linear
+from sglbench.runtime import cpu_memory
 from sglbench.runtime.attention import make_attention_backend
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
 from sglbench.runtime.graph_runner import DecodeGraphRunner
@@ -47,10 +48,11 @@ class ModelRunner:
     """Owns the model and its attention backend over the KV pool; dtype comes resolved (it sizes the pool)."""
 
     def __init__(self, model_path: str, model_config: ModelConfig, device: str, dtype: torch.dtype, pool: KVPool,
-                 attention_backend: str = "auto"):
+                 attention_backend: str = "auto", huge_pages: bool = True):
         self.device = device
         self.dtype = dtype
         self.model = load_model(model_path, device, dtype, model_config)
+        self.cpu_memory = self._place_weights(huge_pages) if device == "cpu" else ""
         self.packed_linears = sum(1 for m in self.model.modules() if isinstance(m, Linear) and m.packed)
         self.cpu_features = cpu_features.detect().describe() if device == "cpu" else ""
         self.cpu_kernels = self._describe_cpu_kernels() if device == "cpu" else ""
@@ -58,6 +60,17 @@ class ModelRunner:
             attention_backend = "triton" if device.startswith("cuda") else "torch"
         self.attention = make_attention_backend(attention_backend, pool, model_config.head_dim**-0.5)
         self.graphs: DecodeGraphRunner | None = None  # decode steps replayed from CUDA graphs (`use_graphs`)
+
+    def _place_weights(self, huge_pages: bool) -> str:
+        """Move the dense weights onto transparent huge pages where asked and the kernel has them
+        (cpu_memory.move_to_huge_pages); says what moved, or why nothing did."""
+        if not huge_pages:
+            return "off: huge_pages=False"
+        mode = cpu_memory.transparent_huge_pages()
+        if mode not in ("always", "madvise"):
+            return f"off: transparent huge pages are {mode or 'missing'} on this kernel"
+        moved = cpu_memory.move_to_huge_pages(self.model.parameters())
+        return f"on: {moved / 2**20:,.0f} MiB of dense weights on transparent huge pages (THP {mode})"
 
     def _describe_cpu_kernels(self) -> str:
         """cpu_native.describe for this model: whether its Linears reach the C GEMV (fp32 weights stay dense; bf16

@@ -178,6 +178,7 @@ class Engine:
             "dtype": info.dtype.removeprefix("torch."), "context_length": info.context_length,
             "max_total_tokens": info.max_total_tokens, "attention_backend": info.attention_backend,
             "dtype_reason": info.dtype_reason, "cpu_features": info.cpu_features, "cpu_kernels": info.cpu_kernels,
+            "cpu_memory": info.cpu_memory,
             "mem_fraction_static": config.mem_fraction_static, "max_running_requests": config.max_running_requests,
             "chunked_prefill_size": config.chunked_prefill_size, "max_prefill_tokens": config.max_prefill_tokens,
             "schedule_policy": config.schedule_policy, "random_seed": config.random_seed,

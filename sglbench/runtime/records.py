@@ -127,6 +127,7 @@ class ModelInfo:
     cpu_features: str = ""  # the CPU's bf16-relevant instruction sets (kernel/cpu_features.py); '' on a GPU
     packed_linears: int = 0  # linear layers whose weights are packed for oneDNN (kernel/cpu_linear.py)
     cpu_kernels: str = ""  # what sglbench's C kernels do here, or why they are off (kernel/cpu_native.py); '' on a GPU
+    cpu_memory: str = ""  # how much of the weights sits on huge pages, or why none (runtime/cpu_memory.py); '' on a GPU
     cuda_graph_bs: tuple[int, ...] = ()  # decode batch sizes replayed from CUDA graphs (runtime/graph_runner.py)
     cuda_graph: str = ""  # whether decode graphs are on, and why not
 

@@ -444,7 +444,7 @@ class Runtime:
             device=self.config.device, attention_backend=engine.attention.name,
             max_total_tokens=engine.pool.num_slots, dtype_reason=engine.dtype_choice.reason,
             cpu_features=engine.runner.cpu_features, packed_linears=engine.runner.packed_linears,
-            cpu_kernels=engine.runner.cpu_kernels,
+            cpu_kernels=engine.runner.cpu_kernels, cpu_memory=engine.runner.cpu_memory,
             cuda_graph_bs=engine.runner.graphs.sizes if engine.runner.graphs else (),
             cuda_graph=engine.cuda_graph_reason,
         )

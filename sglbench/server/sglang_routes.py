@@ -69,7 +69,7 @@ def server_info(serving: Serving) -> dict:
         "model_path": name, "tokenizer_path": name, "served_model_name": serving.served_name,
         "dtype": info.dtype.removeprefix("torch."), "device": info.device, "context_length": info.context_length,
         "attention_backend": info.attention_backend, "dtype_reason": info.dtype_reason,
-        "cpu_features": info.cpu_features, "cpu_kernels": info.cpu_kernels, "cuda_graph": info.cuda_graph,
+        "cpu_features": info.cpu_features, "cpu_kernels": info.cpu_kernels, "cpu_memory": info.cpu_memory, "cuda_graph": info.cuda_graph,
         "tp_size": 1, "dp_size": 1, "pp_size": 1, "ep_size": 1, "page_size": 1, "skip_tokenizer_init": False, "speculative_algorithm": None, "enable_lora": False,
         "max_total_num_tokens": info.max_total_tokens, "max_req_input_len": info.context_length - 1,
         "internal_states": [{"num_running_reqs": m.num_running, "num_waiting_reqs": m.num_waiting,
