@@ -3,11 +3,14 @@ identity and module wiring, and an engine with them decodes the same tokens as o
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
 
 from sglbench.runtime import cpu_memory
+from sglbench.runtime.kv_pool import KVPool, KVPoolConfig
 from sglbench.runtime.runtime import Runtime
 
 THP = cpu_memory.transparent_huge_pages() in ("always", "madvise")
@@ -54,6 +57,24 @@ def test_nothing_moves_where_the_kernel_has_no_huge_pages(monkeypatch):
     assert cpu_memory.move_to_huge_pages([weight]) == 0 and weight.data_ptr() == ptr
 
 
+@needs_thp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_kv_pool_on_huge_pages_is_zeroed_separate_buffers_in_one_mapping(dtype):
+    config = KVPoolConfig(1000, 3, 2, 32, dtype, "cpu", huge_pages=True)
+    pool, plain = KVPool(config), KVPool(KVPoolConfig(1000, 3, 2, 32, dtype, "cpu"))
+    assert plain.huge_page_bytes == 0
+    assert pool.huge_page_bytes == 6 * 1001 * 2 * 32 * dtype.itemsize
+    buffers = pool.k_buffers + pool.v_buffers
+    assert all(b.shape == (1001, 2, 32) and b.dtype == dtype and b.is_contiguous() for b in buffers)
+    assert all(int(b.count_nonzero()) == 0 for b in buffers)
+    starts = sorted(b.data_ptr() for b in buffers)
+    assert all(later - earlier == buffers[0].nbytes for earlier, later in itertools.pairwise(starts))  # no overlap
+    for i, b in enumerate(buffers):
+        b[7] = i + 1
+    assert [int(b[7, 0, 0]) for b in buffers] == list(range(1, 7))
+    assert int(sum(b.count_nonzero() for b in buffers)) == 6 * 64
+
+
 def _greedy(monkeypatch, huge_pages: bool) -> tuple[str, list[dict]]:
     if not huge_pages:
         monkeypatch.setattr(cpu_memory, "transparent_huge_pages", lambda: "never")
@@ -69,7 +90,7 @@ def _greedy(monkeypatch, huge_pages: bool) -> tuple[str, list[dict]]:
 def test_an_engine_on_huge_pages_decodes_as_one_without(monkeypatch):
     on, with_huge = _greedy(monkeypatch, True)
     off, without = _greedy(monkeypatch, False)
-    assert on.startswith("on: ") and "MiB of dense weights on transparent huge pages" in on
+    assert on.startswith("on: ") and "MiB of dense weights and the " in on and "MiB KV pool on transparent huge" in on
     assert off == "off: transparent huge pages are never on this kernel"
     for (text, tokens, logprobs), (text_off, tokens_off, logprobs_off) in zip(with_huge, without):
         assert text == text_off and tokens == tokens_off

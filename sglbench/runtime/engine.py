@@ -73,7 +73,7 @@ class EngineConfig:
     # jump-forwards and multi-turn programs arrive while others decode.
     mixed_chunk: bool = True
     retain_freed_memory: bool = True  # CPU: keep freed activations in the heap (runtime/cpu_memory.py)
-    huge_pages: bool = True  # CPU: dense weights on transparent huge pages (runtime/cpu_memory.py)
+    huge_pages: bool = True  # CPU: dense weights and the KV pool on transparent huge pages (runtime/cpu_memory.py)
     # CUDA graphs for decode steps (runtime/graph_runner.py): on CUDA with the Triton backend unless disabled;
     # captured for cuda_graph_bs (None: SGLang's ladder) up to cuda_graph_max_bs (None: max_running_requests).
     disable_cuda_graph: bool = False
@@ -117,7 +117,8 @@ class Engine:
         self.events = EventLog()
         num_slots = config.max_total_tokens or default_pool_size(mc, self.dtype, self.device, config.mem_fraction_static)
         self.kv = CacheManager(
-            KVPoolConfig(num_slots, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device),
+            KVPoolConfig(num_slots, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device,
+                         huge_pages=config.huge_pages),
             config.max_running_requests, self.context_length, config.disable_radix_cache, self._on_cache_event,
         )
         self.pool, self.cache, self.req_to_token = self.kv.pool, self.kv.cache, self.kv.req_to_token

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sglbench.runtime.cpu_memory import huge_page_buffer
+
 
 class OutOfSlotsError(RuntimeError):
     """The pool has fewer free slots than asked for; the caller evicts or retracts first."""
@@ -23,6 +25,7 @@ class KVPoolConfig:
     head_dim: int
     dtype: torch.dtype
     device: str
+    huge_pages: bool = False  # CPU: the buffers on transparent huge pages, zeroed as first touched (cpu_memory)
 
     def __post_init__(self) -> None:
         if self.num_slots <= 0:
@@ -82,8 +85,17 @@ class KVPool:
     def __init__(self, config: KVPoolConfig):
         self.config = config
         shape = (config.num_slots + 1, config.kv_heads, config.head_dim)
-        self.k_buffers = [torch.zeros(shape, dtype=config.dtype, device=config.device) for _ in range(config.num_layers)]
-        self.v_buffers = [torch.zeros(shape, dtype=config.dtype, device=config.device) for _ in range(config.num_layers)]
+        per_buffer = (config.num_slots + 1) * config.kv_heads * config.head_dim * config.dtype.itemsize
+        arena = (huge_page_buffer(2 * config.num_layers * per_buffer)
+                 if config.huge_pages and str(config.device) == "cpu" else None)
+        self.huge_page_bytes = 0 if arena is None else arena.numel()
+        if arena is not None:  # one mapping, K buffers then V buffers; its pages are zero until written
+            buffers = [arena[i * per_buffer : (i + 1) * per_buffer].view(config.dtype).view(shape)
+                       for i in range(2 * config.num_layers)]
+        else:
+            buffers = [torch.zeros(shape, dtype=config.dtype, device=config.device)
+                       for _ in range(2 * config.num_layers)]
+        self.k_buffers, self.v_buffers = buffers[: config.num_layers], buffers[config.num_layers :]
         self.allocator = TokenSlotAllocator(config.num_slots, config.device)
 
     @property

@@ -52,7 +52,7 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.model = load_model(model_path, device, dtype, model_config)
-        self.cpu_memory = self._place_weights(huge_pages) if device == "cpu" else ""
+        self.cpu_memory = self._place_weights(huge_pages, pool) if device == "cpu" else ""
         self.packed_linears = sum(1 for m in self.model.modules() if isinstance(m, Linear) and m.packed)
         self.cpu_features = cpu_features.detect().describe() if device == "cpu" else ""
         self.cpu_kernels = self._describe_cpu_kernels() if device == "cpu" else ""
@@ -61,16 +61,18 @@ class ModelRunner:
         self.attention = make_attention_backend(attention_backend, pool, model_config.head_dim**-0.5)
         self.graphs: DecodeGraphRunner | None = None  # decode steps replayed from CUDA graphs (`use_graphs`)
 
-    def _place_weights(self, huge_pages: bool) -> str:
+    def _place_weights(self, huge_pages: bool, pool: KVPool) -> str:
         """Move the dense weights onto transparent huge pages where asked and the kernel has them
-        (cpu_memory.move_to_huge_pages); says what moved, or why nothing did."""
+        (cpu_memory.move_to_huge_pages); says what sits there (the KV pool too, which puts itself there), or why
+        nothing does."""
         if not huge_pages:
             return "off: huge_pages=False"
         mode = cpu_memory.transparent_huge_pages()
         if mode not in ("always", "madvise"):
             return f"off: transparent huge pages are {mode or 'missing'} on this kernel"
         moved = cpu_memory.move_to_huge_pages(self.model.parameters())
-        return f"on: {moved / 2**20:,.0f} MiB of dense weights on transparent huge pages (THP {mode})"
+        kv = f" and the {pool.huge_page_bytes / 2**20:,.0f} MiB KV pool" if pool.huge_page_bytes else ""
+        return f"on: {moved / 2**20:,.0f} MiB of dense weights{kv} on transparent huge pages (THP {mode})"
 
     def _describe_cpu_kernels(self) -> str:
         """cpu_native.describe for this model: whether its Linears reach the C GEMV (fp32 weights stay dense; bf16
