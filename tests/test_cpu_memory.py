@@ -47,6 +47,7 @@ def test_moved_tensors_keep_their_values_identity_and_modules():
     x = torch.randn(4, 300)
     assert torch.equal(linear(x), x @ before[0].t() + before[1])
     assert cpu_memory.move_to_huge_pages([linear.weight, frozen]) == 0  # already there
+    assert cpu_memory.on_huge_pages(linear.weight) and not cpu_memory.on_huge_pages(strided)
 
 
 def test_nothing_moves_where_the_kernel_has_no_huge_pages(monkeypatch):
@@ -80,6 +81,10 @@ def _greedy(monkeypatch, huge_pages: bool) -> tuple[str, list[dict]]:
         monkeypatch.setattr(cpu_memory, "transparent_huge_pages", lambda: "never")
     with Runtime(device="cpu", max_total_tokens=512) as rt:
         memory = rt.model_info().cpu_memory
+        model = rt.engine.runner.model
+        fused = model.model.fused_decode_weights()
+        placed = [cpu_memory.on_huge_pages(t) for t in (model.lm_head.weight, fused[0].qkv, fused[-1].down)]
+        assert placed == [huge_pages] * 3  # the dense weights, and the packed copies the C decode reads
         outs = rt.generate(["The capital of France is", "Once upon a time"], max_new_tokens=12, temperature=0,
                            ignore_eos=True, return_logprob=True)
     return memory, [(o["text"], [t for _, t in o["meta_info"]["output_token_logprobs"]],
@@ -90,7 +95,8 @@ def _greedy(monkeypatch, huge_pages: bool) -> tuple[str, list[dict]]:
 def test_an_engine_on_huge_pages_decodes_as_one_without(monkeypatch):
     on, with_huge = _greedy(monkeypatch, True)
     off, without = _greedy(monkeypatch, False)
-    assert on.startswith("on: ") and "MiB of dense weights and the " in on and "MiB KV pool on transparent huge" in on
+    assert on.startswith("on: ") and "MiB of dense weights (and the C decode's packed copies) and the " in on
+    assert "MiB KV pool on transparent huge pages" in on
     assert off == "off: transparent huge pages are never on this kernel"
     for (text, tokens, logprobs), (text_off, tokens_off, logprobs_off) in zip(with_huge, without):
         assert text == text_off and tokens == tokens_off

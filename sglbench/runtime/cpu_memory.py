@@ -84,7 +84,7 @@ def move_to_huge_pages(tensors: Iterable[torch.Tensor]) -> int:
     movable, seen = [], set()
     for t in tensors:
         if (id(t) in seen or t.device.type != "cpu" or t.is_mkldnn or not t.is_contiguous() or t.numel() == 0
-                or getattr(t.untyped_storage(), "_sglbench_huge", False)):
+                or on_huge_pages(t)):
             continue
         seen.add(id(t))
         movable.append(t)
@@ -102,3 +102,9 @@ def move_to_huge_pages(tensors: Iterable[torch.Tensor]) -> int:
             t.data = copy
     buffer.untyped_storage()._sglbench_huge = True
     return sum(t.nbytes for t in movable)
+
+
+def on_huge_pages(tensor: torch.Tensor) -> bool:
+    """Whether `move_to_huge_pages` put this tensor's storage on its huge-page buffer (the mark rides on the
+    storage's Python object, which torch keeps for as long as the storage lives)."""
+    return not tensor.is_mkldnn and bool(getattr(tensor.untyped_storage(), "_sglbench_huge", False))

@@ -71,8 +71,10 @@ class ModelRunner:
         if mode not in ("always", "madvise"):
             return f"off: transparent huge pages are {mode or 'missing'} on this kernel"
         moved = cpu_memory.move_to_huge_pages(self.model.parameters())
+        self.model.model.on_packed = cpu_memory.move_to_huge_pages  # the C decode's packed copies, when made
         kv = f" and the {pool.huge_page_bytes / 2**20:,.0f} MiB KV pool" if pool.huge_page_bytes else ""
-        return f"on: {moved / 2**20:,.0f} MiB of dense weights{kv} on transparent huge pages (THP {mode})"
+        return (f"on: {moved / 2**20:,.0f} MiB of dense weights (and the C decode's packed copies){kv} on "
+                f"transparent huge pages (THP {mode})")
 
     def _describe_cpu_kernels(self) -> str:
         """cpu_native.describe for this model: whether its Linears reach the C GEMV (fp32 weights stay dense; bf16

@@ -8,6 +8,8 @@ The model sees a flattened ragged batch (ForwardBatch); attention goes through t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -172,6 +174,9 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
         self._fused_cache: tuple | None = None  # (versions, tensors, fused_decode_weights' answer)
+        # Called with the packed copies fused_decode_weights makes, each time it makes them (the model runner
+        # puts them on huge pages, as the dense weights: runtime/cpu_memory.py).
+        self.on_packed: Callable[[list[torch.Tensor]], object] | None = None
         # load_state_dict(assign=True) swaps the tensors themselves: pack them again
         self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_fused_cache", None))
 
@@ -212,6 +217,8 @@ class LlamaModel(nn.Module):
         packed = weight.dtype == torch.float32 and packed_bytes <= cpu_native.FUSED_DECODE_MAX_BYTES
         weights = [layer.decode_weights(packed) for layer in self.layers]
         weights = None if any(w is None for w in weights) else weights
+        if weights and packed and self.on_packed is not None:
+            self.on_packed([t for w in weights for t in (w.qkv, w.o, w.gate_up, w.down)])
         self._fused_cache = (_versions(params), params, weights)
         return weights
 
