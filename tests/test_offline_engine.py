@@ -163,6 +163,7 @@ def test_server_info_flush_and_model_info(llm):
     info = llm.get_server_info()
     assert info["tp_size"] == 1 and info["device"] == "cpu" and info["max_total_num_tokens"] == 2048
     assert info["internal_states"][0]["pool_slots"] == 2048 and info["version"]
+    assert info["cpu_memory"] == llm.runtime.model_info().cpu_memory
     assert llm.get_model_info()["is_generation"] is True
     flushed = llm.flush_cache()
     assert isinstance(flushed, FlushCacheReqOutput) and flushed.success and flushed

@@ -182,6 +182,7 @@ def test_server_and_model_info_have_sglangs_fields(client, server, rt):
     assert info["max_total_num_tokens"] == rt.model_info().max_total_tokens
     assert info["internal_states"][0]["num_running_reqs"] == 0
     assert (info["page_size"], info["tp_size"], info["disable_radix_cache"]) == (1, 1, False)
+    assert info["cpu_memory"] == rt.model_info().cpu_memory and info["huge_pages"] is True  # what, and the switch
     model = client.get("/get_model_info").json()
     assert model == client.get("/model_info").json()
     assert model["model_path"] == Path(rt.config.model_path).name and model["served_model_name"] == "tiny"
