@@ -28,6 +28,11 @@ _HF_CHAT_TEMPLATE_PARAMETERS = frozenset(inspect.signature(PreTrainedTokenizerBa
 _SANITIZES = "sanitize_control_tokens" in _HF_CHAT_TEMPLATE_PARAMETERS  # transformers 5.x
 
 
+# Texts on which a fast tokenizer's Rust backend must encode as the Hugging Face wrapper does before `Tokenizer`
+# calls it directly: spaces, a JSON key, unicode and emoji, a few-shot line (and, added there, special tokens).
+_ENCODE_PROBES = ("", " ", "  Hello  world", '{\n  "name": "', "naïve café 東京 🚀", "\n\nQ: What is 3 + 4?\nA:")
+
+
 class Tokenizer:
     """A Hugging Face tokenizer behind a lock (the Rust tokenizer refuses concurrent mutable use)."""
 
@@ -37,15 +42,35 @@ class Tokenizer:
             raise FileNotFoundError(f"model_path {str(path)!r} has no tokenizer (tokenizer.json / tokenizer_config.json)")
         self.hf = AutoTokenizer.from_pretrained(str(path))
         self._lock = threading.Lock()
+        self._backend = self._checked_backend()
+
+    def _checked_backend(self) -> Any:
+        """The Rust tokenizer under a fast Hugging Face one, when it encodes the probes as the wrapper does with
+        and without special tokens and neither truncates nor pads; else None. Called directly it takes a third of
+        the wrapper's time a call (10 against 31 us here), and jump-forward encodes every forced string."""
+        backend = getattr(self.hf, "backend_tokenizer", None) if getattr(self.hf, "is_fast", False) else None
+        if backend is None:
+            return None
+        probes = [*_ENCODE_PROBES, *(f" {t} x" for t in self.hf.all_special_tokens[:8])]
+        for text in probes:
+            for special in (False, True):
+                if list(self.hf.encode(text, add_special_tokens=special)) != backend.encode(
+                        text, add_special_tokens=special).ids:
+                    return None
+        return backend if backend.truncation is None and backend.padding is None else None
+
+    def _encode(self, text: str, special: bool) -> list[int]:
+        with self._lock:
+            if self._backend is not None:
+                return self._backend.encode(text, add_special_tokens=special).ids
+            return list(self.hf.encode(text, add_special_tokens=special))
 
     def encode(self, text: str) -> list[int]:
-        with self._lock:
-            return list(self.hf.encode(text, add_special_tokens=True))
+        return self._encode(text, True)
 
     def encode_plain(self, text: str) -> list[int]:
         """Tokens of text with no bos/eos added (for continuations)."""
-        with self._lock:
-            return list(self.hf.encode(text, add_special_tokens=False))
+        return self._encode(text, False)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True,
                spaces_between_special_tokens: bool = True) -> str:
