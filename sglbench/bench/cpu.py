@@ -158,6 +158,7 @@ def bandwidth(megabytes: int, repeats: int, device: str = "cpu") -> tuple[float,
     nbytes = src.numel() * 4
     sources = [src]
     if device == "cpu":
+        from sglbench.kernel import cpu_native
         from sglbench.runtime.cpu_memory import huge_page_buffer
 
         huge = huge_page_buffer(nbytes)
@@ -167,8 +168,6 @@ def bandwidth(megabytes: int, repeats: int, device: str = "cpu") -> tuple[float,
     for tensor in sources:
         reads.append(lambda tensor=tensor: tensor.sum())
         if device == "cpu":
-            from sglbench.kernel import cpu_native
-
             matrix, row = tensor.view(-1, 1024), torch.ones(1, 1024)
             reads.append(lambda matrix=matrix, row=row: F.linear(row, matrix))
             if cpu_native.available():

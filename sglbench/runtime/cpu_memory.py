@@ -1,4 +1,4 @@
-"""How sglbench holds CPU memory: freed activations kept in the heap, model weights on huge pages.
+"""How sglbench holds CPU memory: freed activations kept in the heap, weights and KV pool on huge pages.
 
 Freed activations. glibc serves every allocation above its mmap threshold (128 KiB, rising to at most 32 MiB
 as blocks are freed) with freshly mapped pages and unmaps them on free, and it trims the heap top past the
@@ -12,7 +12,8 @@ Weights on huge pages. A decode step streams every weight once, and on 4 KiB pag
 walk, two-dimensional under a hypervisor) every 4 KiB. `move_to_huge_pages` copies the dense weights into one
 2 MiB-aligned mapping advised MADV_HUGEPAGE, so the kernel backs it with transparent huge pages: on this
 repository's 2-core Xeon VM the C GEMV read Qwen2.5-0.5B's bf16 layer weights at 25-26 GB/s instead of 19-22
-(the 272 MB lm-head: 27.8 instead of 24-25). Where THP is off ("never") or missing, nothing moves.
+(the 272 MB lm-head: 27.8 instead of 24-25). The KV pool takes a `huge_page_buffer` of its own (kv_pool.py).
+Where THP is off ("never") or missing, nothing moves.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _applied = False
 HUGE_PAGE_BYTES = 2 << 20  # a transparent huge page on x86-64 and (with 4 KiB base pages) arm64
 _THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _ALIGN = 64  # each tensor in a huge-page buffer starts on a cache line
+THP_ON = ("always", "madvise")  # the THP modes in which MADV_HUGEPAGE takes effect
 
 
 def retain_freed_memory() -> bool:
@@ -63,7 +65,7 @@ def transparent_huge_pages() -> str | None:
 def huge_page_buffer(nbytes: int) -> torch.Tensor | None:
     """A zeroed uint8 CPU tensor of nbytes on a private anonymous mapping of its own, 2 MiB aligned and advised
     MADV_HUGEPAGE (the kernel backs it with huge pages as it is first touched); None where THP is off."""
-    if nbytes <= 0 or transparent_huge_pages() not in ("always", "madvise") or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if nbytes <= 0 or transparent_huge_pages() not in THP_ON or not hasattr(mmap, "MADV_HUGEPAGE"):
         return None
     mapping = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:

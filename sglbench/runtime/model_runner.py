@@ -68,7 +68,7 @@ class ModelRunner:
         if not huge_pages:
             return "off: huge_pages=False"
         mode = cpu_memory.transparent_huge_pages()
-        if mode not in ("always", "madvise"):
+        if mode not in cpu_memory.THP_ON:
             return f"off: transparent huge pages are {mode or 'missing'} on this kernel"
         moved = cpu_memory.move_to_huge_pages(self.model.parameters())
         self.model.model.on_packed = cpu_memory.move_to_huge_pages  # the C decode's packed copies, when made
