@@ -263,6 +263,28 @@ def test_decoding_requests_ride_along_with_a_prefill_step(model_path):
     assert mixed_metrics.prefill_tokens == plain_metrics.prefill_tokens
 
 
+def test_a_resumed_request_samples_in_its_prefill_step(model_path):
+    """A retracted request re-prefills its tokens, its last sampled one included, and samples its next token
+    from that step (as SGLang does), not from a decode step after it: as many forwards as tokens."""
+    from sglbench.runtime.engine import Engine, EngineConfig
+    from sglbench.runtime.request import Request
+
+    def run(retract: bool):
+        engine = Engine(EngineConfig(str(model_path), max_total_tokens=2048))
+        req = Request("r", list(PROMPTS[2]), rt_params(12))
+        engine.add_request(req)
+        for _ in range(4):  # the prefill and three decode steps: four tokens
+            engine.step()
+        if retract:
+            engine._retract(req)
+        while engine.has_work():
+            engine.step()
+        engine.check_integrity()
+        return req.output_ids, engine.metrics.num_steps, req.num_retractions
+
+    assert run(True) == (run(False)[0], 12, 1)
+
+
 def test_context_length_past_the_models_is_refused_unless_allowed_as_sglang_does(model_path, monkeypatch):
     from sglbench.runtime.model_config import LONGER_CONTEXT_ENV, ModelConfig
 

@@ -83,7 +83,9 @@ class CacheManager:
             req.kv_len = req.alloc_len = match.matched_len
             req.row = self.req_to_token.alloc()
             self.req_to_token.write(req.row, 0, match.slots)
-        remaining = req.prefill_len - req.kv_len
+        # Through the last token: a resumed request (jump-forward, retraction) computes its last sampled
+        # token with the rest and samples its next one in the same step, not in a decode step after it.
+        remaining = len(req.fill_ids) - req.kv_len
         n = min(remaining, max_tokens)
         if not self.ensure_free(n + reserve):
             n = min(n, self.pool.free_count - reserve)

@@ -118,7 +118,7 @@ class ModelRunner:
                     rows.append((len(logits_rows), p + 1))
                     logits_rows.append(offset + p - start)
                 prompt_rows[i] = rows
-            if end == req.prefill_len and not req.output_ids:  # a resumed request already has its next token
+            if end == len(req.fill_ids):  # the request's last token: its next one is sampled here
                 sample_rows[i] = len(logits_rows)
                 logits_rows.append(offset + n - 1)
             offset += n
