@@ -12,6 +12,7 @@ import transformers
 
 from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime
+from sglbench.runtime.sampling_params import SamplingParams
 from tests.helpers import assert_pool_full, hf_greedy
 
 PROMPTS = [[1, 5, 9, 13, 40, 41], [1, 100, 7], [1, *range(50, 90)], [1, 300, 301, 302, 9, 9, 9, 12]]
@@ -261,6 +262,48 @@ def test_decoding_requests_ride_along_with_a_prefill_step(model_path):
     assert not any(s["mode"] == "mixed" for s in plain_steps)
     assert mixed_metrics.decode_tokens == plain_metrics.decode_tokens == 4 * 11
     assert mixed_metrics.prefill_tokens == plain_metrics.prefill_tokens
+
+
+def test_short_chunks_run_as_one_decode_batch_with_the_extend_paths_outputs(model_path, monkeypatch):
+    """Where whole decode layers run in C, a mixed step whose chunks are short (a branch's few new tokens past a
+    cached prefix, jump-forward's forced tokens) runs as a decode batch with a row per new token, each over its
+    context up to itself: the extend's causal attention. Same tokens and logprobs as the extend path."""
+    from sglbench.kernel import cpu_native
+    from sglbench.runtime import model_runner
+    from sglbench.runtime.engine import Engine, EngineConfig
+    from sglbench.runtime.request import Request
+
+    if not cpu_native.available():
+        pytest.skip(f"C kernels: {cpu_native.unavailable_reason()}")
+    stem = [1, *range(200, 240)]
+    late = [[*stem, 7, 8, 9], [*stem, 11], [*stem, *range(300, 316)]]
+
+    def run(flat: bool):
+        monkeypatch.setattr(model_runner, "FLAT_MAX_ROWS", 256 if flat else 0)
+        engine = Engine(EngineConfig(str(model_path), max_total_tokens=2048))
+        flat_steps = []
+        prepare_flat = engine.runner.prepare_flat
+        engine.runner.prepare_flat = lambda plan, riders, table: flat_steps.append(
+            (sorted(n for _, n in plan), len(riders))) or prepare_flat(plan, riders, table)
+        params = SamplingParams(max_new_tokens=10, temperature=0, ignore_eos=True, return_logprob=True)
+        reqs = [Request(f"r{i}", list(p), params) for i, p in enumerate([[*stem, 5], PROMPTS[0], *late])]
+        for r in reqs[:2]:
+            engine.add_request(r)
+        for _ in range(3):
+            engine.step()
+        for r in reqs[2:]:
+            engine.add_request(r)
+        while engine.has_work():
+            engine.step()
+        engine.check_integrity()
+        logprobs = [[lp for lp, _ in r.output_token_logprobs] for r in reqs]
+        return [r.output_ids for r in reqs], logprobs, flat_steps
+
+    flat_out, flat_logprobs, flat_steps = run(True)
+    plain_out, plain_logprobs, plain_steps = run(False)
+    assert flat_out == plain_out and all(len(o) == 10 for o in flat_out)
+    torch.testing.assert_close(flat_logprobs, plain_logprobs, atol=1e-4, rtol=0)
+    assert flat_steps == [([1, 3, 16], 2)] and plain_steps == []  # the late requests past the cached stem
 
 
 def test_a_resumed_request_samples_in_its_prefill_step(model_path):
