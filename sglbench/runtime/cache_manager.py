@@ -106,6 +106,14 @@ class CacheManager:
         self.req_to_token.write(req.row, req.kv_len, self.pool.alloc(n))
         req.alloc_len = req.kv_len + n
 
+    def alloc_next_slots(self, reqs: list[Request]) -> None:
+        """`alloc_slots(req, 1)` for each of reqs (a decode batch) in one allocation and one table write: per
+        request, those took about 28 us, a millisecond of a 32-request step."""
+        assert all(r.alloc_len == r.kv_len for r in reqs), "a request's previous step was not committed"
+        self.req_to_token.write_one_each([r.row for r in reqs], [r.kv_len for r in reqs], self.pool.alloc(len(reqs)))
+        for r in reqs:
+            r.alloc_len = r.kv_len + 1
+
     # ------------------------------------------------------------------ release
     def release(self, req: Request, insert: bool) -> None:
         """Return req's KV: its computed tokens go into the radix cache (or back to the pool), its lock is dropped."""

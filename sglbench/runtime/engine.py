@@ -280,8 +280,8 @@ class Engine:
             victim = min(reqs, key=lambda r: (len(r.output_ids), -len(r.input_ids)))
             self._retract(victim)
             reqs = self.scheduler.decoding()
-        for r in reqs:
-            self.kv.alloc_slots(r, 1)
+        if reqs:
+            self.kv.alloc_next_slots(reqs)
         return reqs
 
     # ------------------------------------------------------------------ stepping
@@ -331,8 +331,7 @@ class Engine:
         reqs = self.scheduler.decoding()
         if not reqs or not self.kv.ensure_free(len(reqs)):
             return []
-        for r in reqs:
-            self.kv.alloc_slots(r, 1)
+        self.kv.alloc_next_slots(reqs)
         return reqs
 
     def _run_extend(self, plan: list[tuple[Request, int]], riders: list[Request]) -> None:

@@ -141,5 +141,10 @@ class ReqToTokenTable:
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
         self.table[row, start : start + slots.numel()] = slots
 
+    def write_one_each(self, rows: list[int], positions: list[int], slots: torch.Tensor) -> None:
+        """slots[i] at (rows[i], positions[i]): one indexed write for a decode batch's new slots."""
+        index = torch.tensor([rows, positions], dtype=torch.int64, device=self.table.device)
+        self.table[index[0], index[1]] = slots
+
     def slots(self, row: int, start: int, end: int) -> torch.Tensor:
         return self.table[row, start:end]
