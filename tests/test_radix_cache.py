@@ -555,6 +555,15 @@ class RadixCacheMachine(RuleBasedStateMachine):
         self.count()
         self.match(self.make_seq(spec), record)
 
+    @rule(spec=seq_st)
+    def peek(self, spec):
+        """peek_prefix: the longest cached prefix's length, and nothing changes (no split, recency, counters)."""
+        self.count()
+        seq = self.make_seq(spec)
+        before = (self.cache.version, self.cache.counters(), repr(self.cache))
+        assert self.cache.peek_prefix(seq) == self.cache.peek_prefix(list(seq)) == self.model.longest(seq)
+        assert (self.cache.version, self.cache.counters(), repr(self.cache)) == before
+
     @precondition(lambda self: len(self.requests) < 3)
     @rule(spec=seq_st)
     def start_request(self, spec):

@@ -62,6 +62,10 @@ class CacheManager:
     def match(self, req: Request, record: bool = False) -> MatchResult:
         return self.cache.match_prefix(self.matchable(req), record=record)
 
+    def peek(self, req: Request) -> int:
+        """Tokens of req the cache holds now, changing nothing (RadixCache.peek_prefix)."""
+        return self.cache.peek_prefix(self.matchable(req))
+
     # ------------------------------------------------------------------ admission
     def ensure_free(self, n: int) -> bool:
         """Evict unlocked cache leaves until n slots are free; whether they are."""

@@ -234,8 +234,12 @@ class Engine:
 
     # ------------------------------------------------------------------ admission and retraction
     def _match(self, req: Request) -> PrefixMatch:
-        result = self.kv.match(req)
-        return PrefixMatch(result.matched_len, result.last_node)
+        """A waiting request's cached prefix, for the scheduler's ordering: its length from a walk that changes
+        nothing, unless dfs-weight needs the node (which match_prefix splits out)."""
+        if self.scheduler.config.policy == "dfs-weight":
+            result = self.kv.match(req)
+            return PrefixMatch(result.matched_len, result.last_node)
+        return PrefixMatch(self.kv.peek(req), None)
 
     def _admit(self, req: Request, max_tokens: int) -> int:
         """Give req KV for its next chunk (the scheduler's admit callback); 0 when there is no room now."""

@@ -164,6 +164,25 @@ class RadixCache:
         slots = torch.cat([self.root.value, *(n.value for n in path)])  # [matched_len], a fresh tensor
         return MatchResult(slots, path[-1] if path else self.root, matched_len)
 
+    def peek_prefix(self, token_ids: Sequence[int]) -> int:
+        """Length of the longest cached prefix of `token_ids`, changing nothing (no split, recency or
+        counters): for a scheduler ranking its waiting requests every step, where match_prefix's split and
+        slot gather cost several times the walk (tree-of-thought: most of a step's host time)."""
+        if self.disable:
+            return 0
+        tokens = token_ids if isinstance(token_ids, tuple) else _as_key(token_ids)
+        node, i = self.root, 0
+        while i < len(tokens):
+            child = node.children.get(tokens[i])
+            if child is None:
+                break
+            c = common_prefix_len(child.key, tokens[i : i + len(child.key)])
+            i += c
+            if c < len(child.key):
+                break
+            node = child
+        return i
+
     def _walk(self, tokens: tuple[int, ...]) -> list[TreeNode]:
         """Nodes spelling the longest cached prefix of `tokens`, root excluded; splits the last if needed."""
         path: list[TreeNode] = []
