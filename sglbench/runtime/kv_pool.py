@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from sglbench.runtime.cpu_memory import huge_page_buffer
@@ -38,14 +39,18 @@ class KVPoolConfig:
 
 
 class TokenSlotAllocator:
-    """Free list over slot indices. Slot 0 is reserved as a padding target and never handed out."""
+    """Free list over slot indices. Slot 0 is reserved as a padding target and never handed out.
+
+    Kept in numpy, not torch: the engine allocates and frees on every step, and each torch call there gives
+    up the GIL, which the language frontend's threads then hold for a switch interval (tree-of-thought: most
+    of the scheduler's time was such waits). Slots come back as CPU int64 tensors (on the pool's device)."""
 
     def __init__(self, num_slots: int, device: str = "cpu"):
         self.num_slots = num_slots
         self.device = device
-        self._free = torch.arange(1, num_slots + 1, dtype=torch.int64)
+        self._free = np.arange(1, num_slots + 1, dtype=np.int64)
         self._free_count = num_slots
-        self._allocated = torch.zeros(num_slots + 1, dtype=torch.bool)
+        self._allocated = np.zeros(num_slots + 1, dtype=bool)
 
     @property
     def free_count(self) -> int:
@@ -58,21 +63,24 @@ class TokenSlotAllocator:
         if n > self._free_count:
             raise OutOfSlotsError(f"asked for {n} KV slots, {self._free_count} free")
         start = self._free_count - n
-        slots = self._free[start : self._free_count].clone()
+        slots = self._free[start : self._free_count].copy()
         self._free_count = start
         self._allocated[slots] = True
-        return slots.to(self.device)
+        out = torch.from_numpy(slots)
+        return out if str(self.device) == "cpu" else out.to(self.device)
 
     def free(self, slots: torch.Tensor) -> None:
         """Give slots back. Freeing a slot that is not allocated is a bookkeeping bug and raises."""
         if slots.numel() == 0:
             return
-        slots = slots.to("cpu", torch.int64)
-        if not bool(self._allocated[slots].all()) or slots.unique().numel() != slots.numel():
+        if slots.device.type != "cpu" or slots.dtype != torch.int64:
+            slots = slots.to("cpu", torch.int64)
+        index = slots.numpy()
+        if not self._allocated[index].all() or np.unique(index).size != index.size:
             raise RuntimeError("double free of KV slots")
-        self._allocated[slots] = False
-        n = slots.numel()
-        self._free[self._free_count : self._free_count + n] = slots
+        self._allocated[index] = False
+        n = index.size
+        self._free[self._free_count : self._free_count + n] = index
         self._free_count += n
 
     def allocated_count(self) -> int:
