@@ -370,7 +370,9 @@ class Runtime:
                 raise ValueError("prompt is empty: give a non-empty text or input_ids")
             check_no_lone_surrogate(prompt, "prompt")
             return self.tokenizer.encode(prompt)
-        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        # set(map(type, ...)) runs in C: a program's every request passes here with its whole context
+        if isinstance(prompt, (list, tuple)) and (set(map(type, prompt)) <= {int} or all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
             return list(prompt)
         raise TypeError(f"prompt must be a str or a list of token ids, got {type(prompt).__name__}")
 
