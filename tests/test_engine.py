@@ -231,6 +231,22 @@ def test_recreating_runtimes_does_not_leak_threads(model_path):
         r.generate(PROMPTS[0])
 
 
+def test_the_heap_is_frozen_while_a_runtime_runs_and_its_engine_is_collected_after(model_path):
+    """A running runtime keeps the start-up heap out of the collector's full passes (gc.freeze); after shutdown
+    the heap is handed back, and the stopped engine (the model's cycles included) is collected."""
+    import gc
+    import weakref
+
+    with Runtime(str(model_path), device="cpu", max_total_tokens=256) as r:
+        assert gc.get_freeze_count() > 0
+        engine = weakref.ref(r.engine)
+        assert greedy(r, PROMPTS[0], n=2)["meta_info"]["completion_tokens"] == 2
+    assert gc.get_freeze_count() == 0
+    del r
+    gc.collect()
+    assert engine() is None
+
+
 def test_decoding_requests_ride_along_with_a_prefill_step(model_path):
     """Requests arriving while others decode are prefilled in the same forward as the others' next tokens
     (a "mixed" step, no decode step of its own), with the outputs and token counts of an engine that does

@@ -10,6 +10,7 @@ forever.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import itertools
 import logging
 import queue
@@ -281,6 +282,7 @@ class Runtime:
             raise
         self.tokenizer = self.engine.tokenizer
         self._finalizer = weakref.finalize(self, _stop_thread, self._commands, self._thread, self._life)
+        _freeze_heap()
         self._on_shutdown: list[Callable[[], object]] = []
         # Objects higher layers keep one of per runtime (the viz dashboard), by key; they live as long as it.
         self.attachments: dict[str, Any] = {}
@@ -508,10 +510,22 @@ def _collect(handles: list[RequestHandle], n: int) -> dict | list:
     return results[0] if n == 1 else results
 
 
+def _freeze_heap() -> None:
+    """Collect, then move every object alive into the garbage collector's permanent generation (gc.freeze), as
+    SGLang's and vLLM's servers do after start-up. The heap then holds torch, transformers and the model (about
+    375 K objects with the embedded one), and each full collection walked all of them on whichever thread
+    triggered it, the engine's included: 170-280 ms pauses in about every other tree-of-thought run.
+    `_stop_thread` unfreezes, so a stopped runtime's cycles are collected again."""
+    gc.collect()
+    gc.freeze()
+
+
 def _stop_thread(commands: queue.Queue, thread: threading.Thread, life: _Lifecycle) -> None:
-    """Stop the engine loop and wait for it; if it is stuck in a step, end the requests in flight anyway."""
+    """Stop the engine loop and wait for it; if it is stuck in a step, end the requests in flight anyway. Then
+    hand the frozen heap back to the collector (`_freeze_heap`)."""
     commands.put(_STOP)
     if thread is not threading.current_thread():
         thread.join(timeout=30)
         if thread.is_alive():
             life.close(None, None)
+    gc.unfreeze()
