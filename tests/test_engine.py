@@ -280,12 +280,11 @@ def test_decoding_requests_ride_along_with_a_prefill_step(model_path):
     assert mixed_metrics.prefill_tokens == plain_metrics.prefill_tokens
 
 
-def test_short_chunks_run_as_one_decode_batch_with_the_extend_paths_outputs(model_path, monkeypatch):
-    """Where whole decode layers run in C, a mixed step whose chunks are short (a branch's few new tokens past a
-    cached prefix, jump-forward's forced tokens) runs as a decode batch with a row per new token, each over its
-    context up to itself: the extend's causal attention. Same tokens and logprobs as the extend path."""
+def test_extend_steps_run_each_layer_as_one_call_with_the_layer_by_layer_outputs(model_path, monkeypatch):
+    """On packed weights (small fp32 models) an extend step of up to FUSED_EXTEND_MAX_ROWS new tokens runs each
+    layer as one C call (cpu_native.decode_layers with qo_indptr: the extend's causal attention), mixed steps
+    with decoding riders included. Same tokens and logprobs as layer by layer."""
     from sglbench.kernel import cpu_native
-    from sglbench.runtime import model_runner
     from sglbench.runtime.engine import Engine, EngineConfig
     from sglbench.runtime.request import Request
 
@@ -294,13 +293,13 @@ def test_short_chunks_run_as_one_decode_batch_with_the_extend_paths_outputs(mode
     stem = [1, *range(200, 240)]
     late = [[*stem, 7, 8, 9], [*stem, 11], [*stem, *range(300, 316)]]
 
-    def run(flat: bool):
-        monkeypatch.setattr(model_runner, "FLAT_MAX_ROWS", 256 if flat else 0)
+    def run(fused: bool):
+        monkeypatch.setattr(cpu_native, "FUSED_EXTEND_MAX_ROWS", 1536 if fused else 0)
         engine = Engine(EngineConfig(str(model_path), max_total_tokens=2048))
-        flat_steps = []
-        prepare_flat = engine.runner.prepare_flat
-        engine.runner.prepare_flat = lambda plan, riders, table: flat_steps.append(
-            (sorted(n for _, n in plan), len(riders))) or prepare_flat(plan, riders, table)
+        extend_calls = []
+        original = cpu_native.decode_layers
+        monkeypatch.setattr(cpu_native, "decode_layers", lambda *a, **k: extend_calls.append(
+            a[-1] is not None if len(a) > 10 else k.get("qo_indptr") is not None) or original(*a, **k))
         params = SamplingParams(max_new_tokens=10, temperature=0, ignore_eos=True, return_logprob=True)
         reqs = [Request(f"r{i}", list(p), params) for i, p in enumerate([[*stem, 5], PROMPTS[0], *late])]
         for r in reqs[:2]:
@@ -313,13 +312,13 @@ def test_short_chunks_run_as_one_decode_batch_with_the_extend_paths_outputs(mode
             engine.step()
         engine.check_integrity()
         logprobs = [[lp for lp, _ in r.output_token_logprobs] for r in reqs]
-        return [r.output_ids for r in reqs], logprobs, flat_steps
+        return [r.output_ids for r in reqs], logprobs, sum(extend_calls)
 
-    flat_out, flat_logprobs, flat_steps = run(True)
-    plain_out, plain_logprobs, plain_steps = run(False)
-    assert flat_out == plain_out and all(len(o) == 10 for o in flat_out)
-    torch.testing.assert_close(flat_logprobs, plain_logprobs, atol=1e-4, rtol=0)
-    assert flat_steps == [([1, 3, 16], 2)] and plain_steps == []  # the late requests past the cached stem
+    fused_out, fused_logprobs, fused_extends = run(True)
+    plain_out, plain_logprobs, plain_extends = run(False)
+    assert fused_out == plain_out and all(len(o) == 10 for o in fused_out)
+    torch.testing.assert_close(fused_logprobs, plain_logprobs, atol=1e-4, rtol=0)
+    assert fused_extends >= 2 and plain_extends == 0  # the first prefill, and the late requests' mixed step
 
 
 def test_a_resumed_request_samples_in_its_prefill_step(model_path):

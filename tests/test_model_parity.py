@@ -309,6 +309,15 @@ def test_fused_decode_layers_refuse_out_of_range_slots_and_positions(checkpoint)
     with pytest.raises(ValueError, match="int64"):
         call(lens=torch.tensor([4, 6], dtype=torch.int32))
     assert torch.isfinite(call()).all()
+    # The extend form: both rows one request's new tokens; its rows must add up to the batch, its queries fit.
+    one = dict(slots=torch.tensor([[1, 2, 3, 4, 5, 6]]), lens=torch.tensor([6]))
+    extend = lambda qo, **kw: cpu_native.decode_layers(  # noqa: E731
+        embedding.clone(), weights, cis, torch.tensor([4, 5]), pool.k_buffers, pool.v_buffers, torch.tensor([5, 6]),
+        kw.get("slots", one["slots"]), kw.get("lens", one["lens"]), 0.1, torch.tensor(qo))
+    assert torch.isfinite(extend([0, 2])).all()
+    for qo, kw in (([0, 3], {}), ([0, 1], {}), ([0, 2], {"lens": torch.tensor([1])})):
+        with pytest.raises(RuntimeError, match="out of range"):
+            extend(qo, **kw)
     dense = [layer.decode_weights(packed=False) for layer in model.model.layers]  # the GEMV's width at most
     wide = cpu_native.MAX_GEMV_ROWS + 1
     with pytest.raises(ValueError, match=f"batches of up to {cpu_native.MAX_GEMV_ROWS}"):

@@ -48,6 +48,11 @@ class AttentionBackend(abc.ABC):
         this backend does not do that."""
         return None
 
+    def in_place_extend_plan(self, batch: ForwardBatch):
+        """The same for an extend batch: each request's context (new tokens included) as a padded row of slots
+        with its length, for decode_layers' extend form; None where this backend does not do that."""
+        return None
+
     @abc.abstractmethod
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         """One query token per request over its context: [batch, heads, dim]."""
@@ -89,6 +94,14 @@ class TorchAttentionBackend(AttentionBackend):
             return None
         plan = self._plan(batch, lambda: self._plan_decode(batch, k_buf, k_buf))
         return plan if plan.shared is None and plan.lens is not None and plan.max_len > 0 else None
+
+    def in_place_extend_plan(self, batch: ForwardBatch):
+        k_buf = self.pool.k_buffers[0]
+        if batch.mode is not ForwardMode.EXTEND or not cpu_native.attention_fits(k_buf, k_buf):
+            return None
+        # not through _plan: should the model decline, the layer-by-layer extend plans its own way
+        plan = cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, k_buf.dtype, share_prefixes=False)
+        return plan if plan.lens is not None and plan.max_len > 0 else None
 
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         plan = self._plan(batch, lambda: self._plan_decode(batch, q, k_buf))

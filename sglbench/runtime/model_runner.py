@@ -23,15 +23,6 @@ from sglbench.runtime.model_config import ModelConfig
 from sglbench.runtime.models.loader import load_model
 from sglbench.runtime.request import Request
 
-# prepare_flat's limits. Each of a chunk's rows reads its request's context again, where the extend kernel reads
-# it once per block of queries, and past a few hundred rows the extend path's matmuls catch up. Measured on the
-# embedded model (2-core Xeon, interleaved, one step): 32 chunks of 1 token over 400-token contexts 7.5 against
-# 12.3 ms, 64 x 4 20.6 against 31.7, 16 x 16 17.3 against 18.3; at 512 rows level or behind; over 1,500-token
-# contexts 64 x 2 46 against 66, but 16 x 16 (388 K context reads) 43 against 36.
-FLAT_MAX_CHUNK = 32
-FLAT_MAX_ROWS = 256
-FLAT_MAX_READS = 200_000  # the chunks' rows times the context each reads
-
 
 @dataclass(frozen=True)
 class ExtendLayout:
@@ -138,10 +129,7 @@ class ModelRunner:
                       table: ReqToTokenTable) -> tuple[ForwardBatch, ExtendLayout]:
         """An extend batch of plan's chunks with decoding requests riding along (one token each, last): one
         forward instead of a prefill step and a decode step. Either list may be empty. The batch is a plain
-        extend batch whose `parts` let a backend run each part its own way, or, for short chunks where whole
-        decode layers run in C, a decode batch with a row per new token (`prepare_flat`)."""
-        if self._runs_flat(plan, riders):
-            return self.prepare_flat(plan, riders, table)
+        extend batch whose `parts` let a backend run each part its own way."""
         if not riders:
             return self.prepare_extend(plan, table)
         tail = self.prepare_decode(riders, table)
@@ -170,76 +158,32 @@ class ModelRunner:
         return batch, layout
 
     def prepare_decode(self, reqs: list[Request], table: ReqToTokenTable) -> ForwardBatch:
-        """A decode batch: each request's last token over its whole context."""
-        return self._decode_rows(table, [r.row for r in reqs], [r.kv_len for r in reqs],
-                                 [r.output_ids[-1] for r in reqs], list(range(len(reqs))))
-
-    def _decode_rows(self, table: ReqToTokenTable, table_rows: list[int], positions: list[int], ids: list[int],
-                     logits_rows: list[int]) -> ForwardBatch:
-        """A decode batch of one query row per (table row, position, token): each over its table row's slots up
-        to and including its position. The slots come from the table in one gather of the rows ([rows,
-        longest context], also handed to the backend as padded_kv_indices), not one slice and concatenation
-        per row."""
-        dev, batch = self.device, len(ids)
-        lens = [p + 1 for p in positions]
+        """A decode batch: each request's last token over its whole context. The contexts' slots come from
+        the table in one gather of the requests' rows ([batch, longest context], also handed to the
+        backend as padded_kv_indices), not one slice and concatenation per request."""
+        dev, batch = self.device, len(reqs)
+        lens = [r.kv_len + 1 for r in reqs]
         kv = list(itertools.accumulate(lens, initial=0))
-        positions_t = torch.tensor(positions, dtype=torch.int64, device=dev)
-        rows = torch.tensor(table_rows, dtype=torch.int64, device=dev)
+        positions = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64, device=dev)
+        rows = torch.tensor([r.row for r in reqs], dtype=torch.int64, device=dev)
         padded = table.table[:, : max(lens)].index_select(0, rows)  # past a row's length: stale slots
         if min(lens) == max(lens):  # one request, or equal lengths: the block is the flat list
             kv_indices = padded.reshape(-1)
         else:
-            valid = torch.arange(padded.shape[1], device=dev)[None, :] <= positions_t[:, None]
+            valid = torch.arange(padded.shape[1], device=dev)[None, :] <= positions[:, None]
             kv_indices = torch.masked_select(padded, valid)  # 2-3x faster than boolean indexing
         return ForwardBatch(
             mode=ForwardMode.DECODE,
-            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
-            positions=positions_t,
-            out_cache_loc=padded.gather(1, positions_t[:, None]).squeeze(1),
+            input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64, device=dev),
+            positions=positions,
+            out_cache_loc=padded.gather(1, positions[:, None]).squeeze(1),
             qo_indptr=torch.arange(batch + 1, dtype=torch.int64, device=dev),
             kv_indptr=torch.tensor(kv, dtype=torch.int64, device=dev),
             kv_indices=kv_indices,
-            logits_rows=torch.tensor(logits_rows, dtype=torch.int64, device=dev),
+            logits_rows=torch.arange(batch, dtype=torch.int64, device=dev),
             max_q_len=1,
             padded_kv_indices=padded,
         )
-
-    def _runs_flat(self, plan: list[tuple[Request, int]], riders: list[Request]) -> bool:
-        """Whether a step with these chunks runs as `prepare_flat`'s decode batch: on the CPU where every decode
-        batch of its size runs each layer as one C call, within the FLAT_ limits, and without prompt logprobs
-        (which the decode path does not score)."""
-        rows = len(riders) + sum(n for _, n in plan)
-        if (self.device != "cpu" or not plan or rows > FLAT_MAX_ROWS
-                or sum(n * (req.kv_len + n) for req, n in plan) > FLAT_MAX_READS
-                or any(n > FLAT_MAX_CHUNK or req.wants_prompt_logprobs for req, n in plan)):
-            return False
-        fused = self.model.model.fused_decode_weights()
-        return bool(fused) and (fused[0].max_batch is None or rows <= fused[0].max_batch)
-
-    def prepare_flat(self, plan: list[tuple[Request, int]], riders: list[Request],
-                     table: ReqToTokenTable) -> tuple[ForwardBatch, ExtendLayout]:
-        """prepare_mixed's step as a decode batch: each new token of plan's chunks a query row over its request's
-        context up to itself (the C decode layer stores every row's K/V before any row attends, so that is the
-        extend's causal attention), then the riders. Logits only for the rows sampled from."""
-        table_rows, positions, ids, logits_rows = [], [], [], []
-        sample_rows: dict[int, int] = {}
-        for i, (req, n) in enumerate(plan):
-            start, end = req.kv_len, req.kv_len + n
-            table_rows.extend([req.row] * n)
-            positions.extend(range(start, end))
-            ids.extend(req.fill_ids[start:end])
-            if end == len(req.fill_ids):  # the request's last token: its next one is sampled here
-                sample_rows[i] = len(logits_rows)
-                logits_rows.append(len(ids) - 1)
-        for j, r in enumerate(riders):
-            sample_rows[len(plan) + j] = len(logits_rows)
-            logits_rows.append(len(ids))
-            table_rows.append(r.row)
-            positions.append(r.kv_len)
-            ids.append(r.output_ids[-1])
-        batch = self._decode_rows(table, table_rows, positions, ids, logits_rows)
-        entries = tuple(plan) + tuple((r, 1) for r in riders)
-        return batch, ExtendLayout(entries, sample_rows, {}, len(ids), len(riders))
 
     def _make_batch(self, mode, ids, positions, out_loc, qo, kv, kv_indices, logits_rows) -> ForwardBatch:
         dev = self.device

@@ -647,13 +647,16 @@ static inline void project(int dense, const void *x, int64_t ldx, const void *w,
         gemm_team(x, ldx, w, bias, y, ldy, B, N, K, silu_mul);
 }
 
-/* One Llama decoder layer for a decode batch (one new token per request) in one call: where a step is mostly
+/* One Llama decoder layer for a decode batch (one new token per request), or for an extend batch of R requests
+ * whose rows qo[r] .. qo[r + 1] are request r's new tokens (qo not NULL; the attention is then the extend's,
+ * causal over each request's context: see sgl_attention), in one call: where a step is mostly
  * the per-op cost of a dozen torch ops and C calls per layer, this is one parallel region with a barrier
  * between stages. Stages, each the contract of the kernel or torch op the layer runs otherwise:
  *   h = RMSNorm(residual += x) (first layer: residual is the embedding, h = RMSNorm(residual));
  *   q, k, v = h W_qkv^T + b; per-head RMSNorm of q and k (Qwen3; when q_norm is not NULL); rotary on q and k
  *   at positions[b]; k, v stored at slot out_loc[b];
- *   a = attention of q over slots[b, :lens[b]] (sgl_attention's decode);
+ *   a = attention of q over slots[r, :lens[r]] (sgl_attention's decode, or its extend when qo is given; every
+ *   row's K/V is stored before any row attends);
  *   h = RMSNorm(residual += a W_o^T + b_o); out = (silu(h W_g^T) * h W_u^T) W_d^T + b_d.
  * Two layouts of the projections' weights: dense ([N, K] row-major, the model's own tensors; B <= MAX_ROWS;
  * activations, weights and K/V all bf16 (elem 2) or all fp32 (elem 4), rounded as torch's bf16 ops round), or
@@ -666,22 +669,23 @@ int sgl_decode_layer(const void *x, void *residual, void *out, int first, const 
                      const void *w_o, const void *b_o, const void *w_gu, const void *b_gu, const void *w_d,
                      const void *b_d, const float *cis, const int64_t *positions, int64_t max_position, void *k_buf,
                      void *v_buf, int64_t num_slots, const int64_t *out_loc, const int64_t *slots, int64_t ldslots,
-                     const int64_t *lens, int B, int hidden, int H, int KVH, int D, int I, float scale, int dense,
-                     int elem, int threads) {
+                     const int64_t *lens, const int64_t *qo, int R, int B, int hidden, int H, int KVH, int D, int I,
+                     float scale, int dense, int elem, int threads) {
     if (B < 1 || KVH < 1 || H % KVH != 0 || D < 2 || D > 256 || D % 2 || hidden < 1 || I < 1) return 1;
     if (dense ? (B > MAX_ROWS || (elem != 2 && elem != 4)) : (elem != 4 || I % 16)) return 1;
     if (!first && !x) return 1;
     if ((q_norm == NULL) != (k_norm == NULL)) return 1;
+    if (qo ? (R < 1 || qo[0] != 0 || qo[R] != B) : R != B) return 3;
     for (int b = 0; b < B; b++)
-        if (positions[b] < 0 || positions[b] >= max_position || out_loc[b] < 0 || out_loc[b] >= num_slots ||
-            lens[b] < 1 || lens[b] > ldslots)
-            return 3;
-    int64_t *offsets = malloc(sizeof(int64_t) * (2 * (size_t)B + 1));
+        if (positions[b] < 0 || positions[b] >= max_position || out_loc[b] < 0 || out_loc[b] >= num_slots) return 3;
+    for (int r = 0; r < R; r++)
+        if (lens[r] < 1 || lens[r] > ldslots || (qo && qo[r + 1] < qo[r])) return 3;
+    int64_t *offsets = malloc(sizeof(int64_t) * (2 * (size_t)R + 1));
     if (!offsets) return 2;
-    int64_t *qo_indptr = offsets, *kv_start = offsets + B + 1; /* decode: row b is request b's one query */
-    for (int b = 0; b <= B; b++) qo_indptr[b] = b;
-    for (int b = 0; b < B; b++) kv_start[b] = (int64_t)b * ldslots;
-    const int64_t tasks = attention_tasks(qo_indptr, kv_start, lens, slots, (int64_t)B * ldslots, num_slots, B, KVH);
+    int64_t *qo_indptr = offsets, *kv_start = offsets + R + 1; /* decode (qo NULL): row b is request b's query */
+    for (int r = 0; r <= R; r++) qo_indptr[r] = qo ? qo[r] : r;
+    for (int r = 0; r < R; r++) kv_start[r] = (int64_t)r * ldslots;
+    const int64_t tasks = attention_tasks(qo_indptr, kv_start, lens, slots, (int64_t)R * ldslots, num_slots, R, KVH);
     if (tasks < 0) {
         free(offsets);
         return 3;

@@ -184,12 +184,13 @@ class LlamaModel(nn.Module):
         """Final hidden states [tokens, hidden], or only those of `rows` (the last norm skips the others)."""
         x, residual = self.embed_tokens(batch.input_ids), None  # [tokens, hidden]
         fused = self._fused_decode(batch, backend)
-        if fused is not None:  # a decode step the C kernels take whole: one call per layer
-            plan, weights = fused
+        if fused is not None:  # a step the C kernels take whole: one call per layer
+            plan, weights, qo_indptr = fused
             pool = backend.pool
             residual, x = x, cpu_native.decode_layers(
                 x, weights, torch.view_as_real(self.rotary_emb.cis), batch.positions, pool.k_buffers, pool.v_buffers,
-                batch.out_cache_loc, plan.slots.view(plan.batch, plan.max_len), plan.lens, backend.sm_scale)
+                batch.out_cache_loc, plan.slots.view(plan.batch, plan.max_len), plan.lens, backend.sm_scale,
+                qo_indptr)
         else:
             for layer in self.layers:
                 x, residual = layer(x, residual, batch.positions, self.rotary_emb, backend, batch)
@@ -223,15 +224,22 @@ class LlamaModel(nn.Module):
         return weights
 
     def _fused_decode(self, batch: ForwardBatch, backend: AttentionBackend):
-        """(decode plan, `fused_decode_weights`) when this step runs each layer as one C call: a decode batch
-        the weights take, whose K/V the backend reads in place; else None."""
-        if batch.mode is not ForwardMode.DECODE:
+        """(plan, `fused_decode_weights`, qo_indptr or None) when this step runs each layer as one C call: a
+        decode batch the weights take, or on packed weights (small fp32 models) an extend batch of up to
+        cpu_native.FUSED_EXTEND_MAX_ROWS new tokens, whose K/V the backend reads in place; else None."""
+        if batch.mode is ForwardMode.DECODE:
+            weights = self.fused_decode_weights()
+            if weights is None or (weights[0].max_batch is not None and batch.batch_size > weights[0].max_batch):
+                return None
+            plan = backend.in_place_decode_plan(batch)
+            return None if plan is None else (plan, weights, None)
+        if batch.num_tokens > cpu_native.FUSED_EXTEND_MAX_ROWS:
             return None
         weights = self.fused_decode_weights()
-        if weights is None or (weights[0].max_batch is not None and batch.batch_size > weights[0].max_batch):
+        if not weights or not weights[0].packed:
             return None
-        plan = backend.in_place_decode_plan(batch)
-        return None if plan is None else (plan, weights)
+        plan = backend.in_place_extend_plan(batch)
+        return None if plan is None else (plan, weights, batch.qo_indptr)
 
 
 def _versions(tensors: tuple[torch.Tensor | None, ...]) -> tuple:
