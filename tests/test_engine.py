@@ -247,6 +247,19 @@ def test_the_heap_is_frozen_while_a_runtime_runs_and_its_engine_is_collected_aft
     assert engine() is None
 
 
+def run_with_late_arrivals(engine, reqs) -> None:
+    """Two requests first (their prefill, then two decode steps), then the rest arrive; run to the end."""
+    for r in reqs[:2]:
+        engine.add_request(r)
+    for _ in range(3):
+        engine.step()
+    for r in reqs[2:]:
+        engine.add_request(r)
+    while engine.has_work():
+        engine.step()
+    engine.check_integrity()
+
+
 def test_decoding_requests_ride_along_with_a_prefill_step(model_path):
     """Requests arriving while others decode are prefilled in the same forward as the others' next tokens
     (a "mixed" step, no decode step of its own), with the outputs and token counts of an engine that does
@@ -257,15 +270,7 @@ def test_decoding_requests_ride_along_with_a_prefill_step(model_path):
     def run(mixed: bool):
         engine = Engine(EngineConfig(str(model_path), max_total_tokens=2048, mixed_chunk=mixed))
         reqs = [Request(f"r{i}", list(p), rt_params(12)) for i, p in enumerate(PROMPTS)]
-        for r in reqs[:2]:
-            engine.add_request(r)
-        for _ in range(3):  # their prefill, then two decode steps
-            engine.step()
-        for r in reqs[2:]:
-            engine.add_request(r)
-        while engine.has_work():
-            engine.step()
-        engine.check_integrity()
+        run_with_late_arrivals(engine, reqs)
         steps = [e.data for e in engine.events.since(0, kinds=("batch.step",))]
         return [r.output_ids for r in reqs], steps, engine.metrics
 
@@ -302,15 +307,7 @@ def test_extend_steps_run_each_layer_as_one_call_with_the_layer_by_layer_outputs
             a[-1] is not None if len(a) > 10 else k.get("qo_indptr") is not None) or original(*a, **k))
         params = SamplingParams(max_new_tokens=10, temperature=0, ignore_eos=True, return_logprob=True)
         reqs = [Request(f"r{i}", list(p), params) for i, p in enumerate([[*stem, 5], PROMPTS[0], *late])]
-        for r in reqs[:2]:
-            engine.add_request(r)
-        for _ in range(3):
-            engine.step()
-        for r in reqs[2:]:
-            engine.add_request(r)
-        while engine.has_work():
-            engine.step()
-        engine.check_integrity()
+        run_with_late_arrivals(engine, reqs)
         logprobs = [[lp for lp, _ in r.output_token_logprobs] for r in reqs]
         return [r.output_ids for r in reqs], logprobs, sum(extend_calls)
 

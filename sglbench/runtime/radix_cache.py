@@ -171,33 +171,26 @@ class RadixCache:
         if self.disable:
             return 0
         tokens = token_ids if isinstance(token_ids, tuple) else _as_key(token_ids)
-        node, i = self.root, 0
-        while i < len(tokens):
-            child = node.children.get(tokens[i])
-            if child is None:
-                break
-            c = common_prefix_len(child.key, tokens[i : i + len(child.key)])
-            i += c
-            if c < len(child.key):
-                break
-            node = child
-        return i
+        return sum(c for _, c in self._descend(tokens))
 
     def _walk(self, tokens: tuple[int, ...]) -> list[TreeNode]:
         """Nodes spelling the longest cached prefix of `tokens`, root excluded; splits the last if needed."""
-        path: list[TreeNode] = []
+        return [child if c == len(child.key) else self._split(child, c) for child, c in self._descend(tokens)]
+
+    def _descend(self, tokens: tuple[int, ...]) -> Iterator[tuple[TreeNode, int]]:
+        """(node, its tokens matched) down the longest cached prefix of `tokens`, root excluded; only the last
+        may match partly (a caller may split it before asking for more: nothing follows it)."""
         node, i = self.root, 0
         while i < len(tokens):
             child = node.children.get(tokens[i])
             if child is None:
-                break
+                return
             c = common_prefix_len(child.key, tokens[i : i + len(child.key)])
-            if c < len(child.key):
-                path.append(self._split(child, c))
-                break
-            path.append(child)
+            partial = c < len(child.key)
+            yield child, c
+            if partial:
+                return
             node, i = child, i + c
-        return path
 
     # ------------------------------------------------------------------ mutation
 
