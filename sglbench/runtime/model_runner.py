@@ -84,7 +84,8 @@ class ModelRunner:
             m.packed_weight is not None for m in self.model.modules() if isinstance(m, Linear))
         fused = self.model.model.fused_decode_weights()
         widest = None if not fused else fused[0].max_batch
-        fused_for = "" if not fused else "every decode batch" if widest is None else f"decode batches up to {widest}"
+        fused_for = ("" if not fused else f"every decode batch and extend steps of up to {cpu_native.FUSED_EXTEND_MAX_ROWS:,}"
+                     " new tokens" if widest is None else f"decode batches up to {widest}")
         return cpu_native.describe(self.dtype, gemv, fused_for)
 
     def use_graphs(self, table: ReqToTokenTable, sizes: tuple[int, ...], capture: bool = True) -> None:
