@@ -404,18 +404,15 @@ def decode_layers(embedding: torch.Tensor, layers: list[DecodeLayerWeights], cis
     batch, hidden = embedding.shape
     dtype = embedding.dtype
     requests = batch if qo_indptr is None else qo_indptr.numel() - 1
-    tensors = [embedding, cis, positions, out_loc, slots, lens, *k_buffers, *v_buffers]
-    if qo_indptr is not None:
-        tensors.append(qo_indptr)
-    if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
+    indices = [positions, out_loc, slots, lens, *(() if qo_indptr is None else (qo_indptr,))]
+    if not all(t.is_contiguous() and t.device.type == "cpu" for t in [embedding, cis, *indices, *k_buffers, *v_buffers]):
         raise ValueError("decode_layers takes contiguous CPU tensors")
     if dtype not in GEMV_DTYPES or any(k.dtype != dtype for k in k_buffers + v_buffers):
         raise ValueError(f"decode_layers takes bf16 or fp32 activations and K/V buffers of their dtype, got {dtype}")
     if len(k_buffers) < len(layers) or len(v_buffers) < len(layers):
         raise ValueError(f"{len(layers)} layers need as many K and V buffers")
-    for t in (positions, out_loc, slots, lens) if qo_indptr is None else (positions, out_loc, slots, lens, qo_indptr):
-        if t.dtype != torch.int64:
-            raise ValueError("positions, out_loc, slots, lens and qo_indptr must be int64")
+    if any(t.dtype != torch.int64 for t in indices):
+        raise ValueError("positions, out_loc, slots, lens and qo_indptr must be int64")
     if positions.shape != (batch,) or out_loc.shape != (batch,):
         raise ValueError(f"positions and out_loc must have {batch} rows")
     if lens.shape != (requests,) or slots.dim() != 2 or slots.shape[0] != requests:
@@ -438,8 +435,8 @@ def decode_layers(embedding: torch.Tensor, layers: list[DecodeLayerWeights], cis
             _ptr(w.o_bias), w.gate_up.data_ptr(), _ptr(w.gate_up_bias), w.down.data_ptr(), _ptr(w.down_bias),
             cis.data_ptr(), positions.data_ptr(), cis.shape[0], k.data_ptr(), v.data_ptr(), k.shape[0],
             out_loc.data_ptr(), slots.data_ptr(), slots.shape[1], lens.data_ptr(), _ptr(qo_indptr), requests, batch,
-            hidden, w.heads,
-            w.kv_heads, w.head_dim, w.intermediate, sm_scale, int(not w.packed), embedding.element_size(), threads),
+            hidden, w.heads, w.kv_heads, w.head_dim, w.intermediate, sm_scale, int(not w.packed),
+            embedding.element_size(), threads),
             "sgl_decode_layer")
         x = out
     return x

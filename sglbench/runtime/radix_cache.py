@@ -170,8 +170,7 @@ class RadixCache:
         slot gather cost several times the walk (tree-of-thought: most of a step's host time)."""
         if self.disable:
             return 0
-        tokens = token_ids if isinstance(token_ids, tuple) else _as_key(token_ids)
-        return sum(c for _, c in self._descend(tokens))
+        return sum(c for _, c in self._descend(_as_key(token_ids)))
 
     def _walk(self, tokens: tuple[int, ...]) -> list[TreeNode]:
         """Nodes spelling the longest cached prefix of `tokens`, root excluded; splits the last if needed."""
