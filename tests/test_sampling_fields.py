@@ -117,7 +117,7 @@ def test_decode_passes_spaces_between_special_tokens_on():
             return ""
 
     tok = object.__new__(Tokenizer)
-    tok.hf, tok._lock = FakeHF(), threading.Lock()
+    tok.hf, tok._lock, tok._decoder = FakeHF(), threading.Lock(), None
     tok.decode([1], skip_special_tokens=False, spaces_between_special_tokens=False)
     tok.decode([1])
     assert calls == [{"skip_special_tokens": False, "spaces_between_special_tokens": False},
