@@ -136,8 +136,12 @@ class CacheManager:
 
     def cache_computed_prefix(self, req: Request) -> None:
         """Hand a running request's computed tokens to the radix cache now (not at finish), so requests
-        arriving meanwhile share them; the request keeps them locked (prefix_len moves up to kv_len)."""
-        if self.cache.disable or req.kv_len == req.prefix_len:
+        arriving meanwhile share them; the request keeps them locked (prefix_len moves up to kv_len).
+
+        Only while its prompt is not all cached: once it is, tokens computed later are output (a jump-forward's
+        re-prefill), which waits for the finish as decoded tokens do. Inserting them would walk the tree and
+        rewrite the request's slot row from the root at each jump, for text no other request shares."""
+        if self.cache.disable or req.kv_len == req.prefix_len or req.prefix_len >= len(req.input_ids):
             return
         slots = self.req_to_token.slots(req.row, 0, req.kv_len).clone()
         result = self.cache.insert(req.fill_ids[: req.kv_len], slots)
