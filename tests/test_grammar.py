@@ -11,10 +11,12 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from sglbench.runtime.grammar import GrammarCompiler, GrammarSpec, plan_jump
+from sglbench.runtime.grammar import GrammarCompiler, GrammarSpec, plan_jump, unpack_bitmask
 from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime
+from sglbench.runtime.sampling import SamplerRow, apply_grammar_masks
 from sglbench.runtime.sampling_params import SamplingParams
 from tests.helpers import assert_pool_full
 
@@ -256,3 +258,38 @@ def test_plan_jump_retokenizes_the_boundary(rt):
     assert list(jump.tokens) == tok.encode_plain(tok.decode(sampled[jump.keep :]) + " brown fox")
     capped = plan_jump(tok, sampled, " brown fox", max_len=len(sampled) + 1)
     assert capped is not None and jump.keep + len(capped.tokens) <= len(sampled) + 1
+
+
+def test_packed_and_narrowed_masks_mask_the_logits_as_their_bool_masks(rt):
+    """The sampler unpacks the grammars' packed masks together; a mask a refusal narrowed is only in bool form
+    (the packed one still allows the refused token), and unconstrained rows are untouched."""
+    tok, engine = rt.tokenizer, rt.engine
+    vocab = engine.model_config.vocab_size
+    compiler = GrammarCompiler(tok.hf, vocab, engine.eos_token_ids)
+    digits, quoted = compiler.matcher(GrammarSpec("regex", r"\d+")), compiler.matcher(GrammarSpec("regex", '"[a-z]*"'))
+    for t in tok.encode_plain('"'):
+        quoted.accept(t)
+    a = tok.encode_plain("a")[0]
+    narrowed = compiler.matcher(GrammarSpec("regex", '"[a-z]*"'))
+    for t in tok.encode_plain('"'):
+        narrowed.accept(t)
+    assert narrowed.token_bitmask() is not None and narrowed.allowed_tokens()[a]
+    narrowed.refuse(a)  # as when xgrammar's mask over-allows
+    assert narrowed.token_bitmask() is None and not narrowed.allowed_tokens()[a]
+
+    def row(matcher):
+        packed = None if matcher is None else matcher.token_bitmask()
+        allowed = None if matcher is None or packed is not None else matcher.allowed_tokens()
+        return SamplerRow(SamplingParams(), None, None, allowed=allowed, token_bitmask=packed)
+
+    logits = torch.randn(4, vocab)
+    for matchers in ([digits, quoted], [digits, None, narrowed, quoted]):
+        rows = [row(m) for m in matchers]
+        masked = apply_grammar_masks(logits[: len(rows)], rows)
+        for i, m in enumerate(matchers):
+            expected = logits[i] if m is None else logits[i].masked_fill(~m.allowed_tokens(), float("-inf"))
+            assert torch.equal(masked[i], expected)
+    assert torch.isinf(masked[2, a]) and not torch.isinf(masked[3, a])
+    quoted.accept(a)  # a new state: a fresh mask in both forms
+    assert quoted.token_bitmask() is not None and torch.equal(
+        quoted.allowed_tokens(), unpack_bitmask(quoted.token_bitmask(), vocab))

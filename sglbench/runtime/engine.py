@@ -432,7 +432,7 @@ class Engine:
             matcher = self._matchers.get(req.rid)
             try:
                 if matcher is not None:
-                    matcher.allowed_tokens()
+                    matcher.token_bitmask()
             except Exception as exc:
                 self._fail(req, exc)
                 continue

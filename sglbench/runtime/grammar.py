@@ -165,10 +165,19 @@ def tokenizer_info(hf_tokenizer: Any, vocab_size: int, stop_token_ids: tuple[int
 
 
 def unpack_bitmask(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """xgrammar's int32 bitmask [ceil(vocab / 32)] as a bool tensor [vocab] (bit i of word w = token 32w + i):
-    numpy's unpackbits over the little-endian bytes, one call (3x the four torch ops it replaces)."""
-    bits = np.unpackbits(words.contiguous().numpy().view(np.uint8), bitorder="little")[:vocab_size]
+    """xgrammar's int32 bitmask [..., ceil(vocab / 32)] as a bool tensor [..., vocab] (bit i of word w = token
+    32w + i): numpy's unpackbits over the little-endian bytes, one call for any number of rows."""
+    bits = np.unpackbits(words.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")[..., :vocab_size]
     return torch.from_numpy(bits.view(np.bool_))
+
+
+def bitmask_bias(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """xgrammar's int32 bitmasks [rows, ceil(vocab / 32)] as float32 [rows, vocab]: 0 for an allowed token, -inf
+    for a forbidden one, to add to logits. Built from the bits (bit b - 1 masked to -inf's pattern, 0xFF800000):
+    a third of the time of masked_fill on [32, 4,096] here, which torch does not vectorize."""
+    bits = np.unpackbits(words.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")[..., :vocab_size]
+    bias = (bits.astype(np.int32) - 1) & np.int32(-0x800000)  # -0x800000 == 0xFF800000, float32 -inf
+    return torch.from_numpy(bias.view(np.float32))
 
 
 class GrammarMatcher:
@@ -181,16 +190,28 @@ class GrammarMatcher:
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)  # [1, ceil(vocab / 32)] int32
         self._vocab_size = vocab_size
         self._stop = torch.tensor(stop_token_ids, dtype=torch.int64)
-        self._allowed: torch.Tensor | None = None  # mask of the current state, computed on demand
+        self._filled = False  # _bitmask holds the current state's mask
+        self._allowed: torch.Tensor | None = None  # the same mask unpacked (narrowed by refusals), on demand
         self._refused = 0  # tokens of the current mask the matcher refused (see `refuse`)
         self.accepted = 0  # tokens accepted so far (rolled-back ones not counted)
+
+    def _state_changed(self) -> None:
+        self._filled, self._allowed, self._refused = False, None, 0
+
+    def token_bitmask(self) -> torch.Tensor | None:
+        """The current state's mask packed as xgrammar fills it: int32 [ceil(vocab / 32)], bit i of word w for
+        token 32w + i. None once a refusal narrowed the mask: then only `allowed_tokens` has it."""
+        if self._refused:
+            return None
+        if not self._filled:
+            self._matcher.fill_next_token_bitmask(self._bitmask)
+            self._filled = True
+        return self._bitmask[0]
 
     def allowed_tokens(self) -> torch.Tensor:
         """Bool [vocab] on the CPU: the tokens the grammar accepts next (stop tokens once it can end)."""
         if self._allowed is None:
-            self._matcher.fill_next_token_bitmask(self._bitmask)
-            self._allowed = unpack_bitmask(self._bitmask[0], self._vocab_size)
-            self._refused = 0
+            self._allowed = unpack_bitmask(self.token_bitmask(), self._vocab_size)
         return self._allowed
 
     def accept(self, token: int) -> None:
@@ -202,7 +223,7 @@ class GrammarMatcher:
         """Advance by one sampled token; False, with the state unchanged, when the grammar refuses it."""
         if not self._matcher.accept_token(token):
             return False
-        self._allowed = None
+        self._state_changed()
         self.accepted += 1
         return True
 
@@ -210,7 +231,7 @@ class GrammarMatcher:
         """Undo the last n accepted tokens (to rerun a step a fault interrupted)."""
         if n:
             self._matcher.rollback(n)
-            self._allowed = None
+            self._state_changed()
             self.accepted -= n
 
     def refuse(self, token: int) -> torch.Tensor:

@@ -125,8 +125,11 @@ class OutputProcessor:
         if len(req.output_ids) < p.min_new_tokens:
             block = tuple(sorted((set() if p.ignore_eos else set(self.eos_token_ids)) | set(p.stop_token_ids)))
         constraint = self._constraint(req)
-        allowed = constraint.matcher.allowed_tokens() if constraint is not None else None
-        return SamplerRow(p, req.generator, req.output_counts, block, allowed, req.logit_bias)
+        packed = allowed = None
+        if constraint is not None:
+            packed = constraint.matcher.token_bitmask()
+            allowed = constraint.matcher.allowed_tokens() if packed is None else None  # narrowed by refusals
+        return SamplerRow(p, req.generator, req.output_counts, block, allowed, req.logit_bias, packed)
 
     def sample_and_append(self, reqs: list[Request], logits: torch.Tensor) -> None:
         """Sample each request's next token from its logits row ([reqs, vocab]) and process it."""
@@ -170,7 +173,7 @@ class OutputProcessor:
         """Advance a grammar by its request's sampled token; when the matcher refuses it (xgrammar's mask
         let it through), sample again ([1, vocab] logits) without it. None: nothing is allowed."""
         while not matcher.try_accept(token):
-            row.allowed = matcher.refuse(token)
+            row.allowed, row.token_bitmask = matcher.refuse(token), None
             if not bool(row.allowed.any()):
                 return None
             token = int(sample(logits, [row])[0])

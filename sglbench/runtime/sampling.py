@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sglbench.runtime.grammar import bitmask_bias
 from sglbench.runtime.sampling_params import SamplingParams
 
 
@@ -19,17 +20,28 @@ class SamplerRow:
     block_eos: tuple[int, ...] = field(default_factory=tuple)  # eos ids masked until min_new_tokens
     allowed: torch.Tensor | None = None  # [vocab] bool on the CPU: the grammar's next-token mask
     logit_bias: tuple[torch.Tensor, torch.Tensor] | None = None  # (ids [k], biases [k]) added to the logits
+    token_bitmask: torch.Tensor | None = None  # the grammar's mask packed, int32 [ceil(vocab / 32)]: when no `allowed`
 
 
 def apply_grammar_masks(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
-    """-inf for the tokens each constrained row's grammar forbids, on a copy; unconstrained rows untouched."""
-    masked = [i for i, r in enumerate(rows) if r.allowed is not None]
-    if not masked:
+    """-inf for the tokens each constrained row's grammar forbids, on a copy; unconstrained rows untouched.
+    Packed masks become one additive bias for all their rows (`bitmask_bias`); a mask narrowed by refusals
+    (rare) is applied from its bool form."""
+    packed = [i for i, r in enumerate(rows) if r.allowed is None and r.token_bitmask is not None]
+    narrowed = [i for i, r in enumerate(rows) if r.allowed is not None]
+    if not packed and not narrowed:
         return logits
-    allowed = torch.stack([rows[i].allowed for i in masked]).to(logits.device, non_blocking=True)  # [m, vocab]
-    idx = torch.tensor(masked, device=logits.device)
-    logits = logits.clone()
-    logits[idx] = logits[idx].masked_fill(~allowed, float("-inf"))
+    if packed:
+        bias = bitmask_bias(torch.stack([rows[i].token_bitmask for i in packed]), logits.shape[-1])
+        bias = bias.to(logits.device, non_blocking=True)  # [p, vocab]
+        if len(packed) == len(rows):
+            return logits + bias
+        idx = torch.tensor(packed, device=logits.device)
+        logits = logits.index_add(0, idx, bias)
+    else:
+        logits = logits.clone()
+    for i in narrowed:
+        logits[i].masked_fill_(~rows[i].allowed.to(logits.device), float("-inf"))
     return logits
 
 
