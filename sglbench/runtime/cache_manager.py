@@ -143,14 +143,18 @@ class CacheManager:
         rewrite the request's slot row from the root at each jump, for text no other request shares."""
         if self.cache.disable or req.kv_len == req.prefix_len or req.prefix_len >= len(req.input_ids):
             return
+        tokens = req.fill_ids[: req.kv_len]
         slots = self.req_to_token.slots(req.row, 0, req.kv_len).clone()
-        result = self.cache.insert(req.fill_ids[: req.kv_len], slots)
-        self.pool.free(slots[req.prefix_len : result.prefix_len])  # duplicates of what others cached meanwhile
-        match = self.cache.match_prefix(req.fill_ids[: req.kv_len], record=False)
-        self.cache.inc_lock_ref(match.last_node)
+        result = self.cache.insert(tokens, slots)
+        last_node = result.last_node
+        if result.prefix_len > req.prefix_len:  # others cached some of these tokens meanwhile: use their slots
+            self.pool.free(slots[req.prefix_len : result.prefix_len])
+            match = self.cache.match_prefix(tokens, record=False)
+            self.req_to_token.write(req.row, 0, match.slots)
+            last_node = match.last_node
+        self.cache.inc_lock_ref(last_node)
         self.cache.dec_lock_ref(req.last_node)
-        self.req_to_token.write(req.row, 0, match.slots)
-        req.prefix_len, req.last_node = req.kv_len, match.last_node
+        req.prefix_len, req.last_node = req.kv_len, last_node
 
     # ------------------------------------------------------------------ inspection
     def check_integrity(self, running: list[Request]) -> None:
