@@ -15,6 +15,7 @@ import jinja2  # transformers renders chat templates with it
 import regex  # a dependency of transformers: its partial matching holds back streamed text
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from sglbench.runtime.prefix_encoder import PrefixEncoder
 from sglbench.runtime.regex_dialect import xgrammar_regex  # the one restatement of Python's regex dialect
 
 try:
@@ -47,6 +48,9 @@ class Tokenizer:
         self._lock = threading.Lock()
         self._backend = self._checked_backend()
         self._decoder = self._checked_decoder()
+        # texts that extend one encoded lately re-encode only their end (prefix_encoder.py); per add_special_tokens
+        backend = self.hf.backend_tokenizer if self._backend is not None else None
+        self._prefix_encoders = {special: PrefixEncoder.checked(backend, special) for special in (False, True)}
 
     def _checked_backend(self) -> Callable[[str, bool], list[int]] | None:
         """Encoding through the Rust tokenizer under a fast Hugging Face one, when it encodes the probes as the
@@ -89,9 +93,10 @@ class Tokenizer:
 
     def _encode(self, text: str, special: bool) -> list[int]:
         with self._lock:
-            if self._backend is not None:
-                return self._backend(text, special)
-            return list(self.hf.encode(text, add_special_tokens=special))
+            if self._backend is None:
+                return list(self.hf.encode(text, add_special_tokens=special))
+            prefix_encoder = self._prefix_encoders[special]
+            return prefix_encoder.encode(text) if prefix_encoder is not None else self._backend(text, special)
 
     def encode(self, text: str) -> list[int]:
         return self._encode(text, True)
