@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,30 +145,38 @@ class RequestHandle:
     _END = object()
 
     def __init__(self, rid: str):
+        # One lock guards the result and the stream, with a condition for each (a Queue plus an Event made four
+        # conditions and four locks of a handle, and there is one per request): a caller waiting for the result
+        # is not woken by every streamed piece.
         self.rid = rid
-        self._deltas: queue.Queue = queue.Queue()
-        self._done = threading.Event()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the result
+        self._streamed = threading.Condition(lock)  # the deltas
+        self._deltas: deque = deque()
+        self._finished = False
         self._result: dict | None = None
         self._callbacks: list[Callable[[dict], None]] = []
-        self._lock = threading.Lock()
 
     # engine side
     def push_delta(self, text: str, completion_tokens: int = 0, **new_logprobs: list) -> None:
         """Queue a streamed piece (new logprob entries by their meta_info names, see `StreamDelta`)."""
         if text:
-            self._deltas.put(StreamDelta(text, completion_tokens, **{k: tuple(new_logprobs.get(k, ()))
-                                                                     for k in _DELTA_LOGPROB_KEYS}))
+            delta = StreamDelta(text, completion_tokens, **{k: tuple(new_logprobs.get(k, ())) for k in _DELTA_LOGPROB_KEYS})
+            with self._streamed:
+                self._deltas.append(delta)
+                self._streamed.notify_all()
 
     def finish(self, result: dict) -> bool:
         """Deliver the result (once: a later call is ignored and returns False). A callback that raises is
         logged, never passed on: it runs on the engine thread, which must not die of a caller's bug."""
-        with self._lock:
-            if self._done.is_set():
+        with self._cond:
+            if self._finished:
                 return False
-            self._result = result
-            self._done.set()
+            self._result, self._finished = result, True
             callbacks, self._callbacks = self._callbacks, []
-        self._deltas.put(self._END)
+            self._deltas.append(self._END)
+            self._cond.notify_all()
+            self._streamed.notify_all()
         for cb in callbacks:
             try:
                 cb(result)
@@ -177,17 +186,18 @@ class RequestHandle:
 
     # caller side
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._finished
 
     def result(self, timeout: float | None = None) -> dict:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"request {self.rid} did not finish within {timeout} s")
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._finished, timeout):
+                raise TimeoutError(f"request {self.rid} did not finish within {timeout} s")
         assert self._result is not None
         return self._result
 
     def add_done_callback(self, fn: Callable[[dict], None]) -> None:
-        with self._lock:
-            if not self._done.is_set():
+        with self._cond:
+            if not self._finished:
                 self._callbacks.append(fn)
                 return
         fn(self._result)  # type: ignore[arg-type]
@@ -224,9 +234,13 @@ class RequestHandle:
             yield delta.text
 
     def iter_deltas(self, timeout: float | None = None):
-        """Yield `StreamDelta`s as they are produced, until the request finishes."""
+        """Yield `StreamDelta`s as they are produced, until the request finishes (queue.Empty when none comes
+        within timeout seconds)."""
         while True:
-            item = self._deltas.get(timeout=timeout)
+            with self._streamed:
+                if not self._streamed.wait_for(lambda: self._deltas, timeout):
+                    raise queue.Empty
+                item = self._deltas.popleft()
             if item is self._END:
                 return
             yield item
