@@ -129,12 +129,13 @@ class PrefixEncoder:
         """The longest remembered text that text starts with, most recent first: the search stops at one that
         leaves at most CLOSE_CHARS to encode (usually the caller's previous context, a few entries back), as a
         scan of all of them cost 60-80 us a call."""
-        best = None
-        for encoded in reversed(self._recent.values()):
-            if len(encoded.text) < len(text) and text.startswith(encoded.text):
-                if best is None or len(encoded.text) > len(best.text):
-                    best = encoded
-                if len(text) - len(encoded.text) <= CLOSE_CHARS:
+        best, best_len, close = None, 0, len(text) - CLOSE_CHARS
+        for encoded in reversed(self._recent.values()):  # none equals text: `encode` looked it up first
+            if text.startswith(encoded.text):
+                length = len(encoded.text)
+                if length > best_len:
+                    best, best_len = encoded, length
+                if length >= close:
                     break
         return best
 
