@@ -25,7 +25,7 @@ from typing import Any
 MARGIN_WORDS = 3  # words of the old text encoded again: the last may change, and one more for the look-ahead
 MIN_CHARS = 256  # shorter texts are encoded whole (the plain call is cheaper than the bookkeeping)
 CAPACITY = 256  # encodings kept, most recently used first out last
-MAX_CHARS = 8 << 20  # and at most this many characters of them
+MAX_CHARS = 2 << 20  # and at most this many characters of them (14 MB with their ids, for English text here)
 CLOSE_CHARS = 512  # a remembered prefix this close to the text's end ends the search for a longer one
 
 # Pairs (old text, appended text) that must encode as one text does, or the encoder is not used: words that
