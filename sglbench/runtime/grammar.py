@@ -164,19 +164,22 @@ def tokenizer_info(hf_tokenizer: Any, vocab_size: int, stop_token_ids: tuple[int
     return xgr.TokenizerInfo.from_vocab_and_metadata(vocab, base.dump_metadata())
 
 
+def _bits(words: torch.Tensor, vocab_size: int) -> np.ndarray:
+    """xgrammar's int32 bitmask [..., ceil(vocab / 32)] as uint8 0/1 [..., vocab] (bit i of word w = token 32w + i):
+    numpy's unpackbits over the little-endian bytes, one call for any number of rows."""
+    return np.unpackbits(words.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")[..., :vocab_size]
+
+
 def unpack_bitmask(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """xgrammar's int32 bitmask [..., ceil(vocab / 32)] as a bool tensor [..., vocab] (bit i of word w = token
-    32w + i): numpy's unpackbits over the little-endian bytes, one call for any number of rows."""
-    bits = np.unpackbits(words.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")[..., :vocab_size]
-    return torch.from_numpy(bits.view(np.bool_))
+    """xgrammar's int32 bitmask [..., ceil(vocab / 32)] as a bool tensor [..., vocab] (see `_bits`)."""
+    return torch.from_numpy(_bits(words, vocab_size).view(np.bool_))
 
 
 def bitmask_bias(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """xgrammar's int32 bitmasks [rows, ceil(vocab / 32)] as float32 [rows, vocab]: 0 for an allowed token, -inf
     for a forbidden one, to add to logits. Built from the bits (bit b - 1 masked to -inf's pattern, 0xFF800000):
     a third of the time of masked_fill on [32, 4,096] here, which torch does not vectorize."""
-    bits = np.unpackbits(words.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")[..., :vocab_size]
-    bias = (bits.astype(np.int32) - 1) & np.int32(-0x800000)  # -0x800000 == 0xFF800000, float32 -inf
+    bias = (_bits(words, vocab_size).astype(np.int32) - 1) & np.int32(-0x800000)  # == 0xFF800000, float32 -inf
     return torch.from_numpy(bias.view(np.float32))
 
 

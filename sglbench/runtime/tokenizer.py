@@ -49,8 +49,12 @@ class Tokenizer:
         self._backend = self._checked_backend()
         self._decoder = self._checked_decoder()
         # texts that extend one encoded lately re-encode only their end (prefix_encoder.py); per add_special_tokens
-        backend = self.hf.backend_tokenizer if self._backend is not None else None
+        backend = self._rust_backend() if self._backend is not None else None
         self._prefix_encoders = {special: PrefixEncoder.checked(backend, special) for special in (False, True)}
+
+    def _rust_backend(self) -> Any:
+        """The Rust tokenizer under a fast Hugging Face one (None under a slow one)."""
+        return getattr(self.hf, "backend_tokenizer", None) if getattr(self.hf, "is_fast", False) else None
 
     def _checked_backend(self) -> Callable[[str, bool], list[int]] | None:
         """Encoding through the Rust tokenizer under a fast Hugging Face one, when it encodes the probes as the
@@ -58,7 +62,7 @@ class Tokenizer:
         it takes a third of the wrapper's time a call (10 against 31 us here), and jump-forward encodes every
         forced string. It goes through the batch call, which releases the GIL (`encode` holds it: a program's
         whole context, 0.3 ms for 900 characters, during which the engine thread's Python work waits)."""
-        backend = getattr(self.hf, "backend_tokenizer", None) if getattr(self.hf, "is_fast", False) else None
+        backend = self._rust_backend()
         if backend is None:
             return None
         batch = getattr(backend, "encode_batch_fast", None) or backend.encode_batch  # _fast: no offsets
@@ -79,7 +83,7 @@ class Tokenizer:
         tokens among them, skipped or kept) as the wrapper does; else None. The wrapper's argument handling
         costs three times the Rust decode of a token or two (about 3 against 1 us here), and the engine decodes
         each request's new tokens every step to match stop strings and to stream."""
-        backend = getattr(self.hf, "backend_tokenizer", None) if getattr(self.hf, "is_fast", False) else None
+        backend = self._rust_backend()
         if backend is None:
             return None
         probes = [self.hf.encode(text, add_special_tokens=True) for text in _DECODE_PROBES]
