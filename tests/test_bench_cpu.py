@@ -8,6 +8,7 @@ import importlib.util
 import json
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,36 @@ def test_result_rows_hold_each_measure_against_its_limit():
     assert rows[cpu.decode_key(1)]["of limit"] == "50 %" and rows[cpu.PREFILL]["of limit"] == "50 %"
     assert rows[cpu.decode_key(1)]["transformers naive"] == 9.0 and rows[cpu.decode_key(8)][cpu.HF_CAREFUL] == "-"
     assert rows[cpu.FEWSHOT][cpu.LLAMA] == MISSING and rows[cpu.FEWSHOT]["limit"] == "-"
+
+
+def test_fewshot_work_counts_the_shared_prefix_once():
+    work = cpu.FewShotWork.of([[1, 2, 3, 4, 5], [1, 2, 3, 6], [1, 2, 3, 7, 8, 9]], new_tokens=4)
+    assert work == cpu.FewShotWork(programs=3, prefill_tokens=3 + 2 + 1 + 3, decode_steps=3)
+    # 9 tokens x 2e9 FLOPs at 1e12 FLOP/s = 18 ms; 3 steps x 1e9 bytes at 20e9 bytes/s = 150 ms
+    assert work.limit_programs_s(2e9, 1e12, 1e9, 20e9) == pytest.approx(3 / 0.168)
+
+
+def test_goals_to_a_peer_say_how_far_the_machine_lets_them_go():
+    work = cpu.FewShotWork(programs=16, prefill_tokens=1000, decode_steps=3)
+    r = replace(run_result("fp32", {cpu.decode_key(1): 9.0, cpu.PREFILL: 200.0, cpu.FEWSHOT: 3.0},
+                           {(cpu.decode_key(1), cpu.HF): 8.0, (cpu.FEWSHOT, cpu.HF): 0.2,
+                            (cpu.FEWSHOT, cpu.HF_CAREFUL): 2.0}), fewshot=work)
+    goals = {g.name: g for g in cpu.evaluate_goals([r], LIMITS)}
+    roofline = 20e9 / r.decode_bytes  # ~10 tok/s in fp32
+    decode = goals["batch-1 decode / transformers generate"]
+    assert decode.ceiling == pytest.approx(roofline / 8.0) and not decode.reachable  # ~1.25x < 1.5x
+    fewshot_limit = 16 / (1000 * 8e8 / 2e11 + 3 * r.decode_bytes / 20e9)
+    assert r.limit(cpu.FEWSHOT, LIMITS) == pytest.approx(fewshot_limit)
+    careful = goals["few-shot / transformers careful"]
+    assert careful.ceiling == pytest.approx(fewshot_limit / 2.0) and careful.reachable == (fewshot_limit >= 4.0)
+    assert goals["batch-1 decode / bandwidth roofline"].ceiling is None  # a fraction of the limit itself
+    assert goals["few-shot / llama.cpp"].ceiling is None  # llama.cpp missing
+    rows = {row["goal"]: row for row in cpu.goal_rows(list(goals.values()))}
+    assert rows["batch-1 decode / transformers generate"]["result"] == "FAIL (out of reach on this machine)"
+    assert rows["batch-1 decode / transformers generate"]["machine allows"] == f"{roofline / 8.0:.2f}x"
+    assert rows["few-shot / transformers naive"]["result"] == "PASS"  # 15x
+    table = {row["measure"]: row for row in cpu.result_rows(r, LIMITS)}
+    assert table[cpu.FEWSHOT]["limit"] == pytest.approx(fewshot_limit) and table[cpu.FEWSHOT]["of limit"] != "-"
 
 
 def test_missing_peers_say_what_is_missing(monkeypatch):
