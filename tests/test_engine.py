@@ -340,6 +340,27 @@ def test_a_resumed_request_samples_in_its_prefill_step(model_path):
     assert run(True) == (run(False)[0], 12, 1)
 
 
+@pytest.mark.parametrize("conservativeness", [0.0, 1.0, 1.5])
+def test_admission_keeps_memory_for_running_outputs_so_nothing_is_retracted(model_path, conservativeness):
+    """8 prompts of 20 tokens decoding 40 each need 480 slots; the pool has 200. Admitting whatever fits the
+    prompts (conservativeness 0: no memory kept for outputs) retracts requests and prefills them again; SGLang's
+    estimate (1.0: 0.7 of each running request's outputs left, less as decoding goes on) retracts far less, and
+    1.5 (all of them) never.
+    The greedy outputs are the same."""
+    prompts = [[1, *range(10 + 20 * i, 29 + 20 * i)] for i in range(8)]
+    with Runtime(str(model_path), device="cpu", max_total_tokens=200,
+                 schedule_conservativeness=conservativeness) as small:
+        outs = [o["output_ids"] for o in small.generate(prompts, max_new_tokens=40, temperature=0, ignore_eos=True)]
+        retractions = small.metrics().num_retractions
+        assert_pool_full(small)
+    with Runtime(str(model_path), device="cpu", max_total_tokens=2048) as roomy:
+        assert outs == [o["output_ids"] for o in roomy.generate(prompts, max_new_tokens=40, temperature=0,
+                                                                ignore_eos=True)]
+    # measured: 13 retractions at 0.0 (421 tokens prefilled for 160 of prompts), 2 at 1.0 (211), 0 at 1.5 (154)
+    expected = {0.0: lambda n: n >= 5, 1.0: lambda n: n <= 3, 1.5: lambda n: n == 0}[conservativeness]
+    assert expected(retractions), retractions
+
+
 def test_context_length_past_the_models_is_refused_unless_allowed_as_sglang_does(model_path, monkeypatch):
     from sglbench.runtime.model_config import LONGER_CONTEXT_ENV, ModelConfig
 

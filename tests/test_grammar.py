@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -167,10 +168,11 @@ def test_jump_forward_saves_decode_steps_on_partly_forced_output(rt, rt_no_jump)
     assert decoded[rt] < decoded[rt_no_jump]
 
 
-def test_jump_that_retokenizes_computed_tokens_resumes_through_the_cache(tmp_path):
+def test_jump_that_retokenizes_computed_tokens_rewinds_in_place(tmp_path):
     # "q" and "u" sampled as two tokens, then the forced "ick brown fox": retokenized, "quick" is one
-    # token, so the computed "q" changes and the request resumes over its cached prefix. Random
-    # weights (whatever the default model is) make such splits common at a high temperature.
+    # token, so the computed "q" changes: the request drops that K/V and computes the new tokens in its
+    # next extend step, staying scheduled (requeued, its prompt's K/V went to the cache unlocked and a
+    # full pool evicted it). Random weights make such splits common at a high temperature.
     regex = "(q|Q)(u|U)ick brown fox"
     path = make_random_checkpoint(tmp_path, family="llama", seed=5)
     with Runtime(str(path), device="cpu", max_total_tokens=1024) as rnd:
@@ -178,8 +180,10 @@ def test_jump_that_retokenizes_computed_tokens_resumes_through_the_cache(tmp_pat
         outs = [h.result(timeout=60) for h in [rnd.submit(f"Animal {i}:", p) for i, p in enumerate(params)]]
         for out in outs:
             assert re.fullmatch(regex, out["text"]) and out["meta_info"]["finish_reason"]["type"] == "stop"
-        jumps = rnd.events.since(0, kinds=("request.jump_forward",))
-        assert any(e.data["resumed"] for e in jumps)
+        rewound = {e.data["rid"] for e in rnd.events.since(0, kinds=("request.jump_forward",)) if e.data["rewound"]}
+        assert rewound
+        scheduled = Counter(e.data["rid"] for e in rnd.events.since(0, kinds=("request.scheduled",)))
+        assert all(scheduled[rid] == 1 for rid in rewound)
         assert_pool_full(rnd)
 
 

@@ -182,6 +182,8 @@ def test_server_args_map_onto_the_runtime():
     graphs = ServerArgs.from_kwargs(cuda_graph_max_bs=16, cuda_graph_bs=[1, 4, 16]).runtime_kwargs(None)
     assert graphs["cuda_graph_max_bs"] == 16 and graphs["cuda_graph_bs"] == [1, 4, 16]
     assert graphs["disable_cuda_graph"] is False
+    assert "schedule_conservativeness" not in kwargs  # SGLang's scheduling knob reaches the scheduler when given
+    assert ServerArgs.from_kwargs(schedule_conservativeness=1.3).runtime_kwargs(None)["schedule_conservativeness"] == 1.3
 
 
 @pytest.mark.parametrize(("kwargs", "error", "named"), [

@@ -67,6 +67,10 @@ class CacheManager:
         return self.cache.peek_prefix(self.matchable(req))
 
     # ------------------------------------------------------------------ admission
+    def available(self) -> int:
+        """Slots free now or held only by evictable cache entries."""
+        return self.pool.free_count + self.cache.evictable_size()
+
     def ensure_free(self, n: int) -> bool:
         """Evict unlocked cache leaves until n slots are free; whether they are."""
         if self.pool.free_count < n:
@@ -117,6 +121,16 @@ class CacheManager:
         self.req_to_token.write_one_each([r.row for r in reqs], [r.kv_len for r in reqs], self.pool.alloc(len(reqs)))
         for r in reqs:
             r.alloc_len = r.kv_len + 1
+
+    def rewind(self, req: Request, keep: int) -> bool:
+        """Free req's slots past its first `keep` tokens, so it computes them again from there; False, changing
+        nothing, when the cache's part of its row (locked, shared) reaches past `keep`."""
+        if req.row < 0 or keep < req.prefix_len or keep > req.kv_len:
+            return False
+        assert req.alloc_len == req.kv_len, "a request's previous step was not committed"
+        self.pool.free(self.req_to_token.slots(req.row, keep, req.alloc_len).clone())
+        req.kv_len = req.alloc_len = keep
+        return True
 
     # ------------------------------------------------------------------ release
     def release(self, req: Request, insert: bool) -> None:

@@ -66,6 +66,7 @@ class EngineConfig:
     max_running_requests: int = 64
     max_prefill_tokens: int = 8192
     chunked_prefill_size: int = 2048
+    schedule_conservativeness: float = 1.0  # SGLang's: scales the memory kept for running requests' outputs
     random_seed: int = 0
     jump_forward: bool = True  # append a grammar's forced text without decoding it token by token
     # Decoding requests ride along with a prefill step (one token each) instead of waiting for a decode step
@@ -131,14 +132,14 @@ class Engine:
         self.scheduler = Scheduler(SchedulerConfig(
             policy=config.schedule_policy, max_running_requests=config.max_running_requests,
             max_prefill_tokens=config.max_prefill_tokens, chunked_prefill_size=config.chunked_prefill_size,
-            seed=config.random_seed,
+            seed=config.random_seed, schedule_conservativeness=config.schedule_conservativeness,
         ))
         self.eos_token_ids = frozenset(mc.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
         self.grammars = GrammarCompiler(self.tokenizer.hf, mc.vocab_size, self.eos_token_ids)
         self.outputs = OutputProcessor(
             self.tokenizer, self.eos_token_ids, mc.vocab_size, self.context_length, self.grammars, self.events,
             jump_forward=config.jump_forward, device=self.device, seed=config.random_seed,
-            finish=self._finish, requeue=self._requeue,
+            finish=self._finish, rewind=self._rewind,
         )
         self._by_rid: dict[str, Request] = {}
         self._matchers: dict[str, GrammarMatcher] = {}  # rid -> grammar state of a constrained request
@@ -242,10 +243,15 @@ class Engine:
         return PrefixMatch(self.kv.peek(req), None)
 
     def _admit(self, req: Request, max_tokens: int) -> int:
-        """Give req KV for its next chunk (the scheduler's admit callback); 0 when there is no room now."""
+        """Give req KV for its next chunk (the scheduler's admit callback); 0 when there is no room now. A request
+        starts only when the pool (its free and evictable slots) holds its prompt and what the running requests
+        and it are expected to decode (`Scheduler.tokens_to_keep`), so those need not be retracted later."""
         first_chunk = req.row < 0
+        alone = self.scheduler.runs_alone(req)
+        if first_chunk and not alone and self.scheduler.tokens_to_keep(req) - self.kv.peek(req) > self.kv.available():
+            return 0
         reserve = len(self.scheduler.decoding())  # slots kept for the next decode step of those decoding
-        n = self.kv.admit(req, max_tokens, reserve, alone=self.scheduler.runs_alone(req))
+        n = self.kv.admit(req, max_tokens, reserve, alone=alone)
         if n is None:  # nothing else holds memory, so it can never fit
             self._finish(req, {"type": "length", "message": "the KV pool cannot hold this request's context"})
             return 0
@@ -260,6 +266,7 @@ class Engine:
     def _retract(self, req: Request) -> None:
         """Send a running request back to the queue; its K/V stays in the cache to resume from."""
         self._requeue(req)
+        self.scheduler.retracted()
         req.num_retractions += 1
         self._stats["num_retractions"] += 1
         self.events.emit("request.retracted", rid=req.rid, output_tokens=len(req.output_ids))
@@ -269,6 +276,14 @@ class Engine:
         self.kv.release(req, insert=True)
         self.scheduler.requeue(req)
         req.state = ReqState.WAITING
+
+    def _rewind(self, req: Request, keep: int) -> None:
+        """Drop a running request's K/V past its first `keep` tokens (a jump-forward rewrote the output after
+        them): it stays running and its next extend step computes the rest. Requeued instead when the cache's
+        locked part reaches past `keep`. Before, every such jump requeued: its tokens went to the cache unlocked,
+        and with the pool full the next step's eviction took them, so the request prefilled its prompt again."""
+        if not self.kv.rewind(req, keep):
+            self._requeue(req)
 
     def _prepare_decode(self) -> list[Request]:
         """Give every decoding request one slot, evicting cache and then retracting requests as needed."""
@@ -388,6 +403,7 @@ class Engine:
         for r in ran:
             r.kv_len += 1
         self._stats["decode_tokens"] += len(ran)
+        self.scheduler.decode_ran()
         self.events.emit("batch.step", mode="decode", batch_size=len(ran), tokens=len(ran))
         if ran:
             self._sample(ran, parts[0][1] if len(parts) == 1 else torch.cat([logits for _, logits in parts]))

@@ -181,7 +181,8 @@ class Engine:
             "cpu_memory": info.cpu_memory,
             "mem_fraction_static": config.mem_fraction_static, "max_running_requests": config.max_running_requests,
             "chunked_prefill_size": config.chunked_prefill_size, "max_prefill_tokens": config.max_prefill_tokens,
-            "schedule_policy": config.schedule_policy, "random_seed": config.random_seed,
+            "schedule_policy": config.schedule_policy, "schedule_conservativeness": config.schedule_conservativeness,
+            "random_seed": config.random_seed,
         }
         metrics = self.runtime.metrics()
         return {

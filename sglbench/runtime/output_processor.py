@@ -3,7 +3,7 @@
 Sample (with penalties and grammar masks), append, record logprobs, match stop tokens and strings,
 stream what is safe to show, and jump forward over text a grammar forces. When a request ends (or a
 jump-forward rewrites tokens whose K/V is computed) it calls back into the engine, which owns
-memory and queues: `finish(req, reason)` and `requeue(req)`.
+memory and queues: `finish(req, reason)` and `rewind(req, keep)`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def decodes_by_concatenation(tokenizer: Tokenizer) -> bool:
 class OutputProcessor:
     def __init__(self, tokenizer: Tokenizer, eos_token_ids: frozenset[int], vocab_size: int, context_length: int,
                  grammars: GrammarCompiler, events: EventLog, jump_forward: bool, device: str, seed: int,
-                 finish: Callable[[Request, dict], None], requeue: Callable[[Request], None]):
+                 finish: Callable[[Request, dict], None], rewind: Callable[[Request, int], None]):
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.vocab_size = vocab_size
@@ -84,7 +84,7 @@ class OutputProcessor:
         self.jump_forward = jump_forward
         self.device = device
         self._finish = finish
-        self._requeue = requeue
+        self._rewind = rewind
         self._generator = torch.Generator(device=device).manual_seed(seed)
         self._constraints: dict[str, Constraint] = {}  # rid -> grammar state of constrained requests
         self._incremental = decodes_by_concatenation(tokenizer)
@@ -208,9 +208,8 @@ class OutputProcessor:
         """Append the grammar's forced text to req's output without decoding it; True when it did.
 
         The last output tokens are retokenized with the forced text (`plan_jump`). If that changes a
-        token whose K/V is computed, req goes back to the queue and resumes over its cached prefix
-        (the old tokens stay in the radix cache as another branch); otherwise it stays running and
-        is prefilling again: the next extend step computes the new tokens' K/V.
+        token whose K/V is computed, the engine drops req's K/V from that token on (`rewind`). Either way
+        req stays running and is prefilling again: the next extend step computes the new tokens' K/V.
         """
         forced = constraint.matcher.forced_string()
         if not forced:
@@ -234,14 +233,15 @@ class OutputProcessor:
             tokens = held
         new_ids = req.output_ids[: jump.keep] + tokens
         computed = req.kv_len - len(req.input_ids)  # output tokens whose K/V is in the pool
-        resumed = req.row >= 0 and common_prefix_len(req.output_ids, new_ids) < computed
-        if resumed:
-            self._requeue(req)
+        common = common_prefix_len(req.output_ids, new_ids)
+        rewound = max(computed - common, 0) if req.row >= 0 else 0  # computed tokens the jump rewrites
+        if rewound:
+            self._rewind(req, len(req.input_ids) + common)
         saved = max(len(new_ids) - len(req.output_ids), 0)
         req.output_ids = new_ids
         constraint.jump_forward_tokens += saved
         self.jump_forward_tokens += saved
-        self.events.emit("request.jump_forward", rid=req.rid, tokens=saved, resumed=resumed, program_id=req.program_id)
+        self.events.emit("request.jump_forward", rid=req.rid, tokens=saved, rewound=rewound, program_id=req.program_id)
         return True
 
     # ------------------------------------------------------------------ stops and streaming

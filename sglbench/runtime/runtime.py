@@ -243,6 +243,7 @@ class Runtime:
         max_running_requests: int = 64,
         max_prefill_tokens: int = 8192,
         chunked_prefill_size: int = 2048,
+        schedule_conservativeness: float = 1.0,
         random_seed: int = 0,
         disable_jump_forward: bool = False,
         enable_mixed_chunk: bool = True,
@@ -262,7 +263,7 @@ class Runtime:
             attention_backend=attention_backend, disable_radix_cache=disable_radix_cache,
             schedule_policy=schedule_policy, max_running_requests=max_running_requests,
             max_prefill_tokens=max_prefill_tokens, chunked_prefill_size=chunked_prefill_size, random_seed=random_seed,
-            jump_forward=not disable_jump_forward, mixed_chunk=enable_mixed_chunk,
+            schedule_conservativeness=schedule_conservativeness, jump_forward=not disable_jump_forward, mixed_chunk=enable_mixed_chunk,
             disable_cuda_graph=disable_cuda_graph, cuda_graph_max_bs=cuda_graph_max_bs,
             cuda_graph_bs=None if cuda_graph_bs is None else tuple(cuda_graph_bs),
         )

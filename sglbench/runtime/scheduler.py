@@ -6,6 +6,7 @@ locking and slot allocation, and says how many tokens it could schedule.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -16,6 +17,13 @@ from sglbench.runtime.request import Request
 
 POLICIES = ("lpm", "dfs-weight", "fcfs", "random")
 PREFIX_AWARE_POLICIES = ("lpm", "dfs-weight")  # order by cached prefix and defer in-batch sharers
+# SGLang's estimate of the tokens running requests will still decode, kept free when a new request is admitted:
+# each running request's remaining max_new_tokens (clipped) times a ratio that starts at 0.7 x
+# schedule_conservativeness, falls to 0.14 of that over 600 decode steps, and goes back up after a retraction.
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
+NEW_TOKEN_RATIO_DECAY_STEPS = 600
+CLIP_MAX_NEW_TOKENS_ESTIMATION = 4096
 # Beyond this many waiting requests, prefix-aware ordering costs more than it saves (as in SGLang).
 PREFIX_POLICY_QUEUE_LIMIT = 128
 
@@ -33,6 +41,8 @@ class SchedulerConfig:
     # role marker and first words of their next turn (skeleton-of-thought: 11 tokens per fork).
     in_batch_prefix_threshold: int = 8
     seed: int = 0
+    # SGLang's: higher keeps more memory free for running requests' outputs (fewer retractions, fewer running)
+    schedule_conservativeness: float = 1.0
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -41,6 +51,16 @@ class SchedulerConfig:
             raise ValueError(f"max_running_requests must be >= 1, got {self.max_running_requests}")
         if self.max_prefill_tokens < 1:
             raise ValueError(f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
+        if not self.schedule_conservativeness >= 0:
+            raise ValueError(f"schedule_conservativeness must be >= 0, got {self.schedule_conservativeness}")
+
+    @property
+    def init_new_token_ratio(self) -> float:
+        return min(INIT_NEW_TOKEN_RATIO * self.schedule_conservativeness, 1.0)
+
+    @property
+    def min_new_token_ratio(self) -> float:
+        return min(self.init_new_token_ratio * MIN_NEW_TOKEN_RATIO_FACTOR, 1.0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,7 @@ class Scheduler:
         self.running: list[Request] = []  # admitted: prefilling or decoding
         self._rng = random.Random(config.seed)
         self._consecutive_prefills = 0
+        self.new_token_ratio = config.init_new_token_ratio
 
     def add(self, req: Request) -> None:
         self.waiting.append(req)
@@ -89,8 +110,24 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def decode_ran(self) -> None:
-        """The decoding requests got their next token in a prefill step (mixed batch): no decode step is owed."""
+        """The decoding requests got their next token (a decode step, or riding a prefill step): no decode step is
+        owed, and the estimate of what running requests will still decode relaxes a step."""
         self._consecutive_prefills = 0
+        c = self.config
+        decay = (c.init_new_token_ratio - c.min_new_token_ratio) / NEW_TOKEN_RATIO_DECAY_STEPS
+        self.new_token_ratio = max(self.new_token_ratio - decay, c.min_new_token_ratio)
+
+    def retracted(self) -> None:
+        """A request gave its memory back: estimate running requests' outputs as at the start again."""
+        self.new_token_ratio = max(self.new_token_ratio, self.config.init_new_token_ratio)
+
+    def tokens_to_keep(self, new: Request) -> int:
+        """Tokens that must be free (or evictable) to admit `new`: the rest of its prompt, the prompts of running
+        requests still prefilling, and new_token_ratio of what each of them and `new` may still decode."""
+        reqs = [*self.running, new]
+        outputs = sum(min(r.params.max_new_tokens - len(r.output_ids), CLIP_MAX_NEW_TOKENS_ESTIMATION) for r in reqs)
+        prompts = sum(max(r.prefill_len - r.kv_len, 0) for r in reqs)
+        return prompts + math.ceil(max(outputs, 0) * self.new_token_ratio)
 
     @staticmethod
     def is_prefilling(req: Request) -> bool:

@@ -61,7 +61,7 @@ IGNORED = frozenset({
     "enable_metrics", "crash_dump_folder", "decode_log_interval", "stream_interval",
     "disable_overlap_schedule", "enable_torch_compile",
     "torch_compile_max_bs", "disable_custom_all_reduce", "num_continuous_decode_steps",
-    "schedule_conservativeness", "sampling_backend", "triton_attention_num_kv_splits", "sleep_on_idle",
+    "sampling_backend", "triton_attention_num_kv_splits", "sleep_on_idle",
     "enable_deterministic_inference", "weight_version", "dist_timeout", "nccl_port", "gpu_id_step",
 })
 
@@ -83,6 +83,7 @@ class ServerArgs:
     chunked_prefill_size: int | None = None  # <= 0 turns chunked prefill off
     max_prefill_tokens: int | None = None
     schedule_policy: str | None = None
+    schedule_conservativeness: float | None = None  # memory kept for running requests' outputs (SGLang's 1.0)
     disable_radix_cache: bool = False
     attention_backend: str | None = None
     random_seed: int | None = None
@@ -136,7 +137,8 @@ class ServerArgs:
         """Keyword arguments for `Runtime` (model_path: the resolved local folder); unset ones keep its defaults."""
         optional = {name: getattr(self, name) for name in (
             "mem_fraction_static", "max_running_requests", "chunked_prefill_size", "max_prefill_tokens",
-            "schedule_policy", "random_seed", "enable_mixed_chunk", "cuda_graph_max_bs", "cuda_graph_bs")}
+            "schedule_policy", "schedule_conservativeness", "random_seed", "enable_mixed_chunk", "cuda_graph_max_bs",
+            "cuda_graph_bs")}
         return {
             "model_path": model_path, "device": self.device or "auto", "dtype": DTYPES[self.dtype],
             "max_total_tokens": self.max_total_tokens, "context_length": self.context_length,
