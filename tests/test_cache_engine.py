@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from sglbench.runtime.models.synthetic import make_random_checkpoint
 from sglbench.runtime.runtime import Runtime
@@ -135,3 +136,37 @@ def test_cache_snapshot_shows_shared_prefix_tree(model_path):
         assert any(len(children) == 2 for pid, children in by_parent.items() if pid is not None)
         assert all(isinstance(n.text_preview, str) for n in snap.nodes if n.num_tokens)
         assert_pool_full(rt)
+
+
+def test_rewind_frees_a_running_requests_own_slots_past_a_point_but_never_the_caches():
+    """CacheManager.rewind, as a jump-forward uses it: req keeps its first `keep` tokens' K/V and its row; the slots
+    after them go back to the pool; a point inside the cache's locked part is refused, changing nothing."""
+    from sglbench.runtime.cache_manager import CacheManager
+    from sglbench.runtime.kv_pool import KVPoolConfig
+    from sglbench.runtime.request import Request
+
+    kv = CacheManager(KVPoolConfig(64, 1, 1, 4, torch.float32, "cpu"), max_running_requests=4, context_length=32,
+                      disable_radix_cache=False, on_event=lambda event: None)
+
+    def admitted(rid: str, ids: list[int]) -> Request:
+        req = Request(rid=rid, input_ids=ids, params=SamplingParams(max_new_tokens=8))
+        n = kv.admit(req, 32, reserve=0, alone=True)
+        req.kv_len += n  # the forward ran
+        return req
+
+    first = admitted("a", list(range(10)))
+    kv.release(first, insert=True)  # its 10 tokens cached, unlocked
+    req = admitted("b", [*range(8), 50, 51, 52, 53])  # its first 8 tokens come from the cache
+    req.output_ids = [60, 61, 62]
+    kv.alloc_slots(req, 3)
+    req.kv_len += 3
+    assert (req.prefix_len, req.kv_len) == (8, 15)
+    free = kv.pool.free_count
+    kept = kv.req_to_token.slots(req.row, 0, 9).clone()
+    assert kv.rewind(req, 9)
+    assert (req.kv_len, req.alloc_len, kv.pool.free_count) == (9, 9, free + 6)
+    assert torch.equal(kv.req_to_token.slots(req.row, 0, 9), kept)
+    assert not kv.rewind(req, 6) and req.kv_len == 9  # inside the cache's 8 tokens: the caller requeues instead
+    kv.check_integrity([req])
+    kv.release(req, insert=True)
+    kv.check_integrity([])
