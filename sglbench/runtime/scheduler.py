@@ -62,6 +62,10 @@ class SchedulerConfig:
     def min_new_token_ratio(self) -> float:
         return min(self.init_new_token_ratio * MIN_NEW_TOKEN_RATIO_FACTOR, 1.0)
 
+    @property
+    def new_token_ratio_decay(self) -> float:
+        return (self.init_new_token_ratio - self.min_new_token_ratio) / NEW_TOKEN_RATIO_DECAY_STEPS
+
 
 @dataclass(frozen=True)
 class PrefixMatch:
@@ -114,8 +118,7 @@ class Scheduler:
         owed, and the estimate of what running requests will still decode relaxes a step."""
         self._consecutive_prefills = 0
         c = self.config
-        decay = (c.init_new_token_ratio - c.min_new_token_ratio) / NEW_TOKEN_RATIO_DECAY_STEPS
-        self.new_token_ratio = max(self.new_token_ratio - decay, c.min_new_token_ratio)
+        self.new_token_ratio = max(self.new_token_ratio - c.new_token_ratio_decay, c.min_new_token_ratio)
 
     def retracted(self) -> None:
         """A request gave its memory back: estimate running requests' outputs as at the start again."""
