@@ -134,6 +134,8 @@ def test_decode_attention_refuses_slots_outside_the_pool_without_reading_them():
     (14, 2, 64, [(0, 50), (600, 32)]),
     (6, 3, 40, [(7, 20)]),  # a head size not a multiple of 16
     (4, 4, 16, [(0, 70)] * 3),  # more rows than a query block
+    (8, 2, 32, [(30, 600)] * 3 + [(0, 3)]),  # blocks of the most rows a task takes, and a short last one
+    (4, 1, 32, [(50, 300)]),  # one request and one KV head: its rows split so that every thread has tasks
 ])
 @pytest.mark.parametrize("peaked", [False, True])  # peaked: softmax weights far below fp32's normal range
 def test_extend_attention_matches_reference(dtype, heads, kv_heads, dim, requests, peaked):

@@ -354,15 +354,16 @@ static inline void transpose16(__m512 r[16]) {
 /* Causal attention over paged K/V, flash-style, for extend (prefill) and decode alike: request r's n_r new
  * queries (rows qo_indptr[r] .. qo_indptr[r + 1] of q) attend to its kv_lens[r] slots, kv_indices[kv_start[r]
  * ..], the last n_r being the new tokens', query i seeing the first kv_lens[r] - n_r + i + 1 (a decode step:
- * n_r = 1, the whole context). A task is one request, one KV head and a block of up to QB query rows with all
- * the head's query heads: each chunk of KC keys is gathered once for all of them, K transposed in registers.
+ * n_r = 1, the whole context). A task is one request, one KV head and a block of its query rows (as many as
+ * `attention_block_rows` allows) with all the head's query heads: each chunk of KC keys is gathered once for all
+ * of them, K transposed in registers.
  * Scores are vectorised over keys, QG queries by up to KC / 16 key vectors at a time (independent FMA chains
  * held in registers); the online softmax takes one maximum per query per chunk and keeps its running sum as a
  * vector, reduced once at the end, in fp32 with denormals flushed. At head size 32 torch's flash kernel spends
  * its time in per-block GEMM calls and exps; here a score costs a few instructions. q: [total_q, H, D] rows ldq
  * apart; out: [total_q, H, D] contiguous; elem 2 (bf16) or 4 (fp32). Returns 3, reading nothing, when an index
  * or slot is out of range. */
-enum { QB = 16, KC = 64, KB = KC / 16, QG = 4 };
+enum { QB = 16, QB_MAX = 512, KC = 64, KB = KC / 16, QG = 4 };
 
 /* Lanes [0, left) of 16 set: a masked row's visible keys within one 16-key vector (none when left <= 0). */
 static inline __mmask16 lanes16(int64_t left) { return left <= 0 ? 0 : tail16(left); }
@@ -387,32 +388,51 @@ static inline __attribute__((always_inline)) void chunk_scores(const float *qs, 
 
 /* Tasks of an attention call after checking every index it will read (-1: one is out of range). */
 static int64_t attention_tasks(const int64_t *qo_indptr, const int64_t *kv_start, const int64_t *kv_lens,
-                               const int64_t *kv_indices, int64_t num_indices, int64_t num_slots, int R, int KVH) {
+                               const int64_t *kv_indices, int64_t num_indices, int64_t num_slots, int R, int KVH,
+                               int qb) {
     int64_t tasks = 0;
     for (int r = 0; r < R; r++) { /* every index read must lie in the list and every slot in the pool */
         const int64_t n = qo_indptr[r + 1] - qo_indptr[r], kv_len = kv_lens[r];
         if (n < 0 || n > kv_len || kv_start[r] < 0 || kv_start[r] + kv_len > num_indices) return -1;
         for (int64_t t = kv_start[r]; t < kv_start[r] + kv_len; t++)
             if (kv_indices[t] < 0 || kv_indices[t] >= num_slots) return -1;
-        tasks += (n + QB - 1) / QB * KVH;
+        tasks += (n + qb - 1) / qb * KVH;
     }
     return tasks;
 }
 
-/* Floats of scratch one thread of `attention_team` needs. */
-static size_t attention_scratch(int G, int D) {
-    const size_t rows = ((size_t)QB * G + QG - 1) / QG * QG, pad = (size_t)(D + 15) / 16 * 16;
+/* Query rows per task: a request's rows in as few blocks as keep every thread busy (at least 4 tasks a
+ * thread), so each chunk of its keys is gathered and transposed once for all of them rather than once per 16
+ * rows; multiples of QB, at most QB_MAX (the scratch grows with it). */
+static int attention_block_rows(const int64_t *qo_indptr, int R, int KVH, int threads) {
+    int64_t longest = 0;
+    for (int r = 0; r < R; r++)
+        if (qo_indptr[r + 1] - qo_indptr[r] > longest) longest = qo_indptr[r + 1] - qo_indptr[r];
+    int qb = longest > QB_MAX ? QB_MAX : (int)((longest + QB - 1) / QB * QB);
+    while (qb > QB) {
+        int64_t tasks = 0;
+        for (int r = 0; r < R; r++) tasks += (qo_indptr[r + 1] - qo_indptr[r] + qb - 1) / qb * KVH;
+        if (tasks >= 4 * (int64_t)threads) break;
+        qb = (qb / 2 + QB - 1) / QB * QB;
+    }
+    return qb < QB ? QB : qb;
+}
+
+/* Floats of scratch one thread of `attention_team` needs for tasks of qb query rows. */
+static size_t attention_scratch(int G, int D, int qb) {
+    const size_t rows = ((size_t)qb * G + QG - 1) / QG * QG, pad = (size_t)(D + 15) / 16 * 16;
     return (rows * pad * 2 + rows + rows * 16 + pad * KC * 2 + (size_t)QG * KC + 15) / 16 * 16;
 }
 
-/* The attention's tasks shared among the threads of the enclosing parallel region (each passes its own
- * scratch of attention_scratch(G, D) floats, 64-byte aligned); indices checked by attention_tasks. */
+/* The attention's tasks (qb query rows each) shared among the threads of the enclosing parallel region (each
+ * passes its own scratch of attention_scratch(G, D, qb) floats, 64-byte aligned); indices checked by
+ * attention_tasks. */
 static void attention_team(const void *q, int64_t ldq, const void *k, const void *v, void *out,
                            const int64_t *qo_indptr, const int64_t *kv_start, const int64_t *kv_lens,
-                           const int64_t *kv_indices, int64_t tasks, int H, int KVH, int D, float scale, int elem,
-                           float *scratch) {
+                           const int64_t *kv_indices, int64_t tasks, int qb_rows, int H, int KVH, int D,
+                           float scale, int elem, float *scratch) {
     const int G = H / KVH, DV = (D + 15) / 16; /* 16-lane vectors per head row */
-    const size_t rows = ((size_t)QB * G + QG - 1) / QG * QG, pad = (size_t)DV * 16;
+    const size_t rows = ((size_t)qb_rows * G + QG - 1) / QG * QG, pad = (size_t)DV * 16;
     const unsigned csr = flush_denormals();
     float *qs = scratch; /* [rows][pad], pre-scaled */
     float *acc = qs + rows * pad, *m = acc + rows * pad, *l = m + rows; /* l: [rows][16] running sums */
@@ -423,13 +443,13 @@ static void attention_team(const void *q, int64_t ldq, const void *k, const void
         /* find task t: request, KV head, query block */
         int r = 0;
         for (task = t;; r++) {
-            const int64_t here = (qo_indptr[r + 1] - qo_indptr[r] + QB - 1) / QB * KVH;
+            const int64_t here = (qo_indptr[r + 1] - qo_indptr[r] + qb_rows - 1) / qb_rows * KVH;
             if (task < here) break;
             task -= here;
         }
         const int kh = (int)(task % KVH);
         const int64_t n = qo_indptr[r + 1] - qo_indptr[r], kv_len = kv_lens[r];
-        const int64_t prefix = kv_len - n, i0 = task / KVH * QB, qb = n - i0 < QB ? n - i0 : QB;
+        const int64_t prefix = kv_len - n, i0 = task / KVH * qb_rows, qb = n - i0 < qb_rows ? n - i0 : qb_rows;
         const int64_t *slots = kv_indices + kv_start[r];
         const int nq = (int)qb * G; /* query vectors: row i, head g at i * G + g */
         const size_t used = ((size_t)nq + QG - 1) / QG * QG; /* rows the QG-wide loops touch */
@@ -547,14 +567,15 @@ int sgl_attention(const void *q, int64_t ldq, const void *k, const void *v, void
                   const int64_t *kv_start, const int64_t *kv_lens, const int64_t *kv_indices, int64_t num_indices,
                   int64_t num_slots, int R, int H, int KVH, int D, float scale, int elem, int threads) {
     if (KVH < 1 || H % KVH != 0 || D < 1 || D > 256 || (elem != 2 && elem != 4)) return 1;
-    const int64_t tasks = attention_tasks(qo_indptr, kv_start, kv_lens, kv_indices, num_indices, num_slots, R, KVH);
-    if (tasks < 0) return 3;
     if (threads < 1) threads = 1;
-    const size_t per_thread = attention_scratch(H / KVH, D);
+    const int qb = attention_block_rows(qo_indptr, R, KVH, threads);
+    const int64_t tasks = attention_tasks(qo_indptr, kv_start, kv_lens, kv_indices, num_indices, num_slots, R, KVH, qb);
+    if (tasks < 0) return 3;
+    const size_t per_thread = attention_scratch(H / KVH, D, qb);
     float *scratch = aligned_alloc(64, sizeof(float) * per_thread * (size_t)threads);
     if (!scratch) return 2;
 #pragma omp parallel num_threads(threads)
-    attention_team(q, ldq, k, v, out, qo_indptr, kv_start, kv_lens, kv_indices, tasks, H, KVH, D, scale, elem,
+    attention_team(q, ldq, k, v, out, qo_indptr, kv_start, kv_lens, kv_indices, tasks, qb, H, KVH, D, scale, elem,
                    scratch + per_thread * (size_t)omp_get_thread_num());
     free(scratch);
     return 0;
@@ -685,14 +706,15 @@ int sgl_decode_layer(const void *x, void *residual, void *out, int first, const 
     int64_t *qo_indptr = offsets, *kv_start = offsets + R + 1; /* decode (qo NULL): row b is request b's query */
     for (int r = 0; r <= R; r++) qo_indptr[r] = qo ? qo[r] : r;
     for (int r = 0; r < R; r++) kv_start[r] = (int64_t)r * ldslots;
-    const int64_t tasks = attention_tasks(qo_indptr, kv_start, lens, slots, (int64_t)R * ldslots, num_slots, R, KVH);
+    if (threads < 1) threads = 1;
+    const int qb = attention_block_rows(qo_indptr, R, KVH, threads);
+    const int64_t tasks = attention_tasks(qo_indptr, kv_start, lens, slots, (int64_t)R * ldslots, num_slots, R, KVH, qb);
     if (tasks < 0) {
         free(offsets);
         return 3;
     }
-    if (threads < 1) threads = 1;
     const int64_t q_size = (int64_t)H * D, kv_size = (int64_t)KVH * D, n_qkv = q_size + 2 * kv_size;
-    const size_t per_thread = attention_scratch(H / KVH, D);
+    const size_t per_thread = attention_scratch(H / KVH, D, qb);
     const size_t rows_elems = (size_t)B * ((size_t)hidden + (size_t)n_qkv + (size_t)q_size + (size_t)I);
     const size_t rows_floats = (rows_elems * (size_t)elem / sizeof(float) + 15) / 16 * 16;
     float *scratch = aligned_alloc(64, sizeof(float) * (rows_floats + per_thread * (size_t)threads));
@@ -723,8 +745,8 @@ int sgl_decode_layer(const void *x, void *residual, void *out, int first, const 
             memcpy((char *)v_buf + out_loc[b] * kv_size * elem, qkv + (row + q_size + kv_size) * elem,
                    (size_t)(kv_size * elem));
         }
-        attention_team(qkv, n_qkv, k_buf, v_buf, att, qo_indptr, kv_start, lens, slots, tasks, H, KVH, D, scale, elem,
-                       att_scratch + per_thread * (size_t)omp_get_thread_num()); /* ends in a barrier */
+        attention_team(qkv, n_qkv, k_buf, v_buf, att, qo_indptr, kv_start, lens, slots, tasks, qb, H, KVH, D, scale,
+                       elem, att_scratch + per_thread * (size_t)omp_get_thread_num()); /* ends in a barrier */
         project(dense, att, q_size, w_o, b_o, h, hidden, B, hidden, q_size, 0, elem);
 #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) /* in place: norm_row reads the row before writing it */
