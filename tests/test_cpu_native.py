@@ -253,3 +253,33 @@ def test_silu_mul_matches_torch_ops(rows, inter, dtype):
         assert (ours != ref).float().mean() < 0.05
     else:
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+@pytest.mark.parametrize(("n", "k", "bias"), [(4096, 256, False), (100, 40, True), (16, 8, False)])
+@pytest.mark.parametrize("rows", [0, 1, 5, 16, 64])
+def test_gemm_packed_matches_linear(n, k, bias, rows):
+    g = torch.Generator().manual_seed(n + rows)
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    x = torch.randn(rows, k, generator=g)
+    out = cpu_native.gemm_packed(x, cpu_native.pack_columns(w), n, b)
+    assert out.shape == (rows, n) and out.dtype == torch.float32
+    torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    wide = torch.randn(3, 2 * k, generator=g)[:, :k]  # rows apart by more than K, as a view of hidden states
+    torch.testing.assert_close(cpu_native.gemm_packed(wide, cpu_native.pack_columns(w), n, b), F.linear(wide, w, b),
+                               rtol=1e-5, atol=1e-4)
+
+
+@needs_native
+def test_gemm_packed_refuses_what_it_cannot_read():
+    w = cpu_native.pack_columns(torch.randn(40, 8))
+    with pytest.raises(ValueError, match="fp32"):
+        cpu_native.gemm_packed(torch.randn(2, 8, dtype=torch.bfloat16), w, 40)
+    with pytest.raises(ValueError, match="pack_columns"):
+        cpu_native.gemm_packed(torch.randn(2, 8), w, 64)  # more columns than it was packed for
+    with pytest.raises(ValueError, match="bias"):
+        cpu_native.gemm_packed(torch.randn(2, 8), w, 40, torch.zeros(39))
+    with pytest.raises(ValueError, match="unit column stride"):
+        cpu_native.gemm_packed(torch.randn(8, 2).t(), w, 40)
+

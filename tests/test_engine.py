@@ -318,6 +318,40 @@ def test_extend_steps_run_each_layer_as_one_call_with_the_layer_by_layer_outputs
     assert fused_extends >= 2 and plain_extends == 0  # the first prefill, and the late requests' mixed step
 
 
+def test_lm_head_runs_packed_on_packed_models_with_torchs_tokens_and_logprobs(model_path, monkeypatch):
+    """A small fp32 model's lm-head keeps a packed copy and runs through cpu_native.gemm_packed for up to
+    PACKED_GEMM_MAX_ROWS rows (decode steps, sampled rows of a prefill); the same tokens and logprobs as
+    torch's F.linear, and none under cpu_native.disabled()."""
+    from sglbench.kernel import cpu_native
+    from sglbench.runtime.engine import Engine, EngineConfig
+    from sglbench.runtime.request import Request
+
+    if not cpu_native.available():
+        pytest.skip(f"C kernels: {cpu_native.unavailable_reason()}")
+
+    def run(packed: bool):
+        monkeypatch.setattr(cpu_native, "PACKED_GEMM_MAX_ROWS", 64 if packed else 0)
+        engine = Engine(EngineConfig(str(model_path), max_total_tokens=2048))
+        calls = []
+        original = cpu_native.gemm_packed
+        monkeypatch.setattr(cpu_native, "gemm_packed", lambda x, *a: calls.append(x.shape[0]) or original(x, *a))
+        params = SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True, return_logprob=True)
+        reqs = [Request(f"r{i}", list(p), params) for i, p in enumerate(PROMPTS)]
+        run_with_late_arrivals(engine, reqs)
+        logprobs = [[lp for lp, _ in r.output_token_logprobs] for r in reqs]
+        return [r.output_ids for r in reqs], logprobs, calls, engine
+
+    packed_out, packed_logprobs, packed_calls, engine = run(True)
+    plain_out, plain_logprobs, plain_calls, _ = run(False)
+    assert packed_out == plain_out and all(len(o) == 8 for o in packed_out)
+    torch.testing.assert_close(packed_logprobs, plain_logprobs, atol=1e-4, rtol=0)
+    assert packed_calls and not plain_calls
+    model = engine.runner.model
+    assert model.packed_lm_head() is not None
+    with cpu_native.disabled():
+        assert model.packed_lm_head() is None
+
+
 def test_a_resumed_request_samples_in_its_prefill_step(model_path):
     """A retracted request re-prefills its tokens, its last sampled one included, and samples its next token
     from that step (as SGLang does), not from a decode step after it: as many forwards as tokens."""

@@ -256,7 +256,8 @@ class DecodePlan:
     slots: torch.Tensor  # [batch * max_len] pool slots, row-major; padding repeats some valid slot
     batch: int
     max_len: int
-    mask: torch.Tensor | None  # [batch, 1, 1, max_len] additive (0 / -inf) in the query dtype; None: no padding
+    mask: torch.Tensor | None  # [batch, 1, 1, max_len] additive (0 / -inf) in the query dtype; None: no padding,
+    # or a plan for the C kernels (`plan_in_place`), which read `lens` instead
     shared: SharedPrefixPlan | None = None
     lens: torch.Tensor | None = None  # [batch] int64 context lengths (the C kernel reads slots in place)
 
@@ -290,6 +291,15 @@ def plan_decode(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, dtype: torch.
         shared = _plan_shared_prefixes(padded, lens, max_len, dtype, always=bool(share_prefixes))
     mask = _padding_mask(valid, dtype) if shared is None else None
     return DecodePlan(padded.reshape(-1), batch, max_len, mask, shared, lens.to(torch.int64))
+
+
+def plan_in_place(kv_indptr: torch.Tensor, padded: torch.Tensor) -> DecodePlan:
+    """The plan of a decode batch whose contexts the C kernels read in place (`cpu_native.decode_layers`): its
+    slots as model_runner lays them out ([batch, >= longest context], each row's first lens[r] valid) and the
+    lengths, without plan_decode's padding mask and prefix analysis, which those kernels do not read (a tenth
+    of a 16-request step's host time for the default model)."""
+    lens = kv_indptr[1:] - kv_indptr[:-1]  # [batch]
+    return DecodePlan(padded.contiguous().reshape(-1), padded.shape[0], padded.shape[1], None, None, lens)
 
 
 def _plan_shared_prefixes(padded: torch.Tensor, lens: torch.Tensor, max_len: int, dtype: torch.dtype,

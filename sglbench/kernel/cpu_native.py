@@ -7,7 +7,8 @@ SiLU-and-multiply); and a whole decoder layer of a decode step in one call (`dec
 projections, rotary, K/V store, attention and MLP), on the model's dense weights for batches of up to
 `MAX_GEMV_ROWS` (bf16 and fp32) or, for small fp32 models, on packed copies at any batch, because otherwise a
 step pays the per-op cost of a dozen torch ops and C calls per layer (Qwen2.5-0.5B at batch 1: 16.2 -> 21.1
-tok/s in bf16; the embedded model: 2.0 -> 1.4 ms a step at batch 1, 4.2 -> 2.8 at batch 16).
+tok/s in bf16; the embedded model: 2.0 -> 1.4 ms a step at batch 1, 4.2 -> 2.8 at batch 16); that packed GEMM
+also alone (`gemm_packed`), for such a model's lm-head.
 
 Why C: at a decode batch of one, torch's ops cost 10-100 us each before any work (a bf16 RMSNorm is eight of
 them, a rotary embedding a dozen), and oneDNN's packed GEMV reads Qwen2.5-0.5B's layer weights at about
@@ -51,6 +52,7 @@ _SIGNATURES = {
     "sgl_add_rms_norm": (_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _FLOAT, _INT, _INT),
     "sgl_silu_mul": (_PTR, _I64, _PTR, _I64, _I64, _I64, _INT, _INT),
     "sgl_rope": (_PTR, _I64, _INT, _PTR, _I64, _INT, _PTR, _PTR, _I64, _I64, _INT, _INT, _INT),
+    "sgl_gemm_packed": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT),
     "sgl_decode_layer": (_PTR, _PTR, _PTR, _INT, _PTR, _PTR, _PTR, _PTR, _FLOAT, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
                          _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _INT, _INT,
                          _INT, _INT, _INT, _INT, _INT, _FLOAT, _INT, _INT, _INT),
@@ -350,6 +352,26 @@ def pack_columns(weight: torch.Tensor) -> torch.Tensor:
     return padded.view(blocks, 16, k).transpose(1, 2).contiguous()
 
 
+PACKED_GEMM_MAX_ROWS = 64  # up to here the packed GEMM beats torch's at a small model's lm-head (2x at 16 rows)
+
+
+def gemm_packed(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for fp32 x [rows, K] (unit column stride) and weight [n, K] packed by
+    `pack_columns`: the fused layer's register-tiled GEMM alone. [rows, n] fp32."""
+    if x.dim() != 2 or x.dtype != torch.float32 or x.stride(1) != 1 or x.device.type != "cpu":
+        raise ValueError(f"x must be a CPU fp32 [rows, K] with unit column stride, got {x.dtype} {tuple(x.shape)}")
+    k = x.shape[1]
+    if packed.dtype != torch.float32 or not packed.is_contiguous() or packed.shape != (-(-n // 16), k, 16):
+        raise ValueError(f"packed must be pack_columns' [{-(-n // 16)}, {k}, 16] fp32 for {n} columns, got "
+                         f"{tuple(packed.shape)}")
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()):
+        raise ValueError(f"bias must be a contiguous fp32 [{n}]")
+    out = torch.empty(x.shape[0], n, dtype=torch.float32)
+    _check(_lib().sgl_gemm_packed(x.data_ptr(), x.stride(0), packed.data_ptr(), _ptr(bias), out.data_ptr(), n,
+                                  x.shape[0], n, k, torch.get_num_threads()), "sgl_gemm_packed")
+    return out
+
+
 @dataclass(frozen=True)
 class DecodeLayerWeights:
     """One decoder layer's weights for `decode_layers`: the norms' as they are (q_norm and k_norm: Qwen3's
@@ -380,6 +402,14 @@ class DecodeLayerWeights:
     def max_batch(self) -> int | None:
         """The widest decode batch the layer takes (None: any)."""
         return None if self.packed else MAX_GEMV_ROWS
+
+    @functools.cached_property
+    def c_args(self) -> tuple:
+        """The weights' arguments of sgl_decode_layer (norms through the down projection's bias), made once: a
+        step's four layers spent about 40 us asking tensors for their addresses."""
+        return (self.ln1.data_ptr(), self.ln2.data_ptr(), _ptr(self.q_norm), _ptr(self.k_norm), self.eps,
+                self.qkv.data_ptr(), _ptr(self.qkv_bias), self.o.data_ptr(), _ptr(self.o_bias),
+                self.gate_up.data_ptr(), _ptr(self.gate_up_bias), self.down.data_ptr(), _ptr(self.down_bias))
 
 
 def decode_layer_fits(heads: int, kv_heads: int, head_dim: int, intermediate: int, packed: bool = True) -> bool:
@@ -418,6 +448,10 @@ def decode_layers(embedding: torch.Tensor, layers: list[DecodeLayerWeights], cis
     if lens.shape != (requests,) or slots.dim() != 2 or slots.shape[0] != requests:
         raise ValueError(f"slots and lens must have a row for each of the {requests} requests")
     lib, threads, residual, x = _lib(), torch.get_num_threads(), embedding, None
+    step_args = (cis.data_ptr(), positions.data_ptr(), cis.shape[0])
+    index_args = (out_loc.data_ptr(), slots.data_ptr(), slots.shape[1], lens.data_ptr(), _ptr(qo_indptr), requests,
+                  batch, hidden)
+    elem = embedding.element_size()
     for i, w in enumerate(layers):
         k, v = k_buffers[i], v_buffers[i]
         if (k.shape != v.shape or k.shape[1:] != (w.kv_heads, w.head_dim) or cis.shape[1:] != (w.head_dim // 2, 2)
@@ -430,13 +464,9 @@ def decode_layers(embedding: torch.Tensor, layers: list[DecodeLayerWeights], cis
             raise ValueError(f"layer {i}: {w.qkv.dtype} weights with {dtype} activations")
         out = torch.empty_like(residual)
         _check(lib.sgl_decode_layer(
-            _ptr(x), residual.data_ptr(), out.data_ptr(), int(x is None), w.ln1.data_ptr(), w.ln2.data_ptr(),
-            _ptr(w.q_norm), _ptr(w.k_norm), w.eps, w.qkv.data_ptr(), _ptr(w.qkv_bias), w.o.data_ptr(),
-            _ptr(w.o_bias), w.gate_up.data_ptr(), _ptr(w.gate_up_bias), w.down.data_ptr(), _ptr(w.down_bias),
-            cis.data_ptr(), positions.data_ptr(), cis.shape[0], k.data_ptr(), v.data_ptr(), k.shape[0],
-            out_loc.data_ptr(), slots.data_ptr(), slots.shape[1], lens.data_ptr(), _ptr(qo_indptr), requests, batch,
-            hidden, w.heads, w.kv_heads, w.head_dim, w.intermediate, sm_scale, int(not w.packed),
-            embedding.element_size(), threads),
+            _ptr(x), residual.data_ptr(), out.data_ptr(), int(x is None), *w.c_args, *step_args, k.data_ptr(),
+            v.data_ptr(), k.shape[0], *index_args, w.heads, w.kv_heads, w.head_dim, w.intermediate, sm_scale,
+            int(not w.packed), elem, threads),
             "sgl_decode_layer")
         x = out
     return x

@@ -92,6 +92,8 @@ class TorchAttentionBackend(AttentionBackend):
         k_buf = self.pool.k_buffers[0]
         if batch.mode is not ForwardMode.DECODE or not cpu_native.attention_fits(k_buf, k_buf):
             return None
+        if batch.padded_kv_indices is not None and batch.kv_indptr.numel() > 1:
+            return cpu_attention.plan_in_place(batch.kv_indptr, batch.padded_kv_indices)
         plan = self._plan(batch, lambda: self._plan_decode(batch, k_buf, k_buf))
         return plan if plan.shared is None and plan.lens is not None and plan.max_len > 0 else None
 

@@ -658,6 +658,17 @@ static void gemm_team(const float *x, int64_t ldx, const float *w, const float *
     }
 }
 
+/* y[b, :N] = x[b, :K] w^T + bias for B rows, w packed by cpu_native.pack_columns (fp32; bias may be NULL): the
+ * fused layer's register-tiled GEMM on its own, for a small model's lm-head at decode batches. */
+int sgl_gemm_packed(const float *x, int64_t ldx, const float *w, const float *bias, float *y, int64_t ldy, int B,
+                    int64_t N, int64_t K, int threads) {
+    if (B < 0 || N < 1 || K < 1) return 1;
+    if (threads < 1) threads = 1;
+#pragma omp parallel num_threads(threads)
+    gemm_team(x, ldx, w, bias, y, ldy, B, N, K, 0);
+    return 0;
+}
+
 /* One projection of the fused layer: dense row-major weights through the GEMV (B <= MAX_ROWS, bf16 or fp32),
  * or packed fp32 ones through the register-tiled GEMM (any B). */
 static inline void project(int dense, const void *x, int64_t ldx, const void *w, const void *bias, void *y,
