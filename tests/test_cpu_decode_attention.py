@@ -78,6 +78,13 @@ def test_prepare_decode_reads_contexts_from_the_table():
     assert batch.out_cache_loc.tolist() == [int(table.table[r.row, r.kv_len]) for r in reqs]
     assert batch.logits_rows.tolist() == [0, 1, 2, 3] and batch.qo_indptr.tolist() == [0, 1, 2, 3, 4]
     assert batch.padded_kv_indices.shape == (4, 41)
+    # the CPU builds it in numpy over the table's memory; torch's way (any device) gives the same batch
+    table._array = None
+    torch_built = runner.prepare_decode(reqs, table)
+    for name in ("input_ids", "positions", "out_cache_loc", "qo_indptr", "kv_indptr", "kv_indices", "logits_rows",
+                 "padded_kv_indices"):
+        assert torch.equal(getattr(batch, name), getattr(torch_built, name)), name
+    assert torch_built.max_q_len == 1
 
 
 def _forked_batch(dtype=torch.float32, kv_heads=2, group=4, head_dim=32):
@@ -137,3 +144,19 @@ def test_shared_prefix_decode_in_bf16_and_when_sharing_pays():
     contexts = [common + list(range(100, 400)), common + list(range(500, 790))]
     kvp3 = torch.tensor([0, len(contexts[0]), len(contexts[0]) + len(contexts[1])])
     assert cpu_attention.plan_decode(kvp3, torch.tensor(contexts[0] + contexts[1]), torch.float32).shared is None
+
+
+def test_table_writes_one_slot_per_request_the_same_in_numpy_and_torch():
+    """write_one_each scatters a decode batch's new slots through the table's numpy view on the CPU, as torch's
+    indexed write does (the path of any other device)."""
+    written = []
+    for numpy_path in (True, False):
+        table = ReqToTokenTable(4, 16)
+        if not numpy_path:
+            table._array = None
+        table.write(1, 0, torch.arange(5))
+        table.write_one_each([1, 0, 3], [5, 0, 9], torch.tensor([50, 60, 70]))
+        written.append(table.table.clone())
+    assert torch.equal(written[0], written[1])
+    assert written[0][1, :6].tolist() == [0, 1, 2, 3, 4, 50] and written[0][0, 0] == 60 and written[0][3, 9] == 70
+    assert table.array is None and ReqToTokenTable(2, 4).array is not None

@@ -13,7 +13,7 @@ import torch
 
 import sglbench as sgl
 from sglbench.runtime.grammar import GrammarSpec
-from sglbench.runtime.sampling import SamplerRow, apply_penalties
+from sglbench.runtime.sampling import SamplerRow, apply_penalties, argmax_rows
 from sglbench.runtime.sampling_params import SamplingParams, openai_request, sglang_request
 from sglbench.runtime.tokenizer import Tokenizer, find_stop_regex, streamable_length
 from tests.helpers import assert_pool_full
@@ -96,6 +96,19 @@ def test_repetition_penalty_and_logit_bias_maths():
     assert out[0, :3].tolist() == [2.0, -2.0, 0.0] and out[0, 3] == 1e30  # clamped: finite at any temperature
     plain = SamplerRow(SamplingParams(), None, None)
     assert apply_penalties(logits, [plain]) is logits  # the common path copies nothing
+
+
+def test_argmax_rows_is_torchs_argmax():
+    """The greedy pick goes through numpy on the CPU: the first maximum of each row, a NaN counting as one, for
+    views as well; other dtypes stay on torch."""
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    logits[1, 3] = logits[1, 30] = 1e9  # a tie: the first
+    logits[2, 7] = float("nan")
+    logits[3] = float("-inf")
+    for x in (logits, logits[:, ::3], logits[1:4], logits.to(torch.bfloat16)):
+        picked = argmax_rows(x)
+        assert picked.dtype == torch.int64 and torch.equal(picked, x.argmax(dim=-1))
+    assert argmax_rows(logits)[1] == 3 and argmax_rows(logits)[2] == 7
 
 
 def test_stop_regex_search_is_incremental_and_streaming_holds_back_a_possible_match():

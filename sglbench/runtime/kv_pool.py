@@ -131,6 +131,8 @@ class ReqToTokenTable:
 
     def __init__(self, max_requests: int, max_context: int, device: str = "cpu"):
         self.table = torch.zeros((max_requests + 1, max_context), dtype=torch.int64, device=device)
+        # On the CPU, the same memory as numpy: a decode step's scattered writes there take a few us, not 50.
+        self._array = self.table.numpy() if self.table.device.type == "cpu" else None
         self.padding_row = max_requests
         self._free_rows = list(range(max_requests - 1, -1, -1))
 
@@ -151,8 +153,17 @@ class ReqToTokenTable:
 
     def write_one_each(self, rows: list[int], positions: list[int], slots: torch.Tensor) -> None:
         """slots[i] at (rows[i], positions[i]): one indexed write for a decode batch's new slots."""
+        if self._array is not None and slots.device.type == "cpu":
+            self._array[rows, positions] = slots.numpy()
+            return
         index = torch.tensor([rows, positions], dtype=torch.int64, device=self.table.device)
         self.table[index[0], index[1]] = slots
+
+    @property
+    def array(self) -> np.ndarray | None:
+        """The table as numpy (the same memory) when it is on the CPU, else None: for the engine's per-step
+        index work, where each torch call costs more than the work."""
+        return self._array
 
     def slots(self, row: int, start: int, end: int) -> torch.Tensor:
         return self.table[row, start:end]

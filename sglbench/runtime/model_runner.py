@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from sglbench.kernel import cpu_features, cpu_native
@@ -163,6 +164,8 @@ class ModelRunner:
         the table in one gather of the requests' rows ([batch, longest context], also handed to the
         backend as padded_kv_indices), not one slice and concatenation per request."""
         dev, batch = self.device, len(reqs)
+        if table.array is not None and torch.device(dev).type == "cpu":
+            return _decode_batch_cpu(reqs, table.array)
         lens = [r.kv_len + 1 for r in reqs]
         kv = list(itertools.accumulate(lens, initial=0))
         positions = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64, device=dev)
@@ -210,3 +213,31 @@ class ModelRunner:
         if self.graphs is not None and self.graphs.fits(len(reqs)):
             return self.graphs.run(reqs)
         return self.run(self.prepare_decode(reqs, table))
+
+
+def _decode_batch_cpu(reqs: list[Request], table: np.ndarray) -> ForwardBatch:
+    """`ModelRunner.prepare_decode` on the CPU, its index work in numpy over the request-to-token table (the same
+    memory): a dozen torch calls took about 80 us of a 16-request step of the default model, this about 20."""
+    batch = len(reqs)
+    meta = np.array([[r.kv_len for r in reqs], [r.row for r in reqs], [r.output_ids[-1] for r in reqs]],
+                    dtype=np.int64)  # [3, batch]: positions, table rows, last tokens
+    positions = meta[0]
+    width = int(positions.max()) + 1
+    padded = table[meta[1], :width]  # [batch, longest context], a copy; past a row's length: stale slots
+    lens = positions + 1
+    kv_indptr = np.zeros(batch + 1, dtype=np.int64)
+    np.cumsum(lens, out=kv_indptr[1:])
+    kv_indices = padded.reshape(-1) if positions.min() == width - 1 else padded[np.arange(width) < lens[:, None]]
+    steps = torch.arange(batch + 1, dtype=torch.int64)
+    return ForwardBatch(
+        mode=ForwardMode.DECODE,
+        input_ids=torch.from_numpy(meta[2].copy()),
+        positions=torch.from_numpy(positions.copy()),
+        out_cache_loc=torch.from_numpy(padded[np.arange(batch), positions]),
+        qo_indptr=steps,
+        kv_indptr=torch.from_numpy(kv_indptr),
+        kv_indices=torch.from_numpy(kv_indices),
+        logits_rows=steps[:-1],
+        max_q_len=1,
+        padded_kv_indices=torch.from_numpy(padded),
+    )

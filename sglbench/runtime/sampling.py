@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from sglbench.runtime.grammar import bitmask_bias
@@ -81,7 +82,7 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tenso
 def sample(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
     """Pick one token per row: argmax for greedy rows, filtered multinomial for the others. [rows] int64."""
     logits = apply_grammar_masks(apply_penalties(logits, rows), rows)
-    next_ids = logits.argmax(dim=-1)
+    next_ids = argmax_rows(logits)
     stochastic = [i for i, r in enumerate(rows) if not r.params.greedy]
     if not stochastic:
         return next_ids
@@ -94,6 +95,14 @@ def sample(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
     for j, i in enumerate(stochastic):
         next_ids[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator).squeeze(0)
     return next_ids
+
+
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """logits.argmax(dim=-1) (the first maximum; a NaN counts as one), through numpy for fp32 on the CPU: torch's
+    reduction took 67 us for [16, 4,096] here, numpy's 6, and a decode step runs one. [rows] int64."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2:
+        return torch.from_numpy(logits.numpy().argmax(axis=-1).astype(np.int64, copy=False))
+    return logits.argmax(dim=-1)
 
 
 def _filter_probs(probs: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

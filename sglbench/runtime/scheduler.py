@@ -177,13 +177,16 @@ class Scheduler:
 
         Returns (request, tokens to prefill this step); empty when a decode step should run instead.
         """
-        decoding = self.decoding()
-        if decoding and self._consecutive_prefills >= self.config.max_consecutive_prefills:
+        prefilling = [r for r in self.running if self.is_prefilling(r)]
+        if not prefilling and not self.waiting:  # a plain decode step (most steps): nothing to plan
+            self._consecutive_prefills = 0
+            return []
+        if len(prefilling) < len(self.running) and self._consecutive_prefills >= self.config.max_consecutive_prefills:
             self._consecutive_prefills = 0
             return []
         budget = self.config.max_prefill_tokens
         plan: list[tuple[Request, int]] = []
-        for req in [r for r in self.running if self.is_prefilling(r)]:
+        for req in prefilling:
             n = admit(req, min(budget, self.chunk_limit()))
             if n:
                 plan.append((req, n))
