@@ -293,12 +293,18 @@ def plan_decode(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, dtype: torch.
     return DecodePlan(padded.reshape(-1), batch, max_len, mask, shared, lens.to(torch.int64))
 
 
-def plan_in_place(kv_indptr: torch.Tensor, padded: torch.Tensor) -> DecodePlan:
-    """The plan of a decode batch whose contexts the C kernels read in place (`cpu_native.decode_layers`): its
-    slots as model_runner lays them out ([batch, >= longest context], each row's first lens[r] valid) and the
+def plan_in_place(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, padded: torch.Tensor | None = None) -> DecodePlan:
+    """The plan of a batch whose contexts the C kernels read in place (`cpu_native.decode_layers`, decode or
+    extend form): each request's slots as a padded row (`padded` as model_runner lays a decode batch out,
+    [batch, >= longest context], else gathered from the reference contract's kv_indptr/kv_indices) and the
     lengths, without plan_decode's padding mask and prefix analysis, which those kernels do not read (a tenth
-    of a 16-request step's host time for the default model)."""
+    of a 16-request decode step's host time for the default model). CPU tensors."""
     lens = kv_indptr[1:] - kv_indptr[:-1]  # [batch]
+    if padded is None:
+        starts, flat = kv_indptr.numpy()[:-1], kv_indices.numpy()
+        width = int(lens.max()) if lens.numel() else 0
+        at = np.minimum(starts[:, None] + np.arange(width), max(flat.size - 1, 0))  # past a row's end: some slot
+        padded = torch.from_numpy(flat[at]) if flat.size else torch.zeros(at.shape, dtype=torch.int64)
     return DecodePlan(padded.contiguous().reshape(-1), padded.shape[0], padded.shape[1], None, None, lens)
 
 

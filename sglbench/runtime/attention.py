@@ -93,7 +93,7 @@ class TorchAttentionBackend(AttentionBackend):
         if batch.mode is not ForwardMode.DECODE or not cpu_native.attention_fits(k_buf, k_buf):
             return None
         if batch.padded_kv_indices is not None and batch.kv_indptr.numel() > 1:
-            return cpu_attention.plan_in_place(batch.kv_indptr, batch.padded_kv_indices)
+            return cpu_attention.plan_in_place(batch.kv_indptr, batch.kv_indices, batch.padded_kv_indices)
         plan = self._plan(batch, lambda: self._plan_decode(batch, k_buf, k_buf))
         return plan if plan.shared is None and plan.lens is not None and plan.max_len > 0 else None
 
@@ -102,8 +102,8 @@ class TorchAttentionBackend(AttentionBackend):
         if batch.mode is not ForwardMode.EXTEND or not cpu_native.attention_fits(k_buf, k_buf):
             return None
         # not through _plan: should the model decline, the layer-by-layer extend plans its own way
-        plan = cpu_attention.plan_decode(batch.kv_indptr, batch.kv_indices, k_buf.dtype, share_prefixes=False)
-        return plan if plan.lens is not None and plan.max_len > 0 else None
+        plan = cpu_attention.plan_in_place(batch.kv_indptr, batch.kv_indices)
+        return plan if plan.max_len > 0 else None
 
     def decode(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         plan = self._plan(batch, lambda: self._plan_decode(batch, q, k_buf))

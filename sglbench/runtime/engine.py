@@ -248,8 +248,10 @@ class Engine:
         and it are expected to decode (`Scheduler.tokens_to_keep`), so those need not be retracted later."""
         first_chunk = req.row < 0
         alone = self.scheduler.runs_alone(req)
-        if first_chunk and not alone and self.scheduler.tokens_to_keep(req) - self.kv.peek(req) > self.kv.available():
-            return 0
+        if first_chunk and not alone:
+            need, room = self.scheduler.tokens_to_keep(req), self.kv.available()
+            if need > room and need - self.kv.peek(req) > room:  # the cache walk only when the pool is short
+                return 0
         reserve = len(self.scheduler.decoding())  # slots kept for the next decode step of those decoding
         n = self.kv.admit(req, max_tokens, reserve, alone=alone)
         if n is None:  # nothing else holds memory, so it can never fit

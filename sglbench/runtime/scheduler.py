@@ -145,6 +145,8 @@ class Scheduler:
     def order_waiting(self, match: Callable[[Request], PrefixMatch]) -> dict[int, PrefixMatch] | None:
         """Sort the waiting queue by the configured policy; return the prefix matches it computed."""
         policy = self.config.policy
+        if len(self.waiting) == 1:  # nothing to order, and no request admitted before it to share a prefix with
+            return None
         if policy == "fcfs" or (policy in PREFIX_AWARE_POLICIES and len(self.waiting) > PREFIX_POLICY_QUEUE_LIMIT):
             self.waiting.sort(key=lambda r: r.timings.arrived)
             return None
