@@ -129,6 +129,18 @@ def test_insert_copies_slots_and_accepts_tensor_token_ids():
     assert cache.match_prefix(torch.tensor([1, 2, 3])).slots.tolist() == [4, 5, 6]
 
 
+def test_tuple_lists_and_tensors_of_token_ids_are_one_key():
+    """A tuple is taken as the key as it is (the engine passes its requests' tokens so); lists and tensors are
+    converted: any of them matches what another inserted."""
+    cache, _, _ = make_cache()
+    cache.insert((1, 2, 3, 4), torch.tensor([10, 11, 12, 13]))
+    cache.insert([1, 2, 7], torch.tensor([20, 21, 22]))
+    assert cache.match_prefix([1, 2, 3, 9]).matched_len == 3
+    assert cache.match_prefix(torch.tensor([1, 2, 7, 9])).slots.tolist() == [10, 11, 22]
+    assert cache.match_prefix((1, 2, 3, 4)).slots.tolist() == [10, 11, 12, 13]
+    assert cache.peek_prefix((1, 2, 7)) == 3 and cache.peek_prefix([1, 5]) == 1
+
+
 def test_insert_rejects_slot_count_mismatch():
     cache, _, _ = make_cache()
     with pytest.raises(ValueError, match="one slot per token"):

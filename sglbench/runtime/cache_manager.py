@@ -51,13 +51,14 @@ class CacheManager:
 
     # ------------------------------------------------------------------ matching
     @staticmethod
-    def matchable(req: Request) -> list[int]:
+    def matchable(req: Request) -> tuple[int, ...]:
         """Tokens whose K/V may come from the cache: all but the last (its logits are needed), and
-        none from where prompt logprobs are asked (their logits are needed too)."""
+        none from where prompt logprobs are asked (their logits are needed too). A tuple: the radix tree's
+        key as it is (`radix_cache._as_key`)."""
         limit = req.prefill_len - 1
         if req.wants_prompt_logprobs:
             limit = min(limit, max(req.params.logprob_start_len - 1, 0))
-        return req.fill_ids[:limit]
+        return tuple(req.fill_ids[:limit])
 
     def match(self, req: Request, record: bool = False) -> MatchResult:
         return self.cache.match_prefix(self.matchable(req), record=record)
@@ -140,7 +141,7 @@ class CacheManager:
         slots = self.req_to_token.slots(req.row, 0, req.alloc_len).clone()
         self.pool.free(slots[req.kv_len :])  # allocated, never computed
         if insert and not self.cache.disable:
-            result = self.cache.insert(req.fill_ids[: req.kv_len], slots[: req.kv_len])
+            result = self.cache.insert(tuple(req.fill_ids[: req.kv_len]), slots[: req.kv_len])
             self.pool.free(slots[req.prefix_len : result.prefix_len])  # ours duplicated what others cached meanwhile
         else:
             self.pool.free(slots[req.prefix_len : req.kv_len])
@@ -157,7 +158,7 @@ class CacheManager:
         rewrite the request's slot row from the root at each jump, for text no other request shares."""
         if self.cache.disable or req.kv_len == req.prefix_len or req.prefix_len >= len(req.input_ids):
             return
-        tokens = req.fill_ids[: req.kv_len]
+        tokens = tuple(req.fill_ids[: req.kv_len])
         slots = self.req_to_token.slots(req.row, 0, req.kv_len).clone()
         result = self.cache.insert(tokens, slots)
         last_node = result.last_node

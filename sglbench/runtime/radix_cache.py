@@ -94,6 +94,11 @@ class InsertResult(NamedTuple):
 
 
 def _as_key(token_ids: Sequence[int] | torch.Tensor) -> tuple[int, ...]:
+    """The tree's key for token_ids: a tuple of Python ints. A tuple is taken as one already (the engine's
+    CacheManager passes its requests' tokens so): converting 400 tokens element by element took 20 us of a
+    40 us match, and the engine matches, peeks and inserts every request's tokens."""
+    if type(token_ids) is tuple:
+        return token_ids
     if isinstance(token_ids, torch.Tensor):
         return tuple(token_ids.tolist())
     return tuple(map(int, token_ids))
