@@ -161,8 +161,8 @@ class RequestHandle:
     def push_delta(self, text: str, completion_tokens: int = 0, **new_logprobs: list) -> None:
         """Queue a streamed piece (new logprob entries by their meta_info names, see `StreamDelta`)."""
         if text:
-            delta = (StreamDelta(text, completion_tokens, *(tuple(new_logprobs.get(k, ())) for k in _DELTA_LOGPROB_KEYS))
-                     if new_logprobs else StreamDelta(text, completion_tokens))
+            logprobs = (tuple(new_logprobs.get(k, ())) for k in _DELTA_LOGPROB_KEYS) if new_logprobs else ()
+            delta = StreamDelta(text, completion_tokens, *logprobs)
             with self._streamed:
                 self._deltas.append(delta)
                 self._streamed.notify_all()

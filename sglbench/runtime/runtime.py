@@ -263,7 +263,8 @@ class Runtime:
             attention_backend=attention_backend, disable_radix_cache=disable_radix_cache,
             schedule_policy=schedule_policy, max_running_requests=max_running_requests,
             max_prefill_tokens=max_prefill_tokens, chunked_prefill_size=chunked_prefill_size, random_seed=random_seed,
-            schedule_conservativeness=schedule_conservativeness, jump_forward=not disable_jump_forward, mixed_chunk=enable_mixed_chunk,
+            schedule_conservativeness=schedule_conservativeness, jump_forward=not disable_jump_forward,
+            mixed_chunk=enable_mixed_chunk,
             disable_cuda_graph=disable_cuda_graph, cuda_graph_max_bs=cuda_graph_max_bs,
             cuda_graph_bs=None if cuda_graph_bs is None else tuple(cuda_graph_bs),
         )
