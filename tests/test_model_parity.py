@@ -324,6 +324,10 @@ def test_fused_decode_layers_refuse_out_of_range_slots_and_positions(checkpoint)
         cpu_native.decode_layers(torch.randn(wide, config.hidden_size), dense, cis, torch.arange(wide),
                                  pool.k_buffers, pool.v_buffers, torch.arange(1, wide + 1),
                                  torch.arange(1, wide + 1).view(wide, 1), torch.ones(wide, dtype=torch.int64), 0.1)
+    # One call runs every layer: they must share one layout (packed and dense mixed are refused).
+    with pytest.raises(ValueError, match="one shape, dtype and layout"):
+        cpu_native.decode_layers(embedding.clone(), [weights[0], *dense[1:]], cis, good["positions"], pool.k_buffers,
+                                 pool.v_buffers, good["out_loc"], good["slots"], good["lens"], 0.1)
 
 
 def test_fused_decode_weights_are_packed_again_after_the_weights_change(checkpoint):

@@ -3,7 +3,7 @@
 over the paged K/V for decode (bf16, fp32) and extend (used for fp32, where torch's flash kernel is slowest: at
 head size 32 it took 1.4x as long over the JSON workload's 8,192-token prefill batches); the per-layer
 element-wise work in bf16 or fp32 (RMSNorm with the residual add fused in, rotary embedding in place,
-SiLU-and-multiply); and a whole decoder layer of a decode step in one call (`decode_layers`: norms,
+SiLU-and-multiply); and every decoder layer of a decode step in one call (`decode_layers`: norms,
 projections, rotary, K/V store, attention and MLP), on the model's dense weights for batches of up to
 `MAX_GEMV_ROWS` (bf16 and fp32) or, for small fp32 models, on packed copies at any batch, because otherwise a
 step pays the per-op cost of a dozen torch ops and C calls per layer (Qwen2.5-0.5B at batch 1: 16.2 -> 21.1
@@ -35,6 +35,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sglbench.kernel import cpu_features
@@ -53,9 +54,8 @@ _SIGNATURES = {
     "sgl_silu_mul": (_PTR, _I64, _PTR, _I64, _I64, _I64, _INT, _INT),
     "sgl_rope": (_PTR, _I64, _INT, _PTR, _I64, _INT, _PTR, _PTR, _I64, _I64, _INT, _INT, _INT),
     "sgl_gemm_packed": (_PTR, _I64, _PTR, _PTR, _PTR, _I64, _INT, _I64, _I64, _INT),
-    "sgl_decode_layer": (_PTR, _PTR, _PTR, _INT, _PTR, _PTR, _PTR, _PTR, _FLOAT, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
-                         _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _INT, _INT,
-                         _INT, _INT, _INT, _INT, _INT, _FLOAT, _INT, _INT, _INT),
+    "sgl_decode_layers": (_PTR, _PTR, _INT, _PTR, _FLOAT, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _INT,
+                          _INT, _INT, _INT, _INT, _INT, _INT, _FLOAT, _INT, _INT, _INT),
 }
 
 
@@ -404,12 +404,18 @@ class DecodeLayerWeights:
         return None if self.packed else MAX_GEMV_ROWS
 
     @functools.cached_property
-    def c_args(self) -> tuple:
-        """The weights' arguments of sgl_decode_layer (norms through the down projection's bias), made once: a
-        step's four layers spent about 40 us asking tensors for their addresses."""
-        return (self.ln1.data_ptr(), self.ln2.data_ptr(), _ptr(self.q_norm), _ptr(self.k_norm), self.eps,
-                self.qkv.data_ptr(), _ptr(self.qkv_bias), self.o.data_ptr(), _ptr(self.o_bias),
-                self.gate_up.data_ptr(), _ptr(self.gate_up_bias), self.down.data_ptr(), _ptr(self.down_bias))
+    def pointers(self) -> tuple[int, ...]:
+        """The weights' row of sgl_decode_layers' layer table (norms through the down projection's bias; 0 for
+        None), made once: asking 24 layers' tensors for their addresses costs a step about 0.1 ms."""
+        return tuple(0 if t is None else t.data_ptr() for t in (
+            self.ln1, self.ln2, self.q_norm, self.k_norm, self.qkv, self.qkv_bias, self.o, self.o_bias, self.gate_up,
+            self.gate_up_bias, self.down, self.down_bias))
+
+    @functools.cached_property
+    def shape(self) -> tuple:
+        """What every layer of one `decode_layers` call must share."""
+        return (self.ln1.shape, self.eps, self.heads, self.kv_heads, self.head_dim, self.intermediate, self.packed,
+                self.qkv.dtype, self.q_norm is None)
 
 
 def decode_layer_fits(heads: int, kv_heads: int, head_dim: int, intermediate: int, packed: bool = True) -> bool:
@@ -423,7 +429,7 @@ def decode_layers(embedding: torch.Tensor, layers: list[DecodeLayerWeights], cis
                   positions: torch.Tensor, k_buffers: list[torch.Tensor], v_buffers: list[torch.Tensor],
                   out_loc: torch.Tensor, slots: torch.Tensor, lens: torch.Tensor, sm_scale: float,
                   qo_indptr: torch.Tensor | None = None) -> torch.Tensor:
-    """A decode batch through every decoder layer, one C call (sgl_decode_layer) each: embedding [batch, hidden]
+    """A decode batch through every decoder layer in one C call (sgl_decode_layers): embedding [batch, hidden]
     becomes the residual stream (updated in place: after the call it is the stream before the last layer's
     output); layer i stores the new tokens' K/V at out_loc in k/v_buffers[i] and attends over slots [batch,
     width] (row b's first lens[b]) as `decode_attention`. With qo_indptr ([requests + 1]) it is an extend
@@ -447,26 +453,25 @@ def decode_layers(embedding: torch.Tensor, layers: list[DecodeLayerWeights], cis
         raise ValueError(f"positions and out_loc must have {batch} rows")
     if lens.shape != (requests,) or slots.dim() != 2 or slots.shape[0] != requests:
         raise ValueError(f"slots and lens must have a row for each of the {requests} requests")
-    lib, threads, residual, x = _lib(), torch.get_num_threads(), embedding, None
-    step_args = (cis.data_ptr(), positions.data_ptr(), cis.shape[0])
-    index_args = (out_loc.data_ptr(), slots.data_ptr(), slots.shape[1], lens.data_ptr(), _ptr(qo_indptr), requests,
-                  batch, hidden)
-    elem = embedding.element_size()
-    for i, w in enumerate(layers):
-        k, v = k_buffers[i], v_buffers[i]
-        if (k.shape != v.shape or k.shape[1:] != (w.kv_heads, w.head_dim) or cis.shape[1:] != (w.head_dim // 2, 2)
-                or w.ln1.shape != (hidden,)):
-            raise ValueError(f"layer {i}: K/V buffers {tuple(k.shape)}, cis {tuple(cis.shape)} or hidden size "
-                             f"{hidden} do not fit its weights")
-        if w.max_batch is not None and batch > w.max_batch:
-            raise ValueError(f"layer {i}: dense weights take decode batches of up to {w.max_batch}, got {batch}")
-        if w.qkv.dtype != (torch.float32 if w.packed else dtype):
-            raise ValueError(f"layer {i}: {w.qkv.dtype} weights with {dtype} activations")
-        out = torch.empty_like(residual)
-        _check(lib.sgl_decode_layer(
-            _ptr(x), residual.data_ptr(), out.data_ptr(), int(x is None), *w.c_args, *step_args, k.data_ptr(),
-            v.data_ptr(), k.shape[0], *index_args, w.heads, w.kv_heads, w.head_dim, w.intermediate, sm_scale,
-            int(not w.packed), elem, threads),
-            "sgl_decode_layer")
-        x = out
-    return x
+    w = layers[0] if layers else None
+    if w is None or any(layer.shape != w.shape for layer in layers):
+        raise ValueError("decode_layers takes one or more layers of one shape, dtype and layout")
+    k = k_buffers[0]
+    if any(t.shape != k.shape or t.dtype != k.dtype for t in (*k_buffers[: len(layers)], *v_buffers[: len(layers)])):
+        raise ValueError("decode_layers takes K and V buffers of one shape")
+    if k.shape[1:] != (w.kv_heads, w.head_dim) or cis.shape[1:] != (w.head_dim // 2, 2) or w.ln1.shape != (hidden,):
+        raise ValueError(f"K/V buffers {tuple(k.shape)}, cis {tuple(cis.shape)} or hidden size {hidden} do not fit "
+                         "the layers' weights")
+    if w.max_batch is not None and batch > w.max_batch:
+        raise ValueError(f"dense weights take decode batches of up to {w.max_batch}, got {batch}")
+    if w.qkv.dtype != (torch.float32 if w.packed else dtype):
+        raise ValueError(f"{w.qkv.dtype} weights with {dtype} activations")
+    table = np.array([(*layer.pointers, kb.data_ptr(), vb.data_ptr())
+                      for layer, kb, vb in zip(layers, k_buffers, v_buffers)], dtype=np.int64)
+    out = torch.empty_like(embedding)
+    _check(_lib().sgl_decode_layers(
+        embedding.data_ptr(), out.data_ptr(), len(layers), table.ctypes.data, w.eps, cis.data_ptr(),
+        positions.data_ptr(), cis.shape[0], k.shape[0], out_loc.data_ptr(), slots.data_ptr(), slots.shape[1],
+        lens.data_ptr(), _ptr(qo_indptr), requests, batch, hidden, w.heads, w.kv_heads, w.head_dim, w.intermediate,
+        sm_scale, int(not w.packed), embedding.element_size(), torch.get_num_threads()), "sgl_decode_layers")
+    return out

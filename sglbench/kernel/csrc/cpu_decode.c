@@ -1,8 +1,8 @@
 /* CPU kernels where torch's per-op cost and oneDNN's GEMV fall short of the machine: GEMV at memory speed for
  * decode batches (bf16 weights streamed row by row with AVX512-BF16 dot products, fp32 with FMAs), the same with
  * the MLP's SiLU-and-multiply fused in, causal attention over the paged K/V for extend and decode (rows read in
- * place), the per-layer element-wise ops (RMSNorm with the residual add, rotary, SiLU-and-multiply), and a whole
- * decoder layer of a decode step in one call (sgl_decode_layer: dense bf16/fp32 weights for batches of up to 4,
+ * place), the per-layer element-wise ops (RMSNorm with the residual add, rotary, SiLU-and-multiply), and every
+ * decoder layer of a decode step in one call (sgl_decode_layers: dense bf16/fp32 weights for batches of up to 4,
  * or packed fp32 copies for small models at any batch).
  *
  * Built once per machine by kernel/cpu_native.py (the system C compiler, -fopenmp: the library shares the
@@ -679,34 +679,89 @@ static inline void project(int dense, const void *x, int64_t ldx, const void *w,
         gemm_team(x, ldx, w, bias, y, ldy, B, N, K, silu_mul);
 }
 
-/* One Llama decoder layer for a decode batch (one new token per request), or for an extend batch of R requests
+/* The per-layer pointers of sgl_decode_layers, a row of LAYER_PTRS int64 each (0: NULL). */
+enum { LN1, LN2, Q_NORM, K_NORM, W_QKV, B_QKV, W_O, B_O, W_GU, B_GU, W_D, B_D, K_BUF, V_BUF, LAYER_PTRS };
+#define LAYER_PTR(row, i) ((const void *)(intptr_t)(row)[i])
+
+/* What every layer of one sgl_decode_layers call shares: shapes, the step's indices and the scratch. */
+typedef struct {
+    float eps, scale;
+    const float *cis;
+    const int64_t *positions, *out_loc, *slots, *lens, *qo_indptr, *kv_start;
+    int64_t ldslots, tasks, q_size, kv_size, n_qkv;
+    int R, B, hidden, H, KVH, D, I, qb, dense, elem;
+    char *h, *qkv, *att, *act; /* [B, hidden], [B, n_qkv], [B, H * D], [B, I] in the activations' dtype */
+    float *att_scratch;        /* per thread */
+    size_t per_thread;
+} Step;
+
+/* One layer by every thread of the enclosing parallel region: x (NULL on the first layer) is read by the first
+ * stage only, so out may be x itself; every stage ends in a barrier, the last too. */
+static void layer_team(const Step *s, const int64_t *w, const void *x, void *residual, void *out) {
+    const int B = s->B, hidden = s->hidden, elem = s->elem, dense = s->dense;
+    const int64_t n_qkv = s->n_qkv, q_size = s->q_size, kv_size = s->kv_size;
+    const void *q_norm = LAYER_PTR(w, Q_NORM), *k_norm = LAYER_PTR(w, K_NORM);
+    char *k_buf = (char *)LAYER_PTR(w, K_BUF), *v_buf = (char *)LAYER_PTR(w, V_BUF);
+#pragma omp for schedule(static)
+    for (int b = 0; b < B; b++)
+        norm_row(x ? x : residual, (int64_t)b * hidden, x ? residual : NULL, (int64_t)b * hidden, LAYER_PTR(w, LN1),
+                 s->h, (int64_t)b * hidden, hidden, s->eps, elem);
+    project(dense, s->h, hidden, LAYER_PTR(w, W_QKV), LAYER_PTR(w, B_QKV), s->qkv, n_qkv, B, n_qkv, hidden, 0, elem);
+#pragma omp for schedule(static)
+    for (int b = 0; b < B; b++) {
+        const int64_t row = (int64_t)b * n_qkv;
+        if (q_norm)
+            for (int hd = 0; hd < s->H + s->KVH; hd++) { /* in place: norm_row reads a row before writing it */
+                const int64_t at = row + (int64_t)hd * s->D;
+                norm_row(s->qkv, at, NULL, 0, hd < s->H ? q_norm : k_norm, s->qkv, at, s->D, s->eps, elem);
+            }
+        rope_token(s->qkv, row, s->H, s->qkv, row + q_size, s->KVH, s->cis + s->positions[b] * s->D, s->D, elem);
+        memcpy(k_buf + s->out_loc[b] * kv_size * elem, s->qkv + (row + q_size) * elem, (size_t)(kv_size * elem));
+        memcpy(v_buf + s->out_loc[b] * kv_size * elem, s->qkv + (row + q_size + kv_size) * elem,
+               (size_t)(kv_size * elem));
+    }
+    attention_team(s->qkv, n_qkv, k_buf, v_buf, s->att, s->qo_indptr, s->kv_start, s->lens, s->slots, s->tasks, s->qb,
+                   s->H, s->KVH, s->D, s->scale, elem,
+                   s->att_scratch + s->per_thread * (size_t)omp_get_thread_num()); /* ends in a barrier */
+    project(dense, s->att, q_size, LAYER_PTR(w, W_O), LAYER_PTR(w, B_O), s->h, hidden, B, hidden, q_size, 0, elem);
+#pragma omp for schedule(static)
+    for (int b = 0; b < B; b++) /* in place: norm_row reads the row before writing it */
+        norm_row(s->h, (int64_t)b * hidden, residual, (int64_t)b * hidden, LAYER_PTR(w, LN2), s->h,
+                 (int64_t)b * hidden, hidden, s->eps, elem);
+    project(dense, s->h, hidden, LAYER_PTR(w, W_GU), LAYER_PTR(w, B_GU), s->act, s->I, B, s->I, hidden, 1, elem);
+    project(dense, s->act, s->I, LAYER_PTR(w, W_D), LAYER_PTR(w, B_D), out, hidden, B, hidden, s->I, 0, elem);
+}
+
+/* L Llama decoder layers for a decode batch (one new token per request), or for an extend batch of R requests
  * whose rows qo[r] .. qo[r + 1] are request r's new tokens (qo not NULL; the attention is then the extend's,
- * causal over each request's context: see sgl_attention), in one call: where a step is mostly
- * the per-op cost of a dozen torch ops and C calls per layer, this is one parallel region with a barrier
- * between stages. Stages, each the contract of the kernel or torch op the layer runs otherwise:
+ * causal over each request's context: see sgl_attention), in one call and one parallel region: where a step is
+ * mostly the per-op cost of a dozen torch ops and C calls per layer, this is a barrier between stages (and one
+ * ctypes call a step: 24 calls a step cost Qwen2.5-0.5B's batch-1 decode about 1.8 ms of 32). Layer l's
+ * weights and K/V buffers are row l of layers ([L, LAYER_PTRS]). Stages, each the contract of the kernel or
+ * torch op the layer runs otherwise:
  *   h = RMSNorm(residual += x) (first layer: residual is the embedding, h = RMSNorm(residual));
  *   q, k, v = h W_qkv^T + b; per-head RMSNorm of q and k (Qwen3; when q_norm is not NULL); rotary on q and k
  *   at positions[b]; k, v stored at slot out_loc[b];
  *   a = attention of q over slots[r, :lens[r]] (sgl_attention's decode, or its extend when qo is given; every
  *   row's K/V is stored before any row attends);
- *   h = RMSNorm(residual += a W_o^T + b_o); out = (silu(h W_g^T) * h W_u^T) W_d^T + b_d.
+ *   h = RMSNorm(residual += a W_o^T + b_o); x = (silu(h W_g^T) * h W_u^T) W_d^T + b_d.
  * Two layouts of the projections' weights: dense ([N, K] row-major, the model's own tensors; B <= MAX_ROWS;
  * activations, weights and K/V all bf16 (elem 2) or all fp32 (elem 4), rounded as torch's bf16 ops round), or
  * packed (pack_columns; fp32 only; any B). The gate-up's halves are I rows (columns) each (packed: I a multiple
- * of 16); biases may be NULL. residual is updated in place; out gets the layer's output ([B, hidden]); x may be
- * NULL on the first layer. Every position, slot and length is checked before anything is written: 3 when one
- * is out of range. */
-int sgl_decode_layer(const void *x, void *residual, void *out, int first, const void *ln1, const void *ln2,
-                     const void *q_norm, const void *k_norm, float eps, const void *w_qkv, const void *b_qkv,
-                     const void *w_o, const void *b_o, const void *w_gu, const void *b_gu, const void *w_d,
-                     const void *b_d, const float *cis, const int64_t *positions, int64_t max_position, void *k_buf,
-                     void *v_buf, int64_t num_slots, const int64_t *out_loc, const int64_t *slots, int64_t ldslots,
-                     const int64_t *lens, const int64_t *qo, int R, int B, int hidden, int H, int KVH, int D, int I,
-                     float scale, int dense, int elem, int threads) {
-    if (B < 1 || KVH < 1 || H % KVH != 0 || D < 2 || D > 256 || D % 2 || hidden < 1 || I < 1) return 1;
+ * of 16); biases and the per-head norms may be NULL (the two norms together). residual is updated in place;
+ * out gets the last layer's output ([B, hidden]), the stream before it left in residual. Every position, slot
+ * and length is checked before anything is written: 3 when one is out of range. */
+int sgl_decode_layers(void *residual, void *out, int L, const int64_t *layers, float eps, const float *cis,
+                      const int64_t *positions, int64_t max_position, int64_t num_slots, const int64_t *out_loc,
+                      const int64_t *slots, int64_t ldslots, const int64_t *lens, const int64_t *qo, int R, int B,
+                      int hidden, int H, int KVH, int D, int I, float scale, int dense, int elem, int threads) {
+    if (L < 1 || B < 1 || KVH < 1 || H % KVH != 0 || D < 2 || D > 256 || D % 2 || hidden < 1 || I < 1) return 1;
     if (dense ? (B > MAX_ROWS || (elem != 2 && elem != 4)) : (elem != 4 || I % 16)) return 1;
-    if (!first && !x) return 1;
-    if ((q_norm == NULL) != (k_norm == NULL)) return 1;
+    for (int l = 0; l < L; l++) {
+        const int64_t *w = layers + (int64_t)l * LAYER_PTRS;
+        if (!w[LN1] || !w[LN2] || !w[W_QKV] || !w[W_O] || !w[W_GU] || !w[W_D] || !w[K_BUF] || !w[V_BUF]) return 1;
+        if ((w[Q_NORM] == 0) != (w[K_NORM] == 0)) return 1;
+    }
     if (qo ? (R < 1 || qo[0] != 0 || qo[R] != B) : R != B) return 3;
     for (int b = 0; b < B; b++)
         if (positions[b] < 0 || positions[b] >= max_position || out_loc[b] < 0 || out_loc[b] >= num_slots) return 3;
@@ -718,54 +773,30 @@ int sgl_decode_layer(const void *x, void *residual, void *out, int first, const 
     for (int r = 0; r <= R; r++) qo_indptr[r] = qo ? qo[r] : r;
     for (int r = 0; r < R; r++) kv_start[r] = (int64_t)r * ldslots;
     if (threads < 1) threads = 1;
-    const int qb = attention_block_rows(qo_indptr, R, KVH, threads);
-    const int64_t tasks = attention_tasks(qo_indptr, kv_start, lens, slots, (int64_t)R * ldslots, num_slots, R, KVH, qb);
-    if (tasks < 0) {
+    Step s = {.eps = eps, .scale = scale, .cis = cis, .positions = positions, .out_loc = out_loc, .slots = slots,
+              .lens = lens, .qo_indptr = qo_indptr, .kv_start = kv_start, .ldslots = ldslots, .R = R, .B = B,
+              .hidden = hidden, .H = H, .KVH = KVH, .D = D, .I = I, .dense = dense, .elem = elem};
+    s.qb = attention_block_rows(qo_indptr, R, KVH, threads);
+    s.tasks = attention_tasks(qo_indptr, kv_start, lens, slots, (int64_t)R * ldslots, num_slots, R, KVH, s.qb);
+    if (s.tasks < 0) {
         free(offsets);
         return 3;
     }
-    const int64_t q_size = (int64_t)H * D, kv_size = (int64_t)KVH * D, n_qkv = q_size + 2 * kv_size;
-    const size_t per_thread = attention_scratch(H / KVH, D, qb);
-    const size_t rows_elems = (size_t)B * ((size_t)hidden + (size_t)n_qkv + (size_t)q_size + (size_t)I);
+    s.q_size = (int64_t)H * D, s.kv_size = (int64_t)KVH * D, s.n_qkv = s.q_size + 2 * s.kv_size;
+    s.per_thread = attention_scratch(H / KVH, D, s.qb);
+    const size_t rows_elems = (size_t)B * ((size_t)hidden + (size_t)s.n_qkv + (size_t)s.q_size + (size_t)I);
     const size_t rows_floats = (rows_elems * (size_t)elem / sizeof(float) + 15) / 16 * 16;
-    float *scratch = aligned_alloc(64, sizeof(float) * (rows_floats + per_thread * (size_t)threads));
+    float *scratch = aligned_alloc(64, sizeof(float) * (rows_floats + s.per_thread * (size_t)threads));
     if (!scratch) {
         free(offsets);
         return 2;
     }
-    char *h = (char *)scratch, *qkv = h + (size_t)B * hidden * elem, *att = qkv + (size_t)B * n_qkv * elem;
-    char *act = att + (size_t)B * q_size * elem;
-    float *att_scratch = scratch + rows_floats;
+    s.h = (char *)scratch, s.qkv = s.h + (size_t)B * hidden * elem, s.att = s.qkv + (size_t)B * s.n_qkv * elem;
+    s.act = s.att + (size_t)B * s.q_size * elem;
+    s.att_scratch = scratch + rows_floats;
 #pragma omp parallel num_threads(threads)
-    {
-#pragma omp for schedule(static)
-        for (int b = 0; b < B; b++)
-            norm_row(first ? residual : x, (int64_t)b * hidden, first ? NULL : residual, (int64_t)b * hidden, ln1, h,
-                     (int64_t)b * hidden, hidden, eps, elem);
-        project(dense, h, hidden, w_qkv, b_qkv, qkv, n_qkv, B, n_qkv, hidden, 0, elem);
-#pragma omp for schedule(static)
-        for (int b = 0; b < B; b++) {
-            const int64_t row = (int64_t)b * n_qkv;
-            if (q_norm)
-                for (int hd = 0; hd < H + KVH; hd++) { /* in place: norm_row reads a row before writing it */
-                    const int64_t at = row + (int64_t)hd * D;
-                    norm_row(qkv, at, NULL, 0, hd < H ? q_norm : k_norm, qkv, at, D, eps, elem);
-                }
-            rope_token(qkv, row, H, qkv, row + q_size, KVH, cis + positions[b] * D, D, elem);
-            memcpy((char *)k_buf + out_loc[b] * kv_size * elem, qkv + (row + q_size) * elem, (size_t)(kv_size * elem));
-            memcpy((char *)v_buf + out_loc[b] * kv_size * elem, qkv + (row + q_size + kv_size) * elem,
-                   (size_t)(kv_size * elem));
-        }
-        attention_team(qkv, n_qkv, k_buf, v_buf, att, qo_indptr, kv_start, lens, slots, tasks, qb, H, KVH, D, scale,
-                       elem, att_scratch + per_thread * (size_t)omp_get_thread_num()); /* ends in a barrier */
-        project(dense, att, q_size, w_o, b_o, h, hidden, B, hidden, q_size, 0, elem);
-#pragma omp for schedule(static)
-        for (int b = 0; b < B; b++) /* in place: norm_row reads the row before writing it */
-            norm_row(h, (int64_t)b * hidden, residual, (int64_t)b * hidden, ln2, h, (int64_t)b * hidden, hidden, eps,
-                     elem);
-        project(dense, h, hidden, w_gu, b_gu, act, I, B, I, hidden, 1, elem);
-        project(dense, act, I, w_d, b_d, out, hidden, B, hidden, I, 0, elem);
-    }
+    for (int l = 0; l < L; l++) /* layer l > 0 reads the previous one's output from out and writes its own there */
+        layer_team(&s, layers + (int64_t)l * LAYER_PTRS, l ? out : NULL, residual, out);
     free(scratch);
     free(offsets);
     return 0;

@@ -184,7 +184,7 @@ class LlamaModel(nn.Module):
         """Final hidden states [tokens, hidden], or only those of `rows` (the last norm skips the others)."""
         x, residual = self.embed_tokens(batch.input_ids), None  # [tokens, hidden]
         fused = self._fused_decode(batch, backend)
-        if fused is not None:  # a step the C kernels take whole: one call per layer
+        if fused is not None:  # a step the C kernels take whole: one call for every layer
             plan, weights, qo_indptr = fused
             pool = backend.pool
             residual, x = x, cpu_native.decode_layers(
@@ -201,12 +201,12 @@ class LlamaModel(nn.Module):
         return self.norm.add_forward(x, residual)[0]
 
     def fused_decode_weights(self) -> list[cpu_native.DecodeLayerWeights] | None:
-        """Every layer's weights when decode steps run each layer as one C call (`cpu_native.decode_layers`), else
+        """Every layer's weights when decode steps run the layers in one C call (`cpu_native.decode_layers`), else
         None: for an fp32 model on the CPU whose packed copies stay within cpu_native.FUSED_DECODE_MAX_BYTES
         (small models, where a step is mostly per-op cost), packed copies that take every decode batch; for other
         bf16 and fp32 models whose Linears keep dense weights, those weights themselves, for decode batches up to
-        cpu_native.MAX_GEMV_ROWS (there the C GEMV streams them anyway, and one call a layer saves the per-op
-        cost). Made once; again after a weight changes (in place, or by load_state_dict)."""
+        cpu_native.MAX_GEMV_ROWS (there the C GEMV streams them anyway, and one call saves the per-op cost). Made
+        once; again after a weight changes (in place, or by load_state_dict)."""
         weight = self.embed_tokens.weight
         if not self.layers or weight.device.type != "cpu" or not cpu_native.available():
             return None
