@@ -297,3 +297,67 @@ def test_packed_and_narrowed_masks_mask_the_logits_as_their_bool_masks(rt):
     quoted.accept(a)  # a new state: a fresh mask in both forms
     assert quoted.token_bitmask() is not None and torch.equal(
         quoted.allowed_tokens(), unpack_bitmask(quoted.token_bitmask(), vocab))
+
+
+def test_greedy_rows_pick_the_masked_argmax_without_filling_the_mask(rt):
+    """The argmax, then `fitting_best` (the best few tokens tried against the matcher before any mask is
+    filled), pick what masking the logits and taking the argmax picks, ties included (lowest id), or leave the
+    choice to the mask: over random logits, logits whose argmax is forbidden, and ties at the edge of the
+    tokens tried."""
+    from sglbench.runtime.output_processor import PROBED_TOKENS, fitting_best
+
+    tok, engine = rt.tokenizer, rt.engine
+    vocab = engine.model_config.vocab_size
+    compiler = GrammarCompiler(tok.hf, vocab, engine.eos_token_ids)
+    spec = GrammarSpec("regex", r'\{"name": "[A-Za-z ]{1,16}", "n": [0-9]{1,3}\}')
+    gen = torch.Generator().manual_seed(0)
+    picked = fallbacks = 0
+    for prefix in ('{"name": "', '{"name": "Abcdefgh', '{"name": "Ab", "n": 4'):
+        matcher = compiler.matcher(spec)
+        for t in tok.encode_plain(prefix):
+            matcher.accept(t)
+        allowed = matcher.allowed_tokens()
+        forbidden = (~allowed).nonzero().flatten()
+        for trial in range(60):
+            logits = torch.randn(vocab, generator=gen)
+            if trial % 3 == 1:  # the argmax forbidden: the picks come from further down
+                logits[forbidden[torch.randint(len(forbidden), (4,), generator=gen)]] += 50
+            if trial % 3 == 2:  # ties at the top, and at the edge of the tokens tried
+                top = logits.topk(PROBED_TOKENS + 4).indices  # past the tokens tried too
+                logits[top[2:]] = float(logits[top[2]])
+            expected = int(logits.masked_fill(~allowed, float("-inf")).argmax())
+            first = int(logits.argmax())  # the unmasked greedy pick, tried first as the output processor does
+            before = matcher.accepted
+            token = first if matcher.try_accept(first) else fitting_best(matcher, logits, first)
+            if token is None:
+                fallbacks += 1
+                assert matcher.accepted == before  # unchanged: the mask decides
+                continue
+            picked += 1
+            assert token == expected and matcher.accepted == before + 1
+            matcher.rollback(1)
+    assert picked > 60 and fallbacks > 0  # both paths ran
+
+
+def test_constrained_greedy_outputs_are_the_same_with_masks_filled_first(rt, monkeypatch):
+    """Greedy constrained requests whose masks wait for their best tokens (`probes_first`) give the outputs of
+    masking every step, in a batch with sampled and logprob-reading rows."""
+    from sglbench.runtime import output_processor
+    from sglbench.runtime.output_processor import OutputProcessor
+
+    tried = []
+    original = output_processor.fitting_best
+    monkeypatch.setattr(output_processor, "fitting_best", lambda *a: tried.append(1) or original(*a))
+    regex = r'\{"name": "[A-Za-z ]{1,16}", "n": [0-9]{1,3}\}'
+    params = [dict(max_new_tokens=48, temperature=0, regex=regex),
+              dict(max_new_tokens=48, temperature=0, json_schema=json.dumps(PERSON)),
+              dict(max_new_tokens=48, temperature=0, regex=REGEXES["string"], return_logprob=True),
+              dict(max_new_tokens=48, temperature=0.8, seed=3, regex=REGEXES["date"])]
+    prompts = [p + " " for p in PROMPTS]
+    probed = [r["text"] for r in rt.generate(prompts, sampling_params=params)]
+    assert len(tried) > 10
+    monkeypatch.setattr(OutputProcessor, "probes_first", lambda self, req: False)
+    masked = [r["text"] for r in rt.generate(prompts, sampling_params=params)]
+    assert probed == masked
+    assert re.fullmatch(regex, probed[0])
+    check_person(probed[1])

@@ -449,7 +449,7 @@ class Engine:
         for i, req in enumerate(reqs):
             matcher = self._matchers.get(req.rid)
             try:
-                if matcher is not None:
+                if matcher is not None and not self.outputs.probes_first(req):
                     matcher.token_bitmask()
             except Exception as exc:
                 self._fail(req, exc)

@@ -198,6 +198,11 @@ class GrammarMatcher:
         self._refused = 0  # tokens of the current mask the matcher refused (see `refuse`)
         self.accepted = 0  # tokens accepted so far (rolled-back ones not counted)
 
+    @property
+    def narrowed(self) -> bool:
+        """This state's mask lost tokens the matcher refused (`refuse`): only `allowed_tokens` has it."""
+        return self._refused > 0
+
     def _state_changed(self) -> None:
         self._filled, self._allowed, self._refused = False, None, 0
 

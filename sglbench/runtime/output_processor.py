@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tokenizers import decoders
 
@@ -30,6 +31,28 @@ class Constraint:
 
     matcher: GrammarMatcher
     jump_forward_tokens: int = 0
+
+
+# The best tokens a greedy constrained row tries before its grammar's mask is filled: on the JSON workload 8
+# settled 48 % of the rows whose argmax the grammar refused, 16 55 % and 32 62 %, each try costing about 5 us.
+PROBED_TOKENS = 8
+
+
+def fitting_best(matcher: GrammarMatcher, logits: torch.Tensor, tried: int) -> int | None:
+    """The greedy pick under the grammar without filling its mask, accepted into the matcher, when the row's
+    argmax `tried` was refused ([vocab] fp32 logits): the next best tokens (argmax's rule: highest logit, then
+    lowest id) tried in turn, up to PROBED_TOKENS in all; None, with the matcher unchanged, when none fits.
+
+    The same token as masking the logits and taking the argmax: every token before it is refused, so none of
+    them is allowed. Filling a mask costs 5-400 us (xgrammar checks each token its cache leaves uncertain, as
+    inside `[A-Za-z ]{1,16}`), a refused try and the next argmax about 5."""
+    row = logits.numpy().copy()
+    for _ in range(PROBED_TOKENS - 1):
+        row[tried] = -np.inf
+        tried = int(row.argmax())
+        if matcher.try_accept(tried):
+            return tried
+    return None
 
 
 @dataclass
@@ -125,21 +148,31 @@ class OutputProcessor:
         if len(req.output_ids) < p.min_new_tokens:
             block = tuple(sorted((set() if p.ignore_eos else set(self.eos_token_ids)) | set(p.stop_token_ids)))
         constraint = self._constraint(req)
-        packed = allowed = None
-        if constraint is not None:
-            packed = constraint.matcher.token_bitmask()
-            allowed = constraint.matcher.allowed_tokens() if packed is None else None  # narrowed by refusals
-        return SamplerRow(p, req.generator, req.output_counts, block, allowed, req.logit_bias, packed)
+        row = SamplerRow(p, req.generator, req.output_counts, block, logit_bias=req.logit_bias)
+        if constraint is not None and not self.probes_first(req):
+            self._mask(row, constraint.matcher)
+        return row
+
+    @staticmethod
+    def _mask(row: SamplerRow, matcher: GrammarMatcher) -> None:
+        row.token_bitmask = matcher.token_bitmask()
+        row.allowed = matcher.allowed_tokens() if row.token_bitmask is None else None  # narrowed by refusals
+
+    def probes_first(self, req: Request) -> bool:
+        """Whether req's grammar mask waits until its argmax and then its best tokens were tried against the
+        matcher (`_advance_grammars`): a greedy row whose logits nothing adjusts and whose logprobs nobody
+        reads, which picks the same token either way."""
+        p = req.params
+        constraint = self._constraint(req)
+        return (constraint is not None and p.greedy and not p.return_logprob and not p.adjusts_logits
+                and not constraint.matcher.narrowed)
 
     def sample_and_append(self, reqs: list[Request], logits: torch.Tensor) -> None:
         """Sample each request's next token from its logits row ([reqs, vocab]) and process it."""
         rows = [self._sampler_row(r) for r in reqs]
         next_ids: list[int | None] = sample(logits, rows).tolist()
         if self._constraints:
-            for j, req in enumerate(reqs):
-                constraint = self._constraint(req)
-                if constraint is not None:
-                    next_ids[j] = self._accept(constraint.matcher, next_ids[j], logits[j : j + 1], rows[j])
+            self._advance_grammars(reqs, logits, rows, next_ids)
         want_logprobs = [i for i, r in enumerate(reqs) if r.params.return_logprob]
         logprobs = torch.log_softmax(logits[want_logprobs], dim=-1) if want_logprobs else None
         now = time.time()
@@ -167,6 +200,29 @@ class OutputProcessor:
             self.check_finished(req, token)
             if not req.finished and self._constraint(req) is not None:
                 self.advance_forced(req)
+
+    def _advance_grammars(self, reqs: list[Request], logits: torch.Tensor, rows: list[SamplerRow],
+                          next_ids: list[int | None]) -> None:
+        """Advance each constrained request's grammar by its sampled token (next_ids updated in place). A
+        greedy row sampled without its mask (`probes_first`) keeps its argmax when the grammar accepts it,
+        else takes the best next token the grammar accepts among a few (`fitting_best`; fp32 logits on the
+        CPU), else has its mask filled and is sampled again."""
+        on_cpu = logits.device.type == "cpu" and logits.dtype == torch.float32
+        for j, req in enumerate(reqs):
+            constraint = self._constraint(req)
+            if constraint is None:
+                continue
+            matcher, row = constraint.matcher, rows[j]
+            if row.token_bitmask is None and row.allowed is None:
+                if matcher.try_accept(next_ids[j]):
+                    continue
+                token = fitting_best(matcher, logits[j], next_ids[j]) if on_cpu else None
+                if token is not None:
+                    next_ids[j] = token
+                    continue
+                self._mask(row, matcher)  # the mask decides
+                next_ids[j] = int(sample(logits[j : j + 1], [row])[0])
+            next_ids[j] = self._accept(matcher, next_ids[j], logits[j : j + 1], row)
 
     @staticmethod
     def _accept(matcher: GrammarMatcher, token: int, logits: torch.Tensor, row: SamplerRow) -> int | None:
