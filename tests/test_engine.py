@@ -182,6 +182,19 @@ def test_unknown_sampling_parameter(rt):
         rt.generate(PROMPTS[0], temprature=0.5)
 
 
+def test_stream_pieces_go_out_per_token_only_once_a_caller_iterates(rt):
+    """A handle nobody iterates gets its text in one piece at the end; one iterated from the start gets a piece
+    per token or so; either way the pieces add up to the result's text."""
+    waited = rt.submit(PROMPTS[2], rt_params(24))
+    text = waited.result(timeout=60)["text"]
+    pieces = list(waited.iter_deltas(timeout=1))
+    assert [p.text for p in pieces] == [text] and pieces[0].completion_tokens == 24
+    streamed = rt.submit(PROMPTS[2], rt_params(300))
+    pieces = list(streamed.iter_deltas(timeout=60))
+    assert "".join(p.text for p in pieces) == streamed.result()["text"]
+    assert len(pieces) > 10
+
+
 def test_abort_frees_its_slots(rt):
     handle = rt.submit(PROMPTS[2], rt_params(400))
     time.sleep(0.05)

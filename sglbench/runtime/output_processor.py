@@ -324,7 +324,8 @@ class OutputProcessor:
         if reason is None and req.kv_len + 1 >= self.context_length:
             reason = {"type": "length", "matched": None, "message": "reached the model's context length"}
         if reason is None:
-            if p.stream_interval is None or len(req.output_ids) % p.stream_interval == 0:
+            if req.handle is not None and req.handle.streaming and (
+                    p.stream_interval is None or len(req.output_ids) % p.stream_interval == 0):
                 self.stream(req, streamable_length(req.text, p.stop, p.stop_regex, req.emitted_len))
             return
         matched = reason.get("matched")

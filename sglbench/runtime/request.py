@@ -153,11 +153,19 @@ class RequestHandle:
         self._cond = threading.Condition(lock)  # the result
         self._streamed = threading.Condition(lock)  # the deltas
         self._deltas: deque = deque()
+        self._streaming = False  # a caller iterates the deltas (see `streaming`)
         self._finished = False
         self._result: dict | None = None
         self._callbacks: list[Callable[[dict], None]] = []
 
     # engine side
+    @property
+    def streaming(self) -> bool:
+        """Whether a caller iterates this handle's deltas. Until one does the engine pushes none per token (most
+        callers only wait for the result: skeleton-of-thought's decode steps spent 8 % of their time on pieces
+        nobody read); the text so far then goes out in one piece, at the next token or at the end."""
+        return self._streaming
+
     def push_delta(self, text: str, completion_tokens: int = 0, **new_logprobs: list) -> None:
         """Queue a streamed piece (new logprob entries by their meta_info names, see `StreamDelta`)."""
         if text:
@@ -237,6 +245,7 @@ class RequestHandle:
     def iter_deltas(self, timeout: float | None = None):
         """Yield `StreamDelta`s as they are produced, until the request finishes (queue.Empty when none comes
         within timeout seconds)."""
+        self._streaming = True
         while True:
             with self._streamed:
                 if not self._streamed.wait_for(lambda: self._deltas, timeout):
