@@ -183,8 +183,8 @@ def test_unknown_sampling_parameter(rt):
 
 
 def test_stream_pieces_go_out_per_token_only_once_a_caller_iterates(rt):
-    """A handle nobody iterates gets its text in one piece at the end; one iterated from the start gets a piece
-    per token or so; either way the pieces add up to the result's text."""
+    """A handle nobody iterates gets its text in one piece at the end; one iterated from the start gets a
+    piece per token or so; either way the pieces add up to the result's text."""
     waited = rt.submit(PROMPTS[2], rt_params(24))
     text = waited.result(timeout=60)["text"]
     pieces = list(waited.iter_deltas(timeout=1))
