@@ -34,7 +34,9 @@ class WholeText:
 
 
 class Recorder:
-    """A request handle that keeps the streamed pieces."""
+    """A request handle that keeps the streamed pieces (a caller iterates it from the start)."""
+
+    streaming = True
 
     def __init__(self):
         self.pieces: list[tuple[str, int]] = []
