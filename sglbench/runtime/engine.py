@@ -442,7 +442,8 @@ class Engine:
 
     def _with_grammar_masks(self, reqs: list[Request], logits: torch.Tensor) -> tuple[list[Request], torch.Tensor]:
         """Compute each constrained request's next-token mask now (the sampler reads it, cached), failing the
-        requests whose grammar raises; the others and their logits rows."""
+        requests whose grammar raises; the others and their logits rows. Rows whose mask waits for their best
+        tokens to be tried (`OutputProcessor.probes_first`) are left to the sampler."""
         if not self._matchers:
             return reqs, logits
         keep = []
