@@ -13,7 +13,7 @@ import torch
 
 import sglbench as sgl
 from sglbench.runtime.grammar import GrammarSpec
-from sglbench.runtime.sampling import SamplerRow, apply_penalties, argmax_rows
+from sglbench.runtime.sampling import SamplerRow, _filter_probs, apply_penalties, argmax_rows, draw, sample
 from sglbench.runtime.sampling_params import SamplingParams, openai_request, sglang_request
 from sglbench.runtime.tokenizer import Tokenizer, find_stop_regex, streamable_length
 from tests.helpers import assert_pool_full
@@ -109,6 +109,64 @@ def test_argmax_rows_is_torchs_argmax():
         picked = argmax_rows(x)
         assert picked.dtype == torch.int64 and torch.equal(picked, x.argmax(dim=-1))
     assert argmax_rows(logits)[1] == 3 and argmax_rows(logits)[2] == 7
+
+
+def test_draw_follows_the_probabilities_and_never_picks_a_zero():
+    """Inverse-transform draws: frequencies within 1.5 points of the probabilities over 20,000 draws, a token of
+    probability 0 never drawn (also trailing ones, where a draw near 1 would land), rows scaled by their own
+    total (filtered rows are not renormalized), and NaN refused rather than drawn."""
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0], [0.2, 0.2, 0.0, 0.0, 0.0]])
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.stack([draw(probs, [gen, gen, gen]) for _ in range(20_000)])  # [draws, 3]
+    freq = torch.stack([torch.bincount(picks[:, r], minlength=5) for r in range(3)]).float() / len(picks)
+    assert (freq[probs == 0] == 0).all()
+    assert torch.allclose(freq, probs / probs.sum(dim=-1, keepdim=True), atol=0.015)
+    with pytest.raises(RuntimeError, match="inf or nan"):
+        draw(torch.tensor([[0.5, float("nan")]]), [gen])
+
+
+def test_draws_are_reproducible_per_generator_in_row_order():
+    params = SamplingParams(temperature=0.9, top_p=0.9)
+    logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(1)) * 3
+
+    def run(seeds):
+        return sample(logits, [SamplerRow(params, torch.Generator().manual_seed(s), None) for s in seeds]).tolist()
+
+    assert run(range(5)) == run(range(5)) and run(range(5)) != run([9] * 5)
+    shared = torch.Generator().manual_seed(3)
+    first = sample(logits, [SamplerRow(params, shared, None) for _ in range(5)]).tolist()
+    again = torch.Generator().manual_seed(3)
+    assert first == [int(sample(logits[i : i + 1], [SamplerRow(params, again, None)])[0]) for i in range(5)]
+
+
+def _sort_and_scatter_filter(probs: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """The filter's definition, spelled out: sort each row (ties in token order), drop by rank, scatter back."""
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    vocab = probs.shape[-1]
+    rank = torch.arange(vocab)[None, :]
+    drop = rank >= torch.tensor([[min(p.top_k, vocab) if p.top_k > 0 else vocab] for p in params])
+    drop |= (sorted_p.cumsum(dim=-1) - sorted_p) > torch.tensor([[p.top_p] for p in params])
+    drop |= sorted_p < torch.tensor([[p.min_p] for p in params]) * sorted_p[:, :1]
+    drop[:, 0] = False
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_p.masked_fill(drop, 0.0))
+
+
+def test_top_k_top_p_min_p_keep_what_sorting_would_keep():
+    """The filter sorts only values and cuts at a threshold; it keeps the same tokens as sorting with indices,
+    ties at the cut included (in token order), and leaves kept probabilities as they were."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(400):
+        vocab = int(torch.randint(2, 80, (1,), generator=gen))
+        logits = (torch.randint(-3, 3, (4, vocab), generator=gen).float() if trial % 2  # many ties
+                  else torch.randn(4, vocab, generator=gen) * 2)
+        probs = torch.softmax(logits, dim=-1)
+        choice = [int(i) for i in torch.randint(0, 5, (12,), generator=gen)]
+        params = [SamplingParams(top_k=(-1, 1, 2, 5, 1000)[choice[3 * r]],
+                                 top_p=(1.0, 0.5, 0.9, 1e-6, 0.999)[choice[3 * r + 1]],
+                                 min_p=(0.0, 0.1, 1.0, 0.5, 0.0)[choice[3 * r + 2]]) for r in range(4)]
+        filtered = _filter_probs(probs, params)
+        assert torch.equal(filtered > 0, _sort_and_scatter_filter(probs, params) > 0), (probs, params)
+        assert torch.equal(filtered[filtered > 0], probs[filtered > 0])
 
 
 def test_stop_regex_search_is_incremental_and_streaming_holds_back_a_possible_match():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,9 +93,22 @@ def sample(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
                          device=logits.device)[:, None]  # [s, 1]
     probs = torch.softmax(sub / temps, dim=-1)
     probs = _filter_probs(probs, [rows[i].params for i in stochastic])
-    for j, i in enumerate(stochastic):
-        next_ids[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator).squeeze(0)
+    next_ids[idx] = draw(probs, [rows[i].generator for i in stochastic]).to(next_ids.device)
     return next_ids
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """One token per row of probs [s, vocab] by inverse transform: a uniform number from each row's generator (in
+    row order), found in the row's running sum. A token of probability 0 is never drawn. torch.multinomial draws an
+    exponential per token: 115 us a row of 4,096 here, where this takes about 150 us for 32 rows. [s] int64."""
+    cdf = probs.cumsum(dim=-1)  # [s, vocab]
+    total = cdf[:, -1]
+    if not bool(torch.isfinite(total).all()):
+        raise RuntimeError("sampling probabilities contain inf or nan")
+    uniform = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generators])  # [s]
+    # below the total, so the first running sum past it belongs to a token of nonzero probability
+    target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target.unsqueeze(-1), right=True).squeeze(-1)
 
 
 def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -106,20 +120,38 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _filter_probs(probs: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-    """top_k, top_p and min_p filtering on sorted probabilities; the top token always survives. A top_k
-    beyond the vocabulary keeps every token."""
+    """top_k, top_p and min_p filtering: each row keeps its k most probable tokens, k the least of top_k, the
+    first rank whose more probable tokens together pass top_p, and the count of tokens at least min_p times the
+    top one; at least the top token, and every token for a top_k beyond the vocabulary. Kept probabilities are
+    left as they were, not renormalized (`draw` scales by the row's total). Only the values are sorted, and the
+    kept tokens are those above the k-th value, then ties at it in token order: torch's sort with indices and
+    the scatter back took 10 ms for 32 rows of 4,096 here."""
     if all(p.top_k == -1 and p.top_p >= 1 and p.min_p <= 0 for p in params):
         return probs
-    sorted_p, order = probs.sort(dim=-1, descending=True)  # [s, vocab]
-    vocab = probs.shape[-1]
-    rank = torch.arange(vocab, device=probs.device)[None, :]
-    top_k = torch.tensor([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params], device=probs.device)[:, None]
-    top_p = torch.tensor([p.top_p for p in params], device=probs.device)[:, None]
-    min_p = torch.tensor([p.min_p for p in params], device=probs.device)[:, None]
-    drop = rank >= top_k
-    drop |= (sorted_p.cumsum(dim=-1) - sorted_p) > top_p
-    drop |= sorted_p < min_p * sorted_p[:, :1]
-    drop[:, 0] = False
-    sorted_p = sorted_p.masked_fill(drop, 0.0)
-    filtered = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    return filtered / filtered.sum(dim=-1, keepdim=True)
+    dev, vocab = probs.device, probs.shape[-1]
+    sorted_p = _sorted_descending(probs)  # [s, vocab]
+    kept = torch.tensor([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params], device=dev)  # [s]
+    if any(p.top_p < 1 for p in params):
+        top_p = torch.tensor([[p.top_p if p.top_p < 1 else math.inf] for p in params], device=dev)  # [s, 1]
+        passed = torch.searchsorted(sorted_p.cumsum(dim=-1), top_p.to(sorted_p.dtype), right=True)[:, 0]
+        kept = torch.minimum(kept, passed + 1)  # the token whose predecessors pass top_p is the first dropped
+    if any(p.min_p > 0 for p in params):
+        floor = torch.tensor([[p.min_p] for p in params], device=dev, dtype=sorted_p.dtype) * sorted_p[:, :1]
+        kept = torch.minimum(kept, torch.searchsorted(-sorted_p, -floor, right=True)[:, 0])  # values >= floor
+    kept = kept.clamp(1, vocab)
+    if bool((kept == vocab).all()):
+        return probs
+    floor = sorted_p.gather(1, (kept - 1)[:, None])  # [s, 1]: the k-th largest value
+    keep = probs >= floor
+    for i in torch.nonzero(keep.sum(dim=-1) > kept).flatten().tolist():  # ties at the floor past the k-th
+        ties = torch.nonzero(probs[i] == floor[i]).flatten()
+        keep[i, ties[int(kept[i]) - int((probs[i] > floor[i]).sum()):]] = False
+    return torch.where(keep, probs, 0.0)
+
+
+def _sorted_descending(probs: torch.Tensor) -> torch.Tensor:
+    """Each row's values from largest to smallest; through numpy for fp32 on the CPU (its vectorized sort took
+    0.3 ms for 32 rows of 4,096 here, torch's 4.7)."""
+    if probs.device.type == "cpu" and probs.dtype == torch.float32 and probs.dim() == 2:
+        return torch.from_numpy(np.ascontiguousarray(np.sort(probs.numpy(), axis=-1)[:, ::-1]))
+    return probs.sort(dim=-1, descending=True).values
