@@ -13,7 +13,15 @@ import torch
 
 import sglbench as sgl
 from sglbench.runtime.grammar import GrammarSpec
-from sglbench.runtime.sampling import SamplerRow, _filter_probs, apply_penalties, argmax_rows, draw, sample
+from sglbench.runtime.sampling import (
+    SamplerRow,
+    _filter_probs,
+    apply_penalties,
+    argmax_rows,
+    draw,
+    masked_argmax,
+    sample,
+)
 from sglbench.runtime.sampling_params import SamplingParams, openai_request, sglang_request
 from sglbench.runtime.tokenizer import Tokenizer, find_stop_regex, streamable_length
 from tests.helpers import assert_pool_full
@@ -167,6 +175,23 @@ def test_top_k_top_p_min_p_keep_what_sorting_would_keep():
         filtered = _filter_probs(probs, params)
         assert torch.equal(filtered > 0, _sort_and_scatter_filter(probs, params) > 0), (probs, params)
         assert torch.equal(filtered[filtered > 0], probs[filtered > 0])
+
+
+def test_masked_argmax_is_the_greedy_sample_under_the_mask():
+    """The one-row greedy pick under a packed grammar mask equals `sample` with the mask's bias added: random
+    masks, sparse ones, ties at the top (the first allowed one wins) and a vocabulary not a multiple of 32."""
+    gen = torch.Generator().manual_seed(0)
+    greedy = SamplingParams(temperature=0)
+    for trial in range(300):
+        vocab = (4096, 1000, 33)[trial % 3]
+        words = torch.randint(-2**31, 2**31 - 1, ((vocab + 31) // 32,), dtype=torch.int32, generator=gen)
+        if trial % 2:
+            words &= torch.randint(-2**31, 2**31 - 1, words.shape, dtype=torch.int32, generator=gen)
+        logits = torch.randn(1, vocab, generator=gen)
+        if trial % 5 == 0:
+            logits[0, ::7] = logits.max()
+        row = SamplerRow(greedy, None, None, token_bitmask=words)
+        assert masked_argmax(logits[0], words) == int(sample(logits, [row])[0])
 
 
 def test_stop_regex_search_is_incremental_and_streaming_holds_back_a_possible_match():

@@ -469,6 +469,7 @@ class Engine:
         req.state = ReqState.FINISHED
         req.finish_reason = reason
         req.timings.finished = time.time()
+        self.outputs.settle_text(req)
         self.outputs.stream(req, len(req.text))
         self._by_rid.pop(req.rid, None)
         self._matchers.pop(req.rid, None)

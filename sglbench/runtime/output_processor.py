@@ -19,7 +19,7 @@ from tokenizers import decoders
 from sglbench.runtime.events import EventLog
 from sglbench.runtime.grammar import GrammarCompiler, GrammarMatcher, plan_jump
 from sglbench.runtime.request import Request
-from sglbench.runtime.sampling import SamplerRow, sample
+from sglbench.runtime.sampling import SamplerRow, masked_argmax, sample
 from sglbench.runtime.sampling_params import SamplingParams
 from sglbench.runtime.tokenizer import StopMatch, Tokenizer, find_stop, find_stop_regex, streamable_length
 from sglbench.sequences import common_prefix_len
@@ -221,7 +221,8 @@ class OutputProcessor:
                     next_ids[j] = token
                     continue
                 self._mask(row, matcher)  # the mask decides
-                next_ids[j] = int(sample(logits[j : j + 1], [row])[0])
+                next_ids[j] = (masked_argmax(logits[j], row.token_bitmask) if on_cpu and row.token_bitmask is not None
+                               else int(sample(logits[j : j + 1], [row])[0]))
             next_ids[j] = self._accept(matcher, next_ids[j], logits[j : j + 1], row)
 
     @staticmethod
@@ -306,7 +307,12 @@ class OutputProcessor:
         matched stop string, regex match or stop token's text is cut from the text unless no_stop_trim."""
         p = req.params
         prev_len = len(req.text)
-        req.text = self._output_text(req)
+        streaming = req.handle is not None and req.handle.streaming
+        # The text is decoded each token only where something reads it now (stop strings, a caller
+        # iterating); else once, when the request ends (`settle_text`).
+        req.text_stale = not (p.stop or p.stop_regex or streaming)
+        if not req.text_stale:
+            req.text = self._output_text(req)
         reason = None
         if len(req.output_ids) >= p.min_new_tokens:
             if token in p.stop_token_ids or (token in self.eos_token_ids and not p.ignore_eos):
@@ -324,14 +330,20 @@ class OutputProcessor:
         if reason is None and req.kv_len + 1 >= self.context_length:
             reason = {"type": "length", "matched": None, "message": "reached the model's context length"}
         if reason is None:
-            if req.handle is not None and req.handle.streaming and (
-                    p.stream_interval is None or len(req.output_ids) % p.stream_interval == 0):
+            if streaming and (p.stream_interval is None or len(req.output_ids) % p.stream_interval == 0):
                 self.stream(req, streamable_length(req.text, p.stop, p.stop_regex, req.emitted_len))
             return
         matched = reason.get("matched")
         if isinstance(matched, int) and not p.no_stop_trim and self._shows(matched, p):
             req.text = self._decode(req.output_ids[:-1], p)  # a stop token's text, as SGLang, is not output
+            req.text_stale = False
         self._finish(req, reason)
+
+    def settle_text(self, req: Request) -> None:
+        """Decode req's text up to its last output token where `check_finished` left it behind."""
+        if req.text_stale:
+            req.text = self._output_text(req)
+            req.text_stale = False
 
     def _output_text(self, req: Request) -> str:
         """The text of req's output tokens, equal to decoding them all; with a byte-level tokenizer only the tokens

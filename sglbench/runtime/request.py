@@ -54,6 +54,7 @@ class Request:
     num_retractions: int = 0
     # outputs
     text: str = ""
+    text_stale: bool = False  # output tokens came since `text` was decoded (OutputProcessor.settle_text)
     emitted_len: int = 0
     emitted_tokens: int = 0  # output tokens whose logprob entries went out with a streamed piece
     finish_reason: dict | None = None

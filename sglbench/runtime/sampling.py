@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sglbench.runtime.grammar import bitmask_bias
+from sglbench.runtime.grammar import bitmask_bias, unpack_bitmask
 from sglbench.runtime.sampling_params import SamplingParams
 
 
@@ -117,6 +117,14 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2:
         return torch.from_numpy(logits.numpy().argmax(axis=-1).astype(np.int64, copy=False))
     return logits.argmax(dim=-1)
+
+
+def masked_argmax(logits: torch.Tensor, words: torch.Tensor) -> int:
+    """`sample`'s pick for one greedy row ([vocab] fp32 on the CPU) under a packed grammar mask ([ceil(vocab / 32)]
+    int32): the first best allowed token, in one numpy pass rather than a bias row, an add and an argmax (about
+    10 us against 45 here)."""
+    row = logits.numpy()
+    return int(np.where(unpack_bitmask(words, row.shape[-1]).numpy(), row, -np.inf).argmax())
 
 
 def _filter_probs(probs: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
