@@ -56,25 +56,42 @@ _MAX_TEMPERATURE = 1e30
 
 def apply_penalties(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
     """Repetition/frequency/presence penalties over the output so far, logit_bias, and min_new_tokens eos
-    masking (SGLang's order), in place on a copy when any row needs one."""
+    masking (SGLang's order), on a copy when any row needs one. The penalized rows go through each formula
+    together ([rows, vocab] at once), and the clamp is one op: one row at a time took 1.2-3 ms for 32 rows of
+    4,096 here."""
     if not any(r.params.adjusts_logits or r.block_eos for r in rows):
         return logits
     logits = logits.clone()
+    dev, dtype = logits.device, logits.dtype
+    penalized = [i for i, r in enumerate(rows) if r.params.uses_penalties and r.output_counts is not None]
+    if penalized:
+        params = [rows[i].params for i in penalized]
+        every = len(penalized) == len(rows)
+        idx = None if every else torch.tensor(penalized, device=dev)
+        sub = logits if every else logits[idx]  # [p, vocab]
+        counts = torch.stack([rows[i].output_counts for i in penalized]).to(dev, dtype)  # [p, vocab]
+        seen = counts.clamp(max=1)  # 1 for a token output so far, else 0 (counts are never negative)
+        if any(p.repetition_penalty != 1 for p in params):  # HF/SGLang: positive logits divided, negative multiplied
+            penalty = torch.tensor([[p.repetition_penalty] for p in params], device=dev, dtype=dtype)  # [p, 1]
+            sub = torch.where(seen > 0, torch.where(sub > 0, sub / penalty, sub * penalty), sub)
+        frequency = torch.tensor([[p.frequency_penalty] for p in params], device=dev, dtype=dtype)
+        presence = torch.tensor([[p.presence_penalty] for p in params], device=dev, dtype=dtype)
+        sub = sub - (frequency * counts + presence * seen)
+        if every:
+            logits = sub
+        else:
+            logits[idx] = sub
+    adjusted = [i for i, r in enumerate(rows) if r.params.adjusts_logits]
+    for i in adjusted:
+        if rows[i].logit_bias is not None:
+            ids, biases = rows[i].logit_bias
+            logits[i].index_add_(0, ids.to(dev), biases.to(dev, dtype))
+    if len(adjusted) == len(rows):
+        logits.clamp_(-_LOGIT_LIMIT, _LOGIT_LIMIT)
+    elif adjusted:
+        at = torch.tensor(adjusted, device=dev)
+        logits[at] = logits[at].clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
     for i, r in enumerate(rows):
-        p = r.params
-        if p.adjusts_logits:
-            row = logits[i]  # [vocab], a view
-            if p.uses_penalties and r.output_counts is not None:
-                counts = r.output_counts.to(logits.device, logits.dtype)  # [vocab]
-                seen = counts > 0  # [vocab] bool
-                if p.repetition_penalty != 1:  # HF/SGLang: positive logits divided, negative ones multiplied
-                    scaled = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
-                    row.copy_(torch.where(seen, scaled, row))
-                row -= p.frequency_penalty * counts + p.presence_penalty * seen.to(logits.dtype)
-            if r.logit_bias is not None:
-                ids, biases = r.logit_bias
-                row.index_add_(0, ids.to(logits.device), biases.to(logits.device, logits.dtype))
-            row.clamp_(-_LOGIT_LIMIT, _LOGIT_LIMIT)
         if r.block_eos:
             logits[i, list(r.block_eos)] = float("-inf")
     return logits
