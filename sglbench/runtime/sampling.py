@@ -57,8 +57,8 @@ _MAX_TEMPERATURE = 1e30
 def apply_penalties(logits: torch.Tensor, rows: list[SamplerRow]) -> torch.Tensor:
     """Repetition/frequency/presence penalties over the output so far, logit_bias, and min_new_tokens eos
     masking (SGLang's order), on a copy when any row needs one. The penalized rows go through each formula
-    together ([rows, vocab] at once), and the clamp is one op: one row at a time took 1.2-3 ms for 32 rows of
-    4,096 here."""
+    together ([rows, vocab] at once), and the clamp is one op: one row at a time took 1.1-2.7 ms for 32 rows of
+    4,096 here, this 0.4-1.4."""
     if not any(r.params.adjusts_logits or r.block_eos for r in rows):
         return logits
     logits = logits.clone()
@@ -139,7 +139,7 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
 def masked_argmax(logits: torch.Tensor, words: torch.Tensor) -> int:
     """`sample`'s pick for one greedy row ([vocab] fp32 on the CPU) under a packed grammar mask ([ceil(vocab / 32)]
     int32): the first best allowed token, in one numpy pass rather than a bias row, an add and an argmax (about
-    10 us against 45 here)."""
+    20 us against 45 here)."""
     row = logits.numpy()
     return int(np.where(unpack_bitmask(words, row.shape[-1]).numpy(), row, -np.inf).argmax())
 
