@@ -27,11 +27,11 @@ def _rand(dtype, *shape, seed=0, scale=1.0):
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8])
 @pytest.mark.parametrize(("n", "k"), [(37, 96), (64, 100), (1152, 896), (40, 31)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_gemv_matches_f_linear(dtype, rows, n, k, bias):
-    """Every block shape (16/8/4 rows per block by batch and dtype), a row tail (N not a multiple of the block),
+    """Every block shape (16/8/4/2 weight rows per block by batch), a row tail (N not a multiple of the block),
     a K tail (masked loads), bias: bf16 at most one rounding step from F.linear (summation order differs), fp32
     within float error of the exact product."""
     x, w = _rand(dtype, rows, k, seed=rows), _rand(dtype, n, k, seed=n, scale=0.2)
@@ -51,8 +51,8 @@ def test_gemv_reads_strided_rows_and_refuses_what_it_cannot_take():
     wide = _bf16(3, 200, seed=1)
     x, w = wide[:, :96], _bf16(40, 96, seed=2)  # rows 200 apart
     torch.testing.assert_close(cpu_native.gemv(x, w), F.linear(x, w), rtol=1e-2, atol=1e-2)
-    with pytest.raises(ValueError, match=r"1\.\.4"):
-        cpu_native.gemv(_bf16(5, 96), w)
+    with pytest.raises(ValueError, match=rf"1\.\.{cpu_native.MAX_GEMV_ROWS}"):
+        cpu_native.gemv(_bf16(cpu_native.MAX_GEMV_ROWS + 1, 96), w)
     with pytest.raises(ValueError, match="bf16 or fp32"):
         cpu_native.gemv(x.half(), w.half())
     with pytest.raises(ValueError, match="bf16 or fp32"):
@@ -63,7 +63,7 @@ def test_gemv_reads_strided_rows_and_refuses_what_it_cannot_take():
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("rows", [1, 3, 4, 6, 8])
 @pytest.mark.parametrize("bias", [False, True])
 def test_gemv_silu_mul_matches_the_unfused_ops(dtype, rows, bias):
     x, w = _rand(dtype, rows, 96, seed=rows), _rand(dtype, 2 * 37, 96, seed=3, scale=0.3)

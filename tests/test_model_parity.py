@@ -160,7 +160,7 @@ def test_bf16_checkpoint_dtype_choice_is_reported(bf16_checkpoint):
     assert info.cpu_features == cpu_features.detect().describe()
     dtype = torch.bfloat16 if "bfloat16" in info.dtype else torch.float32
     if cpu_native.available():  # bf16: dense weights (kept beside the packed ones), fp32: small, so packed copies
-        widest = f"decode batches up to {cpu_native.MAX_GEMV_ROWS}" if dtype == torch.bfloat16 else "every decode batch"
+        widest = f"decode batches up to {cpu_native.gemv_batch(dtype)}" if dtype == torch.bfloat16 else "every decode batch"
         assert info.cpu_kernels.startswith(f"on: decode layers as one call each for {widest}")
     else:
         assert info.cpu_kernels == cpu_native.describe(dtype)
@@ -262,13 +262,14 @@ def test_fp32_fused_decode_layers_match_the_layer_by_layer_path(checkpoint, layo
         torch.testing.assert_close(k, ref, rtol=1e-6, atol=1e-6)
     with Runtime(str(path), device="cpu", max_total_tokens=256) as rt:
         kernels = rt.model_info().cpu_kernels
-    widest = "every decode batch" if layout == "packed" else f"decode batches up to {cpu_native.MAX_GEMV_ROWS}"
+    widest = ("every decode batch" if layout == "packed"
+              else f"decode batches up to {cpu_native.gemv_batch(torch.float32)}")
     assert kernels.startswith(f"on: decode layers as one call each for {widest}")
 
 
 def test_bf16_fused_decode_layers_equal_the_layer_by_layer_c_kernels(bf16_checkpoint, monkeypatch):
     """bf16 decode layers in one call each, on the dense weights the C GEMV reads, round where the layer-by-layer
-    kernels round: the same logits and K/V to the bit; 5 requests (wider than the GEMV) stay layer by layer."""
+    kernels round: the same logits and K/V to the bit; a batch wider than `gemv_batch` stays layer by layer."""
     if not (cpu_native.available() and cpu_linear.keeps_dense(torch.bfloat16)):
         pytest.skip("needs the C kernels and room for the dense bf16 weights")
     path, _, _ = bf16_checkpoint
@@ -276,7 +277,8 @@ def test_bf16_fused_decode_layers_equal_the_layer_by_layer_c_kernels(bf16_checkp
     assert calls == 1
     assert torch.equal(fused, plain)
     assert all(torch.equal(k, ref) for k, ref in zip(k_fused, k_plain))
-    *_, calls = _fused_against_layer_by_layer(path, torch.bfloat16, monkeypatch, requests=cpu_native.MAX_GEMV_ROWS + 1)
+    wider = cpu_native.gemv_batch(torch.bfloat16) + 1
+    *_, calls = _fused_against_layer_by_layer(path, torch.bfloat16, monkeypatch, requests=wider)
     assert calls == 0
 
 
@@ -319,8 +321,8 @@ def test_fused_decode_layers_refuse_out_of_range_slots_and_positions(checkpoint)
         with pytest.raises(RuntimeError, match="out of range"):
             extend(qo, **kw)
     dense = [layer.decode_weights(packed=False) for layer in model.model.layers]  # the GEMV's width at most
-    wide = cpu_native.MAX_GEMV_ROWS + 1
-    with pytest.raises(ValueError, match=f"batches of up to {cpu_native.MAX_GEMV_ROWS}"):
+    wide = cpu_native.gemv_batch(torch.float32) + 1
+    with pytest.raises(ValueError, match=f"batches of up to {wide - 1}"):
         cpu_native.decode_layers(torch.randn(wide, config.hidden_size), dense, cis, torch.arange(wide),
                                  pool.k_buffers, pool.v_buffers, torch.arange(1, wide + 1),
                                  torch.arange(1, wide + 1).view(wide, 1), torch.ones(wide, dtype=torch.int64), 0.1)

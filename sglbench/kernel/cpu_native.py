@@ -1,11 +1,11 @@
 """The C kernels of csrc/cpu_decode.c, for CPUs with AVX512-BF16: a GEMV for decode batches of up to
-`MAX_GEMV_ROWS` rows, bf16 and fp32 (plain, and with the MLP's SiLU-and-multiply fused in); one causal attention
+`gemv_batch(dtype)` rows (7 in bf16, 8 in fp32), bf16 and fp32 (plain, and with the MLP's SiLU-and-multiply fused in); one causal attention
 over the paged K/V for decode (bf16, fp32) and extend (used for fp32, where torch's flash kernel is slowest: at
 head size 32 it took 1.4x as long over the JSON workload's 8,192-token prefill batches); the per-layer
 element-wise work in bf16 or fp32 (RMSNorm with the residual add fused in, rotary embedding in place,
 SiLU-and-multiply); and every decoder layer of a decode step in one call (`decode_layers`: norms,
 projections, rotary, K/V store, attention and MLP), on the model's dense weights for batches of up to
-`MAX_GEMV_ROWS` (bf16 and fp32) or, for small fp32 models, on packed copies at any batch, because otherwise a
+`gemv_batch(dtype)` (bf16 and fp32) or, for small fp32 models, on packed copies at any batch, because otherwise a
 step pays the per-op cost of a dozen torch ops and C calls per layer (Qwen2.5-0.5B at batch 1: 16.2 -> 21.1
 tok/s in bf16; the embedded model: 2.0 -> 1.4 ms a step at batch 1, 4.2 -> 2.8 at batch 16); that packed GEMM
 also alone (`gemm_packed`), for such a model's lm-head.
@@ -41,8 +41,18 @@ import torch
 from sglbench.kernel import cpu_features
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_decode.c"
-MAX_GEMV_ROWS = 4  # the C GEMV's widest batch: from 8 rows oneDNN's AMX GEMM wins
+MAX_GEMV_ROWS = 8  # the C GEMV's widest batch
 GEMV_DTYPES = (torch.bfloat16, torch.float32)  # the C GEMV's (and the dense fused layer's) dtypes
+# The decode batches routed to the C GEMV and the dense fused layers, by dtype. Qwen2.5-0.5B's shape, decode
+# tok/s against the oneDNN/torch route (alternated in one process, same tokens out): bf16 1.54x at batch 5,
+# 1.36x at 6, 1.24x at 7, but 0.86x at 8, where oneDNN's AMX GEMM wins; fp32 1.46x at 8 (the GEMV alone: 0.94
+# of torch's time at 10 rows, 1.10 at 12).
+_GEMV_BATCH = {torch.bfloat16: 7, torch.float32: MAX_GEMV_ROWS}
+
+
+def gemv_batch(dtype: torch.dtype) -> int:
+    """The widest decode batch the C GEMV (and the dense fused layers) take for weights of dtype; 0 for none."""
+    return _GEMV_BATCH.get(dtype, 0)
 FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16")
 _I64, _INT, _PTR, _FLOAT = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
 _SIGNATURES = {
@@ -149,7 +159,7 @@ def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True, fused_decod
         parts.append(f"decode layers as one call each for {fused_decode} (norms, projections, rotary, K/V store, "
                      "attention, MLP)")
     if gemv:
-        parts.append(f"GEMV (decode batches up to {MAX_GEMV_ROWS})")
+        parts.append(f"GEMV (decode batches up to {gemv_batch(dtype)})")
     parts.append("decode attention" if dtype == torch.bfloat16 else "decode and extend attention")
     parts.append("RMSNorm, rotary, SiLU-and-multiply")
     line = "on: " + ", ".join(parts)
@@ -376,7 +386,7 @@ def gemm_packed(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tenso
 class DecodeLayerWeights:
     """One decoder layer's weights for `decode_layers`: the norms' as they are (q_norm and k_norm: Qwen3's
     per-head norms, or None); the projections' either packed (`pack_columns`, fp32: decode batches of any size)
-    or dense (the model's own [N, K] tensors, bf16 or fp32: batches up to MAX_GEMV_ROWS), the gate-up's halves
+    or dense (the model's own [N, K] tensors, bf16 or fp32: batches up to `gemv_batch`), the gate-up's halves
     of `intermediate` rows each; biases of the weights' dtype or None."""
 
     ln1: torch.Tensor
@@ -401,7 +411,7 @@ class DecodeLayerWeights:
     @property
     def max_batch(self) -> int | None:
         """The widest decode batch the layer takes (None: any)."""
-        return None if self.packed else MAX_GEMV_ROWS
+        return None if self.packed else gemv_batch(self.qkv.dtype)
 
     @functools.cached_property
     def pointers(self) -> tuple[int, ...]:

@@ -125,25 +125,41 @@ static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0x
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 8, 2)                                                            \
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 4, 3)                                                            \
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 4, 4)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 2, 5)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 2, 6)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 2, 7)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 2, 8)                                                            \
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 1)                                                            \
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 2)                                                            \
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 3)                                                            \
     DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 4)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 5)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 6)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 7)                                                            \
+    DEFINE_BLOCK(T, STEP, CHUNK, MASK, 1, 8)                                                            \
     /* out[b][r] for weight rows [0, rows) of w, rows being block_rows(nb) or 1. */                     \
-    static void dot_block_##T(const T *x, int64_t ldx, const T *w, int64_t K, int nb, int rows, float out[][16]) { \
+    static void dot_block_##T(const T *x, int64_t ldx, const T *w, int64_t K, int nb, int rows, float out[][16]) {\
         if (rows == 1) {                                                                                \
             switch (nb) {                                                                               \
                 case 1: block_##T##_1_1(x, ldx, w, K, out); return;                                     \
                 case 2: block_##T##_1_2(x, ldx, w, K, out); return;                                     \
                 case 3: block_##T##_1_3(x, ldx, w, K, out); return;                                     \
-                default: block_##T##_1_4(x, ldx, w, K, out); return;                                   \
+                case 4: block_##T##_1_4(x, ldx, w, K, out); return;                                     \
+                case 5: block_##T##_1_5(x, ldx, w, K, out); return;                                     \
+                case 6: block_##T##_1_6(x, ldx, w, K, out); return;                                     \
+                case 7: block_##T##_1_7(x, ldx, w, K, out); return;                                     \
+                default: block_##T##_1_8(x, ldx, w, K, out); return;                                    \
             }                                                                                           \
         }                                                                                               \
         switch (nb) {                                                                                   \
             case 1: block_##T##_16_1(x, ldx, w, K, out); return;                                        \
             case 2: block_##T##_8_2(x, ldx, w, K, out); return;                                         \
             case 3: block_##T##_4_3(x, ldx, w, K, out); return;                                         \
-            default: block_##T##_4_4(x, ldx, w, K, out); return;                                        \
+            case 4: block_##T##_4_4(x, ldx, w, K, out); return;                                         \
+            case 5: block_##T##_2_5(x, ldx, w, K, out); return;                                         \
+            case 6: block_##T##_2_6(x, ldx, w, K, out); return;                                         \
+            case 7: block_##T##_2_7(x, ldx, w, K, out); return;                                         \
+            default: block_##T##_2_8(x, ldx, w, K, out); return;                                        \
         }                                                                                               \
     }
 
@@ -151,16 +167,18 @@ typedef float f32;
 DEFINE_BLOCKS(bf16, 32, DOT_CHUNK_BF16, __mmask32)
 DEFINE_BLOCKS(f32, 16, DOT_CHUNK_F32, __mmask16)
 
-enum { MAX_ROWS = 4 };
+enum { MAX_ROWS = 8 };
 
-static int block_rows(int nb) { return nb == 1 ? 16 : nb == 2 ? 8 : 4; }
+/* Weight rows sharing each load of the input rows: 16 accumulators a block. */
+static int block_rows(int nb) { return nb == 1 ? 16 : nb == 2 ? 8 : nb <= 4 ? 4 : 2; }
 
 static inline float load_elem(const void *base, int64_t at, int elem) {
     return elem == 4 ? ((const float *)base)[at] : bf16_to_f32(((const bf16 *)base)[at]);
 }
 
-/* y[b, n] = x[b] . w[n] + bias[n] for B <= 4 rows and n < N; w is [N, K] row-major (bias may be NULL), all of
- * one dtype, bf16 (elem 2) or fp32 (elem 4). With silu_mul, w is a gate-up projection [2N, K] (gate rows, then
+/* y[b, n] = x[b] . w[n] + bias[n] for B <= MAX_ROWS rows and n < N; w is [N, K] row-major (bias may be NULL),
+ * all of one dtype, bf16 (elem 2) or fp32 (elem 4). Each output sums the same chunks in the same order at any B,
+ * so a row's result does not depend on the batch around it. With silu_mul, w is a gate-up projection [2N, K] (gate rows, then
  * up rows) and y[b, n] = silu(gate) * up: the MLP's projection and activation in one pass. bf16 rounds gate,
  * up, silu(gate) and the product as torch's ops do. Blocks of rows are shared among the threads of the
  * enclosing parallel region (an orphaned `omp for`, ending in its barrier), guided rather than static: on this

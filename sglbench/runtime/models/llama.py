@@ -205,7 +205,7 @@ class LlamaModel(nn.Module):
         None: for an fp32 model on the CPU whose packed copies stay within cpu_native.FUSED_DECODE_MAX_BYTES
         (small models, where a step is mostly per-op cost), packed copies that take every decode batch; for other
         bf16 and fp32 models whose Linears keep dense weights, those weights themselves, for decode batches up to
-        cpu_native.MAX_GEMV_ROWS (there the C GEMV streams them anyway, and one call saves the per-op cost). Made
+        cpu_native.gemv_batch(dtype) (there the C GEMV streams them anyway, and one call saves the per-op cost). Made
         once; again after a weight changes (in place, or by load_state_dict)."""
         weight = self.embed_tokens.weight
         if not self.layers or weight.device.type != "cpu" or not cpu_native.available():
