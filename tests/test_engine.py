@@ -195,11 +195,14 @@ def test_stream_pieces_go_out_per_token_only_once_a_caller_iterates(rt):
     assert len(pieces) > 10
 
 
-def test_abort_frees_its_slots(rt):
+def test_abort_frees_its_slots_and_returns_the_text_so_far(rt):
+    """An abort ends the request with the text of every token it had (decoded at the end: nothing read it before)."""
     handle = rt.submit(PROMPTS[2], rt_params(400))
     time.sleep(0.05)
     rt.abort(handle.rid)
-    assert handle.result(timeout=60)["meta_info"]["finish_reason"]["type"] == "abort"
+    result = handle.result(timeout=60)
+    assert result["meta_info"]["finish_reason"]["type"] == "abort"
+    assert result["text"] == rt.tokenizer.decode(result["output_ids"])
 
 
 def test_engine_error_aborts_only_that_batch(rt, monkeypatch):
