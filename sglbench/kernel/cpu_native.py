@@ -1,12 +1,12 @@
 """The C kernels of csrc/cpu_decode.c, for CPUs with AVX512-BF16: a GEMV for decode batches of up to
-`gemv_batch(dtype)` rows (7 in bf16, 8 in fp32), bf16 and fp32 (plain, and with the MLP's SiLU-and-multiply fused in); one causal attention
-over the paged K/V for decode (bf16, fp32) and extend (used for fp32, where torch's flash kernel is slowest: at
+`gemv_batch(dtype)` rows (7 in bf16, 8 in fp32), bf16 and fp32 (plain, and with the MLP's SiLU-and-multiply
+fused in); one causal attention over the paged K/V for decode (bf16, fp32) and extend (used for fp32, where torch's flash kernel is slowest: at
 head size 32 it took 1.4x as long over the JSON workload's 8,192-token prefill batches); the per-layer
 element-wise work in bf16 or fp32 (RMSNorm with the residual add fused in, rotary embedding in place,
 SiLU-and-multiply); and every decoder layer of a decode step in one call (`decode_layers`: norms,
 projections, rotary, K/V store, attention and MLP), on the model's dense weights for batches of up to
-`gemv_batch(dtype)` (bf16 and fp32) or, for small fp32 models, on packed copies at any batch, because otherwise a
-step pays the per-op cost of a dozen torch ops and C calls per layer (Qwen2.5-0.5B at batch 1: 16.2 -> 21.1
+`gemv_batch(dtype)` (bf16 and fp32) or, for small fp32 models, on packed copies at any batch, because otherwise
+a step pays the per-op cost of a dozen torch ops and C calls per layer (Qwen2.5-0.5B at batch 1: 16.2 -> 21.1
 tok/s in bf16; the embedded model: 2.0 -> 1.4 ms a step at batch 1, 4.2 -> 2.8 at batch 16); that packed GEMM
 also alone (`gemm_packed`), for such a model's lm-head.
 
@@ -48,11 +48,6 @@ GEMV_DTYPES = (torch.bfloat16, torch.float32)  # the C GEMV's (and the dense fus
 # 1.36x at 6, 1.24x at 7, but 0.86x at 8, where oneDNN's AMX GEMM wins; fp32 1.46x at 8 (the GEMV alone: 0.94
 # of torch's time at 10 rows, 1.10 at 12).
 _GEMV_BATCH = {torch.bfloat16: 7, torch.float32: MAX_GEMV_ROWS}
-
-
-def gemv_batch(dtype: torch.dtype) -> int:
-    """The widest decode batch the C GEMV (and the dense fused layers) take for weights of dtype; 0 for none."""
-    return _GEMV_BATCH.get(dtype, 0)
 FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16")
 _I64, _INT, _PTR, _FLOAT = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
 _SIGNATURES = {
@@ -143,6 +138,11 @@ def available() -> bool:
 def unavailable_reason() -> str | None:
     """Why the C kernels are not used here, or None when they are."""
     return _off[-1] if _off else _load()[1]
+
+
+def gemv_batch(dtype: torch.dtype) -> int:
+    """The widest decode batch the C GEMV (and the dense fused layers) take for weights of dtype; 0 for none."""
+    return _GEMV_BATCH.get(dtype, 0)
 
 
 def describe(dtype: torch.dtype = torch.bfloat16, gemv: bool = True, fused_decode: str = "") -> str:

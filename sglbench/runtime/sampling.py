@@ -161,8 +161,8 @@ def _filter_probs(probs: torch.Tensor, params: list[SamplingParams]) -> torch.Te
         passed = torch.searchsorted(sorted_p.cumsum(dim=-1), top_p.to(sorted_p.dtype), right=True)[:, 0]
         kept = torch.minimum(kept, passed + 1)  # the token whose predecessors pass top_p is the first dropped
     if any(p.min_p > 0 for p in params):
-        floor = torch.tensor([[p.min_p] for p in params], device=dev, dtype=sorted_p.dtype) * sorted_p[:, :1]
-        kept = torch.minimum(kept, torch.searchsorted(-sorted_p, -floor, right=True)[:, 0])  # values >= floor
+        least = torch.tensor([[p.min_p] for p in params], device=dev, dtype=sorted_p.dtype) * sorted_p[:, :1]
+        kept = torch.minimum(kept, torch.searchsorted(-sorted_p, -least, right=True)[:, 0])  # values >= least
     kept = kept.clamp(1, vocab)
     if bool((kept == vocab).all()):
         return probs

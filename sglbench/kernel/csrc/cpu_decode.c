@@ -177,10 +177,10 @@ static inline float load_elem(const void *base, int64_t at, int elem) {
 }
 
 /* y[b, n] = x[b] . w[n] + bias[n] for B <= MAX_ROWS rows and n < N; w is [N, K] row-major (bias may be NULL),
- * all of one dtype, bf16 (elem 2) or fp32 (elem 4). Each output sums the same chunks in the same order at any B,
- * so a row's result does not depend on the batch around it. With silu_mul, w is a gate-up projection [2N, K] (gate rows, then
- * up rows) and y[b, n] = silu(gate) * up: the MLP's projection and activation in one pass. bf16 rounds gate,
- * up, silu(gate) and the product as torch's ops do. Blocks of rows are shared among the threads of the
+ * all of one dtype, bf16 (elem 2) or fp32 (elem 4). Each output sums the same chunks in the same order at any
+ * B, so a row's result does not depend on the batch around it. With silu_mul, w is a gate-up projection [2N, K]
+ * (gate rows, then up rows) and y[b, n] = silu(gate) * up: the MLP's projection and activation in one pass.
+ * bf16 rounds gate, up, silu(gate) and the product as torch's ops do. Blocks of rows are shared among the threads of the
  * enclosing parallel region (an orphaned `omp for`, ending in its barrier), guided rather than static: on this
  * shared 2-core machine one thread often streams 10-15 % slower than the other, and a static split made the
  * faster one wait at every projection's barrier (Qwen2.5-0.5B's bf16 batch-1 layers: 0.93-0.985 of the time,
