@@ -272,6 +272,20 @@ def test_gemm_packed_matches_linear(n, k, bias, rows):
 
 
 @needs_native
+@pytest.mark.parametrize(("k", "rows"), [(704, 300), (2048, 150), (256, 520)])
+def test_gemm_packed_rows_in_passes(k, rows):
+    """Rows beyond one pass of the GEMM (gemm_row_block: 88 rows at K=704, 64 at 2,048, 256 at 256), the last
+    pass ragged: every row as F.linear gives it, and each row the same bits as when multiplied alone."""
+    g = torch.Generator().manual_seed(k + rows)
+    w, x = torch.randn(72, k, generator=g), torch.randn(rows, k, generator=g)
+    packed = cpu_native.pack_columns(w)
+    out = cpu_native.gemm_packed(x, packed, 72)
+    torch.testing.assert_close(out, F.linear(x, w), rtol=1e-5, atol=1e-4)
+    for row in (0, rows // 2, rows - 1):
+        assert torch.equal(out[row], cpu_native.gemm_packed(x[row : row + 1], packed, 72)[0])
+
+
+@needs_native
 def test_gemm_packed_refuses_what_it_cannot_read():
     w = cpu_native.pack_columns(torch.randn(40, 8))
     with pytest.raises(ValueError, match="fp32"):

@@ -347,7 +347,9 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 # Extend batches of up to this many new tokens also run each layer as one call on the packed copies. On the
 # embedded model (2-core Xeon, one step, interleaved): 255 rows over 400-token contexts 11.7 against 16.1 ms
 # layer by layer, 512 rows 21 against 26, 1,040 rows 39 against 44; level at 2,048 (56 against 55), behind at
-# 4,096 (123 against 106), where MKL's GEMM outruns the packed register-tiled one.
+# 4,096 (123 against 106), where MKL's GEMM outruns the packed register-tiled one. With the GEMM in row passes
+# (gemm_row_block) the json-regex workload with every extend step routed here ran level with this cap (1.00x,
+# 8 alternated rounds), so the cap stays.
 FUSED_EXTEND_MAX_ROWS = 1536
 FUSED_DECODE_MAX_BYTES = 64 << 20  # the packed copy of every layer's weights: small models only (`decode_layers`)
 
