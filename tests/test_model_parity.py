@@ -160,7 +160,8 @@ def test_bf16_checkpoint_dtype_choice_is_reported(bf16_checkpoint):
     assert info.cpu_features == cpu_features.detect().describe()
     dtype = torch.bfloat16 if "bfloat16" in info.dtype else torch.float32
     if cpu_native.available():  # bf16: dense weights (kept beside the packed ones), fp32: small, so packed copies
-        widest = f"decode batches up to {cpu_native.gemv_batch(dtype)}" if dtype == torch.bfloat16 else "every decode batch"
+        widest = (f"decode batches up to {cpu_native.gemv_batch(dtype)}" if dtype == torch.bfloat16
+                  else "every decode batch")
         assert info.cpu_kernels.startswith(f"on: decode layers as one call each for {widest}")
     else:
         assert info.cpu_kernels == cpu_native.describe(dtype)

@@ -111,13 +111,15 @@ def test_penalties_on_a_batch_equal_each_row_alone():
     when it is alone, to the bit; frequency and presence subtract count-weighted and seen-weighted amounts."""
     gen = torch.Generator().manual_seed(0)
     kinds = [{}, {"frequency_penalty": 0.7}, {"presence_penalty": -0.3, "repetition_penalty": 1.3},
-             {"repetition_penalty": 0.8}, {"logit_bias": {3: 2.0, 7: -1.5}}, {"frequency_penalty": 0.2, "logit_bias": {1: 5.0}}]
+             {"repetition_penalty": 0.8}, {"logit_bias": {3: 2.0, 7: -1.5}},
+             {"frequency_penalty": 0.2, "logit_bias": {1: 5.0}}]
     for trial in range(60):
         rows = []
         for i in range(6):
             p = SamplingParams(**kinds[(trial + 5 * i) % len(kinds)])
             counts = torch.randint(0, 3, (40,), dtype=torch.int32, generator=gen) if p.uses_penalties else None
-            bias = (torch.tensor(list(p.logit_bias)), torch.tensor(list(p.logit_bias.values()))) if p.logit_bias else None
+            bias = ((torch.tensor(list(p.logit_bias)), torch.tensor(list(p.logit_bias.values())))
+                    if p.logit_bias else None)
             rows.append(SamplerRow(p, None, counts, (1, 2) if i % 3 == 0 else (), logit_bias=bias))
         logits = torch.randn(6, 40, generator=gen) * 3
         together = apply_penalties(logits, rows)

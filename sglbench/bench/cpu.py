@@ -260,7 +260,8 @@ def run_sglbench(path: str, dtype: str, s: Settings, prompts: list[str]) -> tupl
 
         prefill(999)  # warm-up at this length
         cells[PREFILL] = max(prefill(1000 + r) for r in range(s.repeats))
-        cells[FEWSHOT] = max(run_system(rt, prompts, s.fewshot_new_tokens)["programs_s"] for _ in range(s.repeats))
+        cells[FEWSHOT] = max(run_system(rt, prompts, s.fewshot_new_tokens)["programs_s"]
+                             for _ in range(s.repeats))
     return cells, info.dtype
 
 
@@ -286,7 +287,8 @@ def run_transformers(path: str, dtype: str, s: Settings, prompts: list[str]) -> 
     naive[FEWSHOT] = max(len(prompts) / hf_generate_naive(model, tokenizer, prompts, s.fewshot_new_tokens).wall
                          for _ in range(s.repeats))
     hf_generate_prefix_reuse(model, tokenizer, prompts[:2], 2)  # warm-up
-    careful = {FEWSHOT: max(len(prompts) / hf_generate_prefix_reuse(model, tokenizer, prompts, s.fewshot_new_tokens).wall
+    careful = {FEWSHOT: max(len(prompts)
+                            / hf_generate_prefix_reuse(model, tokenizer, prompts, s.fewshot_new_tokens).wall
                             for _ in range(s.repeats))}
     del model
     gc.collect()
@@ -639,8 +641,8 @@ def _title(r: RunResult, limits: MachineLimits, s: Settings) -> str:
             f"(2 x {r.cost.layer_params / 1e6:,.1f} M layer params) FLOPs per token\n"
             f"  few-shot: {s.questions} prompts, a shared prefix of ~{s.prefix_tokens} tokens and questions of "
             f"~{s.question_tokens}, "
-            f"{s.fewshot_new_tokens} new tokens, best of {s.repeats} runs each; transformers careful = prefix KV computed once "
-            f"and reused; "
+            f"{s.fewshot_new_tokens} new tokens, best of {s.repeats} runs each; "
+            f"transformers careful = prefix KV computed once and reused; "
             f"llama.cpp = prefix kept in its KV cache, questions one after another"
             + ("" if r.fewshot is None else
                f"; limit = {r.fewshot.prefill_tokens:,} tokens to prefill at the matmul peak, then "

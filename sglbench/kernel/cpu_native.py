@@ -1,7 +1,7 @@
 """The C kernels of csrc/cpu_decode.c, for CPUs with AVX512-BF16: a GEMV for decode batches of up to
 `gemv_batch(dtype)` rows (7 in bf16, 8 in fp32), bf16 and fp32 (plain, and with the MLP's SiLU-and-multiply
-fused in); one causal attention over the paged K/V for decode (bf16, fp32) and extend (used for fp32, where torch's flash kernel is slowest: at
-head size 32 it took 1.4x as long over the JSON workload's 8,192-token prefill batches); the per-layer
+fused in); one causal attention over the paged K/V for decode (bf16, fp32) and extend (used for fp32, where
+torch's flash kernel is slowest: at head size 32 it took 1.4x as long over the JSON workload's 8,192-token prefill batches); the per-layer
 element-wise work in bf16 or fp32 (RMSNorm with the residual add fused in, rotary embedding in place,
 SiLU-and-multiply); and every decoder layer of a decode step in one call (`decode_layers`: norms,
 projections, rotary, K/V store, attention and MLP), on the model's dense weights for batches of up to

@@ -180,8 +180,8 @@ static inline float load_elem(const void *base, int64_t at, int elem) {
  * all of one dtype, bf16 (elem 2) or fp32 (elem 4). Each output sums the same chunks in the same order at any
  * B, so a row's result does not depend on the batch around it. With silu_mul, w is a gate-up projection [2N, K]
  * (gate rows, then up rows) and y[b, n] = silu(gate) * up: the MLP's projection and activation in one pass.
- * bf16 rounds gate, up, silu(gate) and the product as torch's ops do. Blocks of rows are shared among the threads of the
- * enclosing parallel region (an orphaned `omp for`, ending in its barrier), guided rather than static: on this
+ * bf16 rounds gate, up, silu(gate) and the product as torch's ops do. Blocks of rows are shared among the
+ * threads of the enclosing parallel region (an orphaned `omp for`, ending in its barrier), guided rather than static: on this
  * shared 2-core machine one thread often streams 10-15 % slower than the other, and a static split made the
  * faster one wait at every projection's barrier (Qwen2.5-0.5B's bf16 batch-1 layers: 0.93-0.985 of the time,
  * alternated in one process). */
@@ -651,7 +651,8 @@ static void gemm_team(const float *x, int64_t ldx, const float *w, const float *
                       int64_t N, int64_t K, int silu_mul) {
     const int64_t blocks = (N + 15) / 16, units = silu_mul ? blocks : (blocks + 1) / 2;
     const int mb = gemm_row_block(K);
-    for (int rb = 0; rb < B; rb += mb) { /* same units to the same thread in every pass: its weights stay cached */
+    /* the same units to the same thread in every pass (static schedule): its weights stay cached */
+    for (int rb = 0; rb < B; rb += mb) {
         const int re = B - rb < mb ? B : rb + mb;
 #pragma omp for schedule(static) nowait
         for (int64_t u = 0; u < units; u++) {
