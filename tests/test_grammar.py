@@ -264,6 +264,39 @@ def test_plan_jump_retokenizes_the_boundary(rt):
     assert capped is not None and jump.keep + len(capped.tokens) <= len(sampled) + 1
 
 
+def test_replace_tail_redoes_only_what_follows_the_shared_prefix(rt):
+    """Swapping a tail for one that starts with the same tokens rolls back and accepts only the rest, and the
+    matcher ends where accepting the new tokens from scratch leaves it; a refused tail leaves it unchanged."""
+    tok, engine = rt.tokenizer, rt.engine
+    compiler = GrammarCompiler(tok.hf, engine.model_config.vocab_size, engine.eos_token_ids)
+    spec = GrammarSpec("regex", r"[a-z]{1,12}")
+    old = [t for ch in "abcd" for t in tok.encode_plain(ch)]
+    new = old[:2] + [t for ch in "xyz" for t in tok.encode_plain(ch)]
+    digit = tok.encode_plain("7")
+
+    def fresh(tokens):
+        matcher = compiler.matcher(spec)
+        for t in tokens:
+            matcher.accept(t)
+        return matcher
+
+    def state(matcher):  # what the grammar allows next, and whether it may end here
+        return matcher.allowed_tokens().clone(), matcher.is_terminated()
+
+    matcher = fresh(old)
+    calls = []
+    accept = matcher.try_accept
+    matcher.try_accept = lambda t: calls.append(t) or accept(t)
+    assert matcher.replace_tail(old, new)
+    assert calls == new[2:] and matcher.accepted == len(new)
+    expected = state(fresh(new))
+    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(state(matcher), expected))
+    assert matcher.replace_tail(new, new[:-1]) and matcher.accepted == len(new) - 1  # holding back the last token
+    before = state(matcher)
+    assert not matcher.replace_tail(new[:-1], new[:3] + digit)  # a digit breaks the grammar: nothing changes
+    assert matcher.accepted == len(new) - 1 and torch.equal(state(matcher)[0], before[0])
+
+
 def test_packed_and_narrowed_masks_mask_the_logits_as_their_bool_masks(rt):
     """The sampler unpacks the grammars' packed masks together; a mask a refusal narrowed is only in bool form
     (the packed one still allows the refused token), and unconstrained rows are untouched."""

@@ -31,6 +31,7 @@ import torch
 from sglbench.runtime.grammar_limits import check_grammar_limits, grammar_shape, incompletable_part, shorten
 from sglbench.runtime.regex_dialect import xgrammar_regex
 from sglbench.runtime.sampling_params import GrammarSpec
+from sglbench.sequences import common_prefix_len
 
 if TYPE_CHECKING:
     import xgrammar as xgr
@@ -297,12 +298,15 @@ class GrammarMatcher:
 
     def replace_tail(self, old: list[int], new: list[int]) -> bool:
         """Swap the last accepted tokens old for new (retokenized, longer text). False, with the state
-        unchanged, when the grammar refuses new (e.g. it holds a special token)."""
-        self.rollback(len(old))
-        for i, token in enumerate(new):
+        unchanged, when the grammar refuses new (e.g. it holds a special token). Only the tokens after their
+        common prefix are rolled back and accepted: a jump-forward's retokenized window mostly keeps its first
+        tokens, and holding back its last token is a rollback of one."""
+        same = common_prefix_len(old, new)
+        self.rollback(len(old) - same)
+        for i, token in enumerate(new[same:]):
             if not self.try_accept(token):
                 self.rollback(i)
-                for t in old:
+                for t in old[same:]:
                     self.accept(t)
                 return False
         return True
