@@ -121,6 +121,41 @@ def test_insert_reports_prefix_len_and_splits_inside_a_node():
     cache.check_integrity()
 
 
+def test_insert_below_a_node_walks_from_it_and_checks_it_spells_a_prefix():
+    """Inserting from a locked node (what a running request holds) caches the same as from the root, also after
+    a split moved the node's upper tokens into a new parent; a node that does not spell a prefix is refused."""
+    cache, _, _ = make_cache()
+    base = cache.insert([1, 2, 3, 4], slots_of(1, 2, 3, 4)).last_node
+    cache.inc_lock_ref(base)
+    cache.insert([1, 2, 9], slots_of(5, 6, 7))  # splits base: (1, 2) above, base keeps (3, 4)
+    assert base.key == (3, 4)
+    result = cache.insert([1, 2, 3, 4, 5, 6], slots_of(1, 2, 3, 4, 8, 9), below=base)
+    assert result.prefix_len == 4 and result.last_node.key == (5, 6) and result.last_node.parent is base
+    assert cache.match_prefix([1, 2, 3, 4, 5, 6]).slots.tolist() == [1, 2, 3, 4, 8, 9]
+    assert cache.insert([1, 2, 3, 4], slots_of(1, 2, 3, 4), below=base).last_node is base
+    with pytest.raises(ValueError, match="does not spell a prefix"):
+        cache.insert([1, 2, 7, 4, 5], slots_of(1, 2, 10, 11, 12), below=base)
+    with pytest.raises(ValueError, match="does not spell a prefix"):
+        cache.insert([1, 2, 3], slots_of(1, 2, 3), below=base)
+    cache.dec_lock_ref(base)
+    cache.check_integrity()
+
+
+def test_slots_between_reads_the_path_below_a_node_up_to_a_position():
+    cache, _, _ = make_cache()
+    upper = cache.insert([1, 2], slots_of(1, 2)).last_node
+    lower = cache.insert([1, 2, 3, 4, 5, 6], slots_of(1, 2, 3, 4, 5, 6)).last_node
+    cache.insert([1, 2, 3, 4, 9], slots_of(1, 2, 3, 4, 7))  # splits lower's run: (3, 4) above (5, 6)
+    assert cache.slots_between(upper, lower, 6).tolist() == [3, 4, 5, 6]
+    assert cache.slots_between(upper, lower, 5).tolist() == [3, 4, 5]
+    assert cache.slots_between(upper, lower, 3).tolist() == [3]
+    assert cache.slots_between(cache.root, lower, 4).tolist() == [1, 2, 3, 4]
+    assert cache.slots_between(lower, lower, 6).tolist() == []
+    other = cache.insert([7], slots_of(8)).last_node
+    with pytest.raises(ValueError, match="not an ancestor"):
+        cache.slots_between(other, lower, 6)
+
+
 def test_insert_copies_slots_and_accepts_tensor_token_ids():
     cache, _, _ = make_cache()
     slots = slots_of(4, 5, 6)
@@ -536,9 +571,9 @@ class RadixCacheMachine(RuleBasedStateMachine):
         freed = len(set(prefix[: i + 1] for i in range(len(prefix))) - self.model.protected())
         assert self.cache.dec_lock_ref(node) == freed
 
-    def insert(self, seq: tuple[int, ...], slots: torch.Tensor, cached_len: int) -> None:
+    def insert(self, seq: tuple[int, ...], slots: torch.Tensor, cached_len: int, below: TreeNode | None = None) -> None:
         expected = self.model.longest(seq)
-        res = self.cache.insert(seq, slots)
+        res = self.cache.insert(seq, slots, below=below)
         assert res.prefix_len == expected >= cached_len
         assert slots[:cached_len].tolist() == self.model.slots(seq[:cached_len])
         self.allocator.free(slots[cached_len : res.prefix_len])  # the caller's duplicates
@@ -592,12 +627,13 @@ class RadixCacheMachine(RuleBasedStateMachine):
         self.requests.append((seq, m.matched_len, slots, m.last_node))
 
     @precondition(lambda self: self.requests)
-    @rule(which=st.integers(0, 2))
-    def finish_request(self, which):
-        """insert the request's sequence, free its duplicate slots, release its prefix lock."""
+    @rule(which=st.integers(0, 2), below=st.booleans())
+    def finish_request(self, which, below):
+        """insert the request's sequence (from the root, or from its locked node as the engine does), free its
+        duplicate slots, release its prefix lock."""
         self.count()
         seq, cached_len, slots, node = self.requests.pop(which % len(self.requests))
-        self.insert(seq, slots, cached_len)
+        self.insert(seq, slots, cached_len, below=node if below else None)
         self.unlock(node, seq[:cached_len])
 
     @precondition(lambda self: len(self.locks) < 4)

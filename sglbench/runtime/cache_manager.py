@@ -141,7 +141,7 @@ class CacheManager:
         slots = self.req_to_token.slots(req.row, 0, req.alloc_len).clone()
         self.pool.free(slots[req.kv_len :])  # allocated, never computed
         if insert and not self.cache.disable:
-            result = self.cache.insert(tuple(req.fill_ids[: req.kv_len]), slots[: req.kv_len])
+            result = self.cache.insert(tuple(req.fill_ids[: req.kv_len]), slots[: req.kv_len], below=req.last_node)
             self.pool.free(slots[req.prefix_len : result.prefix_len])  # ours duplicated what others cached meanwhile
         else:
             self.pool.free(slots[req.prefix_len : req.kv_len])
@@ -160,16 +160,14 @@ class CacheManager:
             return
         tokens = tuple(req.fill_ids[: req.kv_len])
         slots = self.req_to_token.slots(req.row, 0, req.kv_len).clone()
-        result = self.cache.insert(tokens, slots)
-        last_node = result.last_node
+        result = self.cache.insert(tokens, slots, below=req.last_node)
         if result.prefix_len > req.prefix_len:  # others cached some of these tokens meanwhile: use their slots
             self.pool.free(slots[req.prefix_len : result.prefix_len])
-            match = self.cache.match_prefix(tokens, record=False)
-            self.req_to_token.write(req.row, 0, match.slots)
-            last_node = match.last_node
-        self.cache.inc_lock_ref(last_node)
+            self.req_to_token.write(req.row, req.prefix_len,
+                                    self.cache.slots_between(req.last_node, result.last_node, result.prefix_len))
+        self.cache.inc_lock_ref(result.last_node)
         self.cache.dec_lock_ref(req.last_node)
-        req.prefix_len, req.last_node = req.kv_len, last_node
+        req.prefix_len, req.last_node = req.kv_len, result.last_node
 
     # ------------------------------------------------------------------ inspection
     def check_integrity(self, running: list[Request]) -> None:

@@ -169,6 +169,35 @@ class RadixCache:
         slots = torch.cat([self.root.value, *(n.value for n in path)])  # [matched_len], a fresh tensor
         return MatchResult(slots, path[-1] if path else self.root, matched_len)
 
+    def slots_between(self, upper: TreeNode, lower: TreeNode, end: int) -> torch.Tensor:
+        """The cached slots of the tokens after `upper`'s up to position `end` on the path down to `lower` (upper
+        an ancestor of lower, or lower itself; `end` at most lower's end): what a request holding `upper` reads
+        from the tree once others cached the tokens it computed after it (no walk from the root)."""
+        chain = []
+        node = lower
+        while node is not upper:
+            if node is self.root or node.parent is None:
+                raise ValueError(f"node {upper.id} is not an ancestor of node {lower.id}")
+            chain.append(node)
+            node = node.parent
+        chain.reverse()
+        depth = self._depth(upper)
+        parts, pos = [], depth
+        for node in chain:
+            if pos >= end:
+                break
+            parts.append(node.value[: end - pos])
+            pos += len(node.key)
+        return torch.cat(parts) if parts else self.root.value.clone()
+
+    def _depth(self, node: TreeNode) -> int:
+        """Tokens the path from the root to node spells."""
+        depth = 0
+        while node is not self.root:
+            depth += len(node.key)
+            node = node.parent
+        return depth
+
     def peek_prefix(self, token_ids: Sequence[int]) -> int:
         """Length of the longest cached prefix of `token_ids`, changing nothing (no split, recency or
         counters): for a scheduler ranking its waiting requests every step, where match_prefix's split and
@@ -177,29 +206,38 @@ class RadixCache:
             return 0
         return sum(c for _, c in self._descend(_as_key(token_ids)))
 
-    def _walk(self, tokens: tuple[int, ...]) -> list[TreeNode]:
-        """Nodes spelling the longest cached prefix of `tokens`, root excluded; splits the last if needed."""
-        return [child if c == len(child.key) else self._split(child, c) for child, c in self._descend(tokens)]
+    def _walk(self, tokens: tuple[int, ...], node: TreeNode | None = None, at: int = 0) -> list[TreeNode]:
+        """Nodes spelling the longest cached prefix of `tokens`, root excluded; splits the last if needed. From
+        `node` (spelling tokens[:at]) on when given: then only the nodes below it."""
+        return [child if c == len(child.key) else self._split(child, c)
+                for child, c in self._descend(tokens, node or self.root, at)]
 
-    def _descend(self, tokens: tuple[int, ...]) -> Iterator[tuple[TreeNode, int]]:
-        """(node, its tokens matched) down the longest cached prefix of `tokens`, root excluded; only the last
-        may match partly (a caller may split it before asking for more: nothing follows it)."""
-        node, i = self.root, 0
-        while i < len(tokens):
+    def _descend(self, tokens: tuple[int, ...], node: TreeNode | None = None,
+                 at: int = 0) -> Iterator[tuple[TreeNode, int]]:
+        """(node, its tokens matched) down the longest cached prefix of `tokens` from `node` (default the root,
+        excluded; it spells tokens[:at]); only the last may match partly (a caller may split it before asking
+        for more: nothing follows it). A node matched whole costs one slice and one comparison, run in C."""
+        node, i, n = node or self.root, at, len(tokens)
+        while i < n:
             child = node.children.get(tokens[i])
             if child is None:
                 return
-            c = common_prefix_len(child.key, tokens[i : i + len(child.key)])
-            partial = c < len(child.key)
-            yield child, c
-            if partial:
-                return
-            node, i = child, i + c
+            key = child.key
+            if tokens[i : i + len(key)] == key:
+                yield child, len(key)
+                node, i = child, i + len(key)
+                continue
+            yield child, common_prefix_len(key, tokens[i : i + len(key)])
+            return
 
     # ------------------------------------------------------------------ mutation
 
-    def insert(self, token_ids: Sequence[int], slots: torch.Tensor) -> InsertResult:
+    def insert(self, token_ids: Sequence[int], slots: torch.Tensor, *, below: TreeNode | None = None) -> InsertResult:
         """Cache `token_ids` with their KV `slots`; returns how much was already cached.
+
+        `below`, when given, is a live node whose path spells a prefix of token_ids (a running request's
+        locked last_node): the walk starts there instead of at the root, so caching a request that continues
+        a long shared prefix compares only its own tokens (tree-of-thought: a 16-node path per insert).
 
         The tree keeps its own slots for the first `prefix_len` tokens and takes ownership of
         slots[prefix_len:] only. Of slots[:prefix_len], whatever the caller allocated itself
@@ -221,7 +259,8 @@ class RadixCache:
             )
         if self.disable or not tokens:
             return InsertResult(0, self.root)
-        path = self._walk(tokens)
+        path = self._path_to(below, tokens) if below is not None and below is not self.root else []
+        path += self._walk(tokens, path[-1] if path else None, sum(len(n.key) for n in path))
         prefix_len = sum(len(n.key) for n in path)
         if prefix_len < len(tokens):
             parent = path[-1] if path else self.root
@@ -239,6 +278,20 @@ class RadixCache:
         self._touch(path)
         self._bump()
         return InsertResult(prefix_len, path[-1])
+
+    def _path_to(self, node: TreeNode, tokens: tuple[int, ...]) -> list[TreeNode]:
+        """The nodes from the root (excluded) down to `node`, which must be live and spell a prefix of tokens (its
+        own run is checked against them: ValueError otherwise)."""
+        self._check_live(node)
+        path = []
+        while node is not self.root:
+            path.append(node)
+            node = node.parent
+        path.reverse()
+        end = sum(len(n.key) for n in path)
+        if end > len(tokens) or tokens[end - len(path[-1].key) : end] != path[-1].key:
+            raise ValueError(f"node {path[-1].id} does not spell a prefix of the {len(tokens)} tokens inserted")
+        return path
 
     def _split(self, node: TreeNode, at: int) -> TreeNode:
         """Cut `node` after `at` tokens; returns the new upper node. `node` keeps its id and any locks on it.
