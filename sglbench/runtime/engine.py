@@ -252,7 +252,7 @@ class Engine:
             need, room = self.scheduler.tokens_to_keep(req), self.kv.available()
             if need > room and need - self.kv.peek(req) > room:  # the cache walk only when the pool is short
                 return 0
-        reserve = len(self.scheduler.decoding())  # slots kept for the next decode step of those decoding
+        reserve = self.scheduler.decoding_count()  # slots kept for the next decode step of those decoding
         n = self.kv.admit(req, max_tokens, reserve, alone=alone)
         if n is None:  # nothing else holds memory, so it can never fit
             self._finish(req, {"type": "length", "message": "the KV pool cannot hold this request's context"})

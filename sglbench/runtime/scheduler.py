@@ -87,6 +87,9 @@ class Scheduler:
         self._rng = random.Random(config.seed)
         self._consecutive_prefills = 0
         self.new_token_ratio = config.init_new_token_ratio
+        # The running requests' sums `tokens_to_keep` reads, kept while plan_prefill admits requests one by one
+        # (each admission asked for them again: a tree-of-thought step admits dozens over 50 running requests).
+        self._totals: _RunningTotals | None = None
 
     def add(self, req: Request) -> None:
         self.waiting.append(req)
@@ -95,6 +98,8 @@ class Scheduler:
         if req in self.waiting:
             self.waiting.remove(req)
         if req in self.running:
+            if self._totals is not None:
+                self._totals.add(req, -1)
             self.running.remove(req)
 
     def requeue(self, req: Request) -> None:
@@ -127,9 +132,9 @@ class Scheduler:
     def tokens_to_keep(self, new: Request) -> int:
         """Tokens that must be free (or evictable) to admit `new`: the rest of its prompt, the prompts of running
         requests still prefilling, and new_token_ratio of what each of them and `new` may still decode."""
-        reqs = [*self.running, new]
-        outputs = sum(min(r.params.max_new_tokens - len(r.output_ids), CLIP_MAX_NEW_TOKENS_ESTIMATION) for r in reqs)
-        prompts = sum(max(r.prefill_len - r.kv_len, 0) for r in reqs)
+        totals = self._totals if self._totals is not None and new not in self.running else _RunningTotals.of(
+            self.running)
+        prompts, outputs = totals.prompts + _prompt_left(new), totals.outputs + _output_estimate(new)
         return prompts + math.ceil(max(outputs, 0) * self.new_token_ratio)
 
     @staticmethod
@@ -138,6 +143,10 @@ class Scheduler:
 
     def decoding(self) -> list[Request]:
         return [r for r in self.running if not self.is_prefilling(r)]
+
+    def decoding_count(self) -> int:
+        """len(decoding()); while a prefill is planned, kept up to date rather than counted per admission."""
+        return self._totals.decoding if self._totals is not None else len(self.decoding())
 
     def chunk_limit(self) -> int:
         return self.config.chunked_prefill_size if self.config.chunked_prefill_size > 0 else 1 << 62
@@ -186,6 +195,17 @@ class Scheduler:
         if len(prefilling) < len(self.running) and self._consecutive_prefills >= self.config.max_consecutive_prefills:
             self._consecutive_prefills = 0
             return []
+        self._totals = _RunningTotals.of(self.running)
+        try:
+            plan = self._plan(admit, match, prefilling)
+        finally:
+            self._totals = None
+        self._consecutive_prefills = self._consecutive_prefills + 1 if plan else 0
+        return plan
+
+    def _plan(self, admit: AdmitFn, match: Callable[[Request], PrefixMatch],
+              prefilling: list[Request]) -> list[tuple[Request, int]]:
+        """plan_prefill's planning proper, with the running totals kept (`_totals`)."""
         budget = self.config.max_prefill_tokens
         plan: list[tuple[Request, int]] = []
         for req in prefilling:
@@ -209,11 +229,42 @@ class Scheduler:
                     break  # no memory now: keep policy order, do not let later requests jump ahead
                 self.waiting.remove(req)
                 self.running.append(req)
+                self._totals.add(req, 1)
                 admitted.append(fill)
                 plan.append((req, n))
                 budget -= n
-        self._consecutive_prefills = self._consecutive_prefills + 1 if plan else 0
         return plan
+
+
+def _prompt_left(req: Request) -> int:
+    return max(req.prefill_len - req.kv_len, 0)
+
+
+def _output_estimate(req: Request) -> int:
+    return min(req.params.max_new_tokens - len(req.output_ids), CLIP_MAX_NEW_TOKENS_ESTIMATION)
+
+
+@dataclass
+class _RunningTotals:
+    """Sums over the running requests that admission reads: prompt tokens still to prefill, the clipped outputs
+    still to decode, and how many are decoding. Mutable, and only for the plan_prefill that made it."""
+
+    prompts: int = 0
+    outputs: int = 0
+    decoding: int = 0
+
+    @classmethod
+    def of(cls, running: list[Request]) -> _RunningTotals:
+        totals = cls()
+        for r in running:
+            totals.add(r, 1)
+        return totals
+
+    def add(self, req: Request, sign: int) -> None:
+        """Count req in (sign 1) or out (sign -1), as it is now."""
+        self.prompts += sign * _prompt_left(req)
+        self.outputs += sign * _output_estimate(req)
+        self.decoding += sign * (not Scheduler.is_prefilling(req))
 
 
 def dfs_weight_order(reqs: list[Request], nodes: dict[int, Any]) -> list[Request]:
