@@ -176,27 +176,18 @@ class RadixCache:
         chain = []
         node = lower
         while node is not upper:
-            if node is self.root or node.parent is None:
+            if node is self.root:
                 raise ValueError(f"node {upper.id} is not an ancestor of node {lower.id}")
             chain.append(node)
             node = node.parent
         chain.reverse()
-        depth = self._depth(upper)
-        parts, pos = [], depth
+        parts, pos = [], self._root_path(upper)[1]
         for node in chain:
             if pos >= end:
                 break
             parts.append(node.value[: end - pos])
             pos += len(node.key)
         return torch.cat(parts) if parts else self.root.value.clone()
-
-    def _depth(self, node: TreeNode) -> int:
-        """Tokens the path from the root to node spells."""
-        depth = 0
-        while node is not self.root:
-            depth += len(node.key)
-            node = node.parent
-        return depth
 
     def peek_prefix(self, token_ids: Sequence[int]) -> int:
         """Length of the longest cached prefix of `token_ids`, changing nothing (no split, recency or
@@ -259,9 +250,10 @@ class RadixCache:
             )
         if self.disable or not tokens:
             return InsertResult(0, self.root)
-        path = self._path_to(below, tokens) if below is not None and below is not self.root else []
-        path += self._walk(tokens, path[-1] if path else None, sum(len(n.key) for n in path))
-        prefix_len = sum(len(n.key) for n in path)
+        path, depth = self._path_to(below, tokens) if below is not None else ([], 0)
+        walked = self._walk(tokens, path[-1] if path else None, depth)
+        path += walked
+        prefix_len = depth + sum(len(n.key) for n in walked)
         if prefix_len < len(tokens):
             parent = path[-1] if path else self.root
             # Own copy: the caller may reuse or overwrite its tensor.
@@ -279,19 +271,24 @@ class RadixCache:
         self._bump()
         return InsertResult(prefix_len, path[-1])
 
-    def _path_to(self, node: TreeNode, tokens: tuple[int, ...]) -> list[TreeNode]:
-        """The nodes from the root (excluded) down to `node`, which must be live and spell a prefix of tokens (its
-        own run is checked against them: ValueError otherwise)."""
-        self._check_live(node)
-        path = []
+    def _root_path(self, node: TreeNode) -> tuple[list[TreeNode], int]:
+        """The nodes from the root (excluded) down to `node`, and how many tokens they spell."""
+        path, depth = [], 0
         while node is not self.root:
             path.append(node)
+            depth += len(node.key)
             node = node.parent
         path.reverse()
-        end = sum(len(n.key) for n in path)
-        if end > len(tokens) or tokens[end - len(path[-1].key) : end] != path[-1].key:
-            raise ValueError(f"node {path[-1].id} does not spell a prefix of the {len(tokens)} tokens inserted")
-        return path
+        return path, depth
+
+    def _path_to(self, node: TreeNode, tokens: tuple[int, ...]) -> tuple[list[TreeNode], int]:
+        """`_root_path` of `node`, which must be live and spell a prefix of tokens (its own run is checked against
+        them: ValueError otherwise)."""
+        self._check_live(node)
+        path, end = self._root_path(node)
+        if path and (end > len(tokens) or tokens[end - len(node.key) : end] != node.key):
+            raise ValueError(f"node {node.id} does not spell a prefix of the {len(tokens)} tokens inserted")
+        return path, end
 
     def _split(self, node: TreeNode, at: int) -> TreeNode:
         """Cut `node` after `at` tokens; returns the new upper node. `node` keeps its id and any locks on it.

@@ -132,8 +132,7 @@ class Scheduler:
     def tokens_to_keep(self, new: Request) -> int:
         """Tokens that must be free (or evictable) to admit `new`: the rest of its prompt, the prompts of running
         requests still prefilling, and new_token_ratio of what each of them and `new` may still decode."""
-        totals = self._totals if self._totals is not None and new not in self.running else _RunningTotals.of(
-            self.running)
+        totals = self._totals if self._totals is not None else _RunningTotals.of(self.running)
         prompts, outputs = totals.prompts + _prompt_left(new), totals.outputs + _output_estimate(new)
         return prompts + math.ceil(max(outputs, 0) * self.new_token_ratio)
 
