@@ -18,8 +18,8 @@ rows (decode: 7 in bf16, 8 in fp32) of bf16 and fp32 Linears go to the C GEMV, w
 memory speed (bf16: about 1.2x oneDNN's packed GEMV over a Qwen2.5-0.5B step; fp32: level with MKL's at one row,
 1.6x torch's route at four), and the MLP's gate-up projection fuses SiLU-and-multiply into it
 (`Linear.silu_mul`); more rows go to `linear`. For that a bf16 Linear keeps its dense weight as well as the
-packed one. That costs a second copy of the layer weights, so it is kept only while that copy takes at most a sixth of the
-machine's memory (`keeps_dense`); SGLBENCH_NATIVE_KERNELS=0 always keeps one.
+packed one. That costs a second copy of the layer weights, so it is kept only while that copy takes at most a
+sixth of the machine's memory (`keeps_dense`); SGLBENCH_NATIVE_KERNELS=0 always keeps one.
 
 Where torch was built without oneDNN, or its ops refuse the input, everything stays on F.linear.
 """

@@ -1,14 +1,14 @@
 """The C kernels of csrc/cpu_decode.c, for CPUs with AVX512-BF16: a GEMV for decode batches of up to
 `gemv_batch(dtype)` rows (7 in bf16, 8 in fp32), bf16 and fp32 (plain, and with the MLP's SiLU-and-multiply
 fused in); one causal attention over the paged K/V for decode (bf16, fp32) and extend (used for fp32, where
-torch's flash kernel is slowest: at head size 32 it took 1.4x as long over the JSON workload's 8,192-token prefill batches); the per-layer
-element-wise work in bf16 or fp32 (RMSNorm with the residual add fused in, rotary embedding in place,
-SiLU-and-multiply); and every decoder layer of a decode step in one call (`decode_layers`: norms,
-projections, rotary, K/V store, attention and MLP), on the model's dense weights for batches of up to
-`gemv_batch(dtype)` (bf16 and fp32) or, for small fp32 models, on packed copies at any batch, because otherwise
-a step pays the per-op cost of a dozen torch ops and C calls per layer (Qwen2.5-0.5B at batch 1: 16.2 -> 21.1
-tok/s in bf16; the embedded model: 2.0 -> 1.4 ms a step at batch 1, 4.2 -> 2.8 at batch 16); that packed GEMM
-also alone (`gemm_packed`), for such a model's lm-head.
+torch's flash kernel is slowest: at head size 32 it took 1.4x as long over the JSON workload's 8,192-token
+prefill batches); the per-layer element-wise work in bf16 or fp32 (RMSNorm with the residual add fused in,
+rotary embedding in place, SiLU-and-multiply); and every decoder layer of a decode step in one call
+(`decode_layers`: norms, projections, rotary, K/V store, attention and MLP), on the model's dense weights for
+batches of up to `gemv_batch(dtype)` (bf16 and fp32) or, for small fp32 models, on packed copies at any batch,
+because otherwise a step pays the per-op cost of a dozen torch ops and C calls per layer (Qwen2.5-0.5B at batch
+1: 16.2 -> 21.1 tok/s in bf16; the embedded model: 2.0 -> 1.4 ms a step at batch 1, 4.2 -> 2.8 at batch 16);
+that packed GEMM also alone (`gemm_packed`), for such a model's lm-head.
 
 Why C: at a decode batch of one, torch's ops cost 10-100 us each before any work (a bf16 RMSNorm is eight of
 them, a rotary embedding a dozen), and oneDNN's packed GEMV reads Qwen2.5-0.5B's layer weights at about

@@ -181,10 +181,10 @@ static inline float load_elem(const void *base, int64_t at, int elem) {
  * B, so a row's result does not depend on the batch around it. With silu_mul, w is a gate-up projection [2N, K]
  * (gate rows, then up rows) and y[b, n] = silu(gate) * up: the MLP's projection and activation in one pass.
  * bf16 rounds gate, up, silu(gate) and the product as torch's ops do. Blocks of rows are shared among the
- * threads of the enclosing parallel region (an orphaned `omp for`, ending in its barrier), guided rather than static: on this
- * shared 2-core machine one thread often streams 10-15 % slower than the other, and a static split made the
- * faster one wait at every projection's barrier (Qwen2.5-0.5B's bf16 batch-1 layers: 0.93-0.985 of the time,
- * alternated in one process). */
+ * threads of the enclosing parallel region (an orphaned `omp for`, ending in its barrier), guided rather than
+ * static: on this shared 2-core machine one thread often streams 10-15 % slower than the other, and a static
+ * split made the faster one wait at every projection's barrier (Qwen2.5-0.5B's bf16 batch-1 layers: 0.93-0.985
+ * of the time, alternated in one process). */
 static void gemv_team(const void *x, int64_t ldx, const void *w, const void *bias, void *y, int64_t ldy, int B,
                       int64_t N, int64_t K, int silu_mul, int elem) {
     const int R = block_rows(B);
