@@ -329,6 +329,26 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_maskz_mov_ps(normal, _mm512_scalef_ps(p, n));
 }
 
+/* exp(x) for lanes x <= 0 (softmax weights), lanes off in `keep` set to 0; for code running under
+ * flush_denormals. Cheaper than exp16: x clamped at -87.3 only (the result may then underflow, flushed to 0),
+ * n = round(x / ln 2) by adding and subtracting 1.5 * 2^23, the same degree-6 polynomial in Horner form, and the
+ * mask applied by the final scaling. */
+static inline __m512 softmax_exp16(__m512 x, __mmask16 keep) {
+    const __m512 shifter = _mm512_set1_ps(12582912.0f);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), shifter), shifter);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
 /* out[r, i] = silu(gate) * up of a gate-up projection's output [rows, 2I] (gate columns, then up), silu(gate)
  * rounded to the dtype first, as F.silu(gate).mul_(up) rounds: one pass instead of two torch ops (and no
  * strided silu over the chunk's view). */
@@ -379,12 +399,14 @@ static inline void transpose16(__m512 r[16]) {
  * `attention_block_rows` allows) with all the head's query heads: each chunk of KC keys is gathered once for all
  * of them, K transposed in registers.
  * Scores are vectorised over keys, QG queries by up to KC / 16 key vectors at a time (independent FMA chains
- * held in registers); the online softmax takes one maximum per query per chunk and keeps its running sum as a
- * vector, reduced once at the end, in fp32 with denormals flushed. At head size 32 torch's flash kernel spends
+ * held in registers); the online softmax takes one maximum per query per chunk, rescales without a branch
+ * (the factors of QP queries in one vector op, applied as PV loads its accumulators) and keeps its running sum
+ * as a vector, reduced once at the end, in fp32 with denormals flushed. PV takes QP queries by two vectors of
+ * the head per pass, so each weight is broadcast once for 2 FMAs and the loads stay below the FMAs. At head size 32 torch's flash kernel spends
  * its time in per-block GEMM calls and exps; here a score costs a few instructions. q: [total_q, H, D] rows ldq
  * apart; out: [total_q, H, D] contiguous; elem 2 (bf16) or 4 (fp32). Returns 3, reading nothing, when an index
  * or slot is out of range. */
-enum { QB = 16, QB_MAX = 512, KC = 64, KB = KC / 16, QG = 4 };
+enum { QB = 16, QB_MAX = 512, KC = 64, KB = KC / 16, QG = 4, QP = 2 * QG };
 
 /* Lanes [0, left) of 16 set: a masked row's visible keys within one 16-key vector (none when left <= 0). */
 static inline __mmask16 lanes16(int64_t left) { return left <= 0 ? 0 : tail16(left); }
@@ -405,6 +427,43 @@ static inline __attribute__((always_inline)) void chunk_scores(const float *qs, 
     }
     for (int e = 0; e < QG; e++)
         for (int b = 0; b < nb; b++) _mm512_storeu_ps(s + e * KC + 16 * b, sc[e][b]);
+}
+
+/* PV for qe (QG or QP, a constant where inlined) queries of a chunk: acc rows (pad floats apart) scaled by
+ * their softmax rescale factors al[e], plus p[e][j] v_j over the chunk's first width keys (vc: [KC][pad]);
+ * two 16-lane vectors of the head at a time, each weight broadcast once into a register for both. */
+static inline __attribute__((always_inline)) void chunk_pv(float *acc, size_t pad, const float *vc, const float *p,
+                                                           const float *al, int DV, int width, int qe) {
+    for (int d = 0; d < DV; d += 2) {
+        float *ad = acc + 16 * d;
+        const int two = d + 1 < DV;
+        __m512 o[QP], o2[QP];
+        for (int e = 0; e < qe; e++) {
+            const __m512 a = _mm512_set1_ps(al[e]);
+            o[e] = _mm512_mul_ps(_mm512_loadu_ps(ad + e * pad), a);
+            o2[e] = two ? _mm512_mul_ps(_mm512_loadu_ps(ad + e * pad + 16), a) : _mm512_setzero_ps();
+        }
+        if (two)
+            for (int j = 0; j < width; j++) {
+                const __m512 v0 = _mm512_loadu_ps(vc + j * pad + 16 * d);
+                const __m512 v1 = _mm512_loadu_ps(vc + j * pad + 16 * d + 16);
+                for (int e = 0; e < qe; e++) {
+                    __m512 w = _mm512_set1_ps(p[e * KC + j]);
+                    __asm__("" : "+v"(w)); /* one broadcast for both FMAs, not two folded loads */
+                    o[e] = _mm512_fmadd_ps(w, v0, o[e]);
+                    o2[e] = _mm512_fmadd_ps(w, v1, o2[e]);
+                }
+            }
+        else
+            for (int j = 0; j < width; j++) {
+                const __m512 v0 = _mm512_loadu_ps(vc + j * pad + 16 * d);
+                for (int e = 0; e < qe; e++) o[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j]), v0, o[e]);
+            }
+        for (int e = 0; e < qe; e++) {
+            _mm512_storeu_ps(ad + e * pad, o[e]);
+            if (two) _mm512_storeu_ps(ad + e * pad + 16, o2[e]);
+        }
+    }
 }
 
 /* Tasks of an attention call after checking every index it will read (-1: one is out of range). */
@@ -441,8 +500,8 @@ static int attention_block_rows(const int64_t *qo_indptr, int R, int KVH, int th
 
 /* Floats of scratch one thread of `attention_team` needs for tasks of qb query rows. */
 static size_t attention_scratch(int G, int D, int qb) {
-    const size_t rows = ((size_t)qb * G + QG - 1) / QG * QG, pad = (size_t)(D + 15) / 16 * 16;
-    return (rows * pad * 2 + rows + rows * 16 + pad * KC * 2 + (size_t)QG * KC + 15) / 16 * 16;
+    const size_t rows = ((size_t)qb * G + QP - 1) / QP * QP, pad = (size_t)(D + 15) / 16 * 16;
+    return (rows * pad * 2 + rows + rows * 16 + pad * KC * 2 + (size_t)QP * KC + 15) / 16 * 16;
 }
 
 /* The attention's tasks (qb query rows each) shared among the threads of the enclosing parallel region (each
@@ -453,7 +512,7 @@ static void attention_team(const void *q, int64_t ldq, const void *k, const void
                            const int64_t *kv_indices, int64_t tasks, int qb_rows, int H, int KVH, int D,
                            float scale, int elem, float *scratch) {
     const int G = H / KVH, DV = (D + 15) / 16; /* 16-lane vectors per head row */
-    const size_t rows = ((size_t)qb_rows * G + QG - 1) / QG * QG, pad = (size_t)DV * 16;
+    const size_t rows = ((size_t)qb_rows * G + QP - 1) / QP * QP, pad = (size_t)DV * 16;
     const unsigned csr = flush_denormals();
     float *qs = scratch; /* [rows][pad], pre-scaled */
     float *acc = qs + rows * pad, *m = acc + rows * pad, *l = m + rows; /* l: [rows][16] running sums */
@@ -473,16 +532,16 @@ static void attention_team(const void *q, int64_t ldq, const void *k, const void
         const int64_t prefix = kv_len - n, i0 = task / KVH * qb_rows, qb = n - i0 < qb_rows ? n - i0 : qb_rows;
         const int64_t *slots = kv_indices + kv_start[r];
         const int nq = (int)qb * G; /* query vectors: row i, head g at i * G + g */
-        const size_t used = ((size_t)nq + QG - 1) / QG * QG; /* rows the QG-wide loops touch */
+        const size_t used = ((size_t)nq + QP - 1) / QP * QP; /* rows the QP-wide loops touch */
         memset(qs, 0, sizeof(float) * used * pad);
         memset(acc, 0, sizeof(float) * used * pad);
         memset(l, 0, sizeof(float) * used * 16);
+        for (size_t a = 0; a < used; a++) m[a] = -INFINITY;
         for (int a = 0; a < nq; a++) {
             const int64_t at = (qo_indptr[r] + i0 + a / G) * ldq + (int64_t)(kh * G + a % G) * D;
             for (int j = 0; j < DV; j++)
                 _mm512_storeu_ps(qs + a * pad + 16 * j, _mm512_mul_ps(load16m(q, at + 16 * j, elem, tail16(D - 16 * j)),
                                                                      _mm512_set1_ps(scale)));
-            m[a] = -INFINITY;
         }
         const int64_t kv_end = prefix + i0 + qb; /* the block's last row sees this many */
         for (int64_t c = 0; c < kv_end; c += KC) {
@@ -504,72 +563,55 @@ static void attention_team(const void *q, int64_t ldq, const void *k, const void
                     transpose16(rows16);
                     for (int e = 0; e < 16; e++) _mm512_storeu_ps(kt + (16 * d + e) * KC + 16 * b, rows16[e]);
                 }
-            for (int a0 = 0; a0 < nq; a0 += QG) {
-                int valid[QG], width = 0; /* keys of this chunk each query sees */
-                for (int e = 0; e < QG; e++) {
+            for (int a0 = 0; a0 < nq; a0 += QP) {
+                int valid[QP], width = 0; /* keys of this chunk each query sees */
+                for (int e = 0; e < QP; e++) {
                     const int64_t sees = a0 + e < nq ? prefix + i0 + (a0 + e) / G + 1 - c : 0;
                     valid[e] = sees <= 0 ? 0 : sees < kc ? (int)sees : kc;
                     width = valid[e] > width ? valid[e] : width;
                 }
                 if (!width) continue;
                 const int wb = (width + 15) / 16;
-                switch (wb) { /* constant trip counts: the score accumulators stay in registers */
-                case 1: chunk_scores(qs + a0 * pad, pad, kt, D, 1, p); break;
-                case 2: chunk_scores(qs + a0 * pad, pad, kt, D, 2, p); break;
-                case 3: chunk_scores(qs + a0 * pad, pad, kt, D, 3, p); break;
-                default: chunk_scores(qs + a0 * pad, pad, kt, D, 4, p); break;
-                }
-                for (int e = 0; e < QG; e++) {
-                    const int a = a0 + e;
-                    float *pe = p + e * KC;
-                    if (!valid[e]) {
-                        for (int b = 0; b < wb; b++) _mm512_storeu_ps(pe + 16 * b, _mm512_setzero_ps());
-                        continue;
+                const int qe = nq - a0 > QG ? QP : QG; /* queries of this group (the last may be padding) */
+                for (int h = 0; h < qe; h += QG) {
+                    float *ph = p + h * KC;
+                    const float *qh = qs + (a0 + h) * pad;
+                    switch (wb) { /* constant trip counts: the score accumulators stay in registers */
+                    case 1: chunk_scores(qh, pad, kt, D, 1, ph); break;
+                    case 2: chunk_scores(qh, pad, kt, D, 2, ph); break;
+                    case 3: chunk_scores(qh, pad, kt, D, 3, ph); break;
+                    default: chunk_scores(qh, pad, kt, D, 4, ph); break;
                     }
+                }
+                /* online softmax: each query's maximum so far, the factor rescaling what was summed under the
+                 * old one (1 where it held; all queries at once, no branch), then the chunk's weights */
+                float cmax[16] = {0}, al[16];
+                for (int e = 0; e < qe; e++) {
                     __m512 top = _mm512_set1_ps(-INFINITY);
                     for (int b = 0; b < wb; b++)
-                        top = _mm512_mask_max_ps(top, lanes16(valid[e] - 16 * b), top, _mm512_loadu_ps(pe + 16 * b));
-                    const float chunk_max = _mm512_reduce_max_ps(top);
-                    if (chunk_max > m[a]) { /* rescale what was summed under the old maximum */
-                        const __m512 alpha = _mm512_set1_ps(expf(m[a] - chunk_max));
-                        float *aa = acc + (size_t)a * pad;
-                        for (int d = 0; d < DV; d++)
-                            _mm512_storeu_ps(aa + 16 * d, _mm512_mul_ps(_mm512_loadu_ps(aa + 16 * d), alpha));
-                        _mm512_storeu_ps(l + a * 16, _mm512_mul_ps(_mm512_loadu_ps(l + a * 16), alpha));
-                        m[a] = chunk_max;
-                    }
-                    const __m512 mx = _mm512_set1_ps(m[a]);
-                    __m512 sum = _mm512_loadu_ps(l + a * 16);
+                        top = _mm512_mask_max_ps(top, lanes16(valid[e] - 16 * b), top,
+                                                 _mm512_loadu_ps(p + e * KC + 16 * b));
+                    cmax[e] = _mm512_reduce_max_ps(top);
+                }
+                const __mmask16 group = (__mmask16)((1u << qe) - 1);
+                const __m512 m_old = _mm512_maskz_loadu_ps(group, m + a0);
+                const __m512 m_new = _mm512_max_ps(m_old, _mm512_maskz_loadu_ps(group, cmax));
+                _mm512_storeu_ps(al, softmax_exp16(_mm512_sub_ps(m_old, m_new), group));
+                _mm512_mask_storeu_ps(m + a0, group, m_new);
+                for (int e = 0; e < qe; e++) {
+                    float *pe = p + e * KC;
+                    const __m512 mx = _mm512_set1_ps(m[a0 + e]);
+                    __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(l + (a0 + e) * 16), _mm512_set1_ps(al[e]));
                     for (int b = 0; b < wb; b++) {
-                        const __m512 w = _mm512_maskz_mov_ps(lanes16(valid[e] - 16 * b),
-                                                             exp16(_mm512_sub_ps(_mm512_loadu_ps(pe + 16 * b), mx)));
+                        const __m512 w = softmax_exp16(_mm512_sub_ps(_mm512_loadu_ps(pe + 16 * b), mx),
+                                                       lanes16(valid[e] - 16 * b));
                         sum = _mm512_add_ps(sum, w);
                         _mm512_storeu_ps(pe + 16 * b, w);
                     }
-                    _mm512_storeu_ps(l + a * 16, sum);
+                    _mm512_storeu_ps(l + (a0 + e) * 16, sum);
                 }
-                for (int d = 0; d < DV; d++) { /* even and odd keys apart: 2 QG independent FMA chains */
-                    __m512 o[QG], o2[QG];
-                    for (int e = 0; e < QG; e++) {
-                        o[e] = _mm512_loadu_ps(acc + (size_t)(a0 + e) * pad + 16 * d);
-                        o2[e] = _mm512_setzero_ps();
-                    }
-                    int j = 0;
-                    for (; j + 1 < width; j += 2) {
-                        const __m512 vj = _mm512_loadu_ps(vc + j * pad + 16 * d);
-                        const __m512 vj2 = _mm512_loadu_ps(vc + (j + 1) * pad + 16 * d);
-                        for (int e = 0; e < QG; e++) {
-                            o[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j]), vj, o[e]);
-                            o2[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j + 1]), vj2, o2[e]);
-                        }
-                    }
-                    if (j < width) {
-                        const __m512 vj = _mm512_loadu_ps(vc + j * pad + 16 * d);
-                        for (int e = 0; e < QG; e++) o[e] = _mm512_fmadd_ps(_mm512_set1_ps(p[e * KC + j]), vj, o[e]);
-                    }
-                    for (int e = 0; e < QG; e++)
-                        _mm512_storeu_ps(acc + (size_t)(a0 + e) * pad + 16 * d, _mm512_add_ps(o[e], o2[e]));
-                }
+                if (qe == QP) chunk_pv(acc + (size_t)a0 * pad, pad, vc, p, al, DV, width, QP);
+                else chunk_pv(acc + (size_t)a0 * pad, pad, vc, p, al, DV, width, QG);
             }
         }
         for (int a = 0; a < nq; a++) {
