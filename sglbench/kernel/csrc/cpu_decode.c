@@ -399,11 +399,12 @@ static inline void transpose16(__m512 r[16]) {
  * `attention_block_rows` allows) with all the head's query heads: each chunk of KC keys is gathered once for all
  * of them, K transposed in registers.
  * Scores are vectorised over keys, QG queries by up to KC / 16 key vectors at a time (independent FMA chains
- * held in registers); the online softmax takes one maximum per query per chunk, rescales without a branch
- * (the factors of QP queries in one vector op, applied as PV loads its accumulators) and keeps its running sum
- * as a vector, reduced once at the end, in fp32 with denormals flushed. PV takes QP queries by two vectors of
- * the head per pass, so each weight is broadcast once for 2 FMAs and the loads stay below the FMAs. At head size 32 torch's flash kernel spends
- * its time in per-block GEMM calls and exps; here a score costs a few instructions. q: [total_q, H, D] rows ldq
+ * held in registers). The online softmax takes one maximum per query per chunk (QP queries' at once, by a
+ * shuffle tree), rescales without a branch (QP queries' factors in one vector exp, applied as PV loads its
+ * accumulators) and keeps its running sum as a vector, reduced once at the end, in fp32 with denormals
+ * flushed. PV takes QP queries by two vectors of the head per pass, so each weight is broadcast once for 2 FMAs
+ * and the loads stay below the FMAs. At head size 32 torch's flash kernel spends its time in per-block GEMM
+ * calls and exps; here a score costs a few instructions. q: [total_q, H, D] rows ldq
  * apart; out: [total_q, H, D] contiguous; elem 2 (bf16) or 4 (fp32). Returns 3, reading nothing, when an index
  * or slot is out of range. */
 enum { QB = 16, QB_MAX = 512, KC = 64, KB = KC / 16, QG = 4, QP = 2 * QG };
@@ -427,6 +428,21 @@ static inline __attribute__((always_inline)) void chunk_scores(const float *qs, 
     }
     for (int e = 0; e < QG; e++)
         for (int b = 0; b < nb; b++) _mm512_storeu_ps(s + e * KC + 16 * b, sc[e][b]);
+}
+
+/* Lane e < 8 of the result: the largest of t[e]'s 16 lanes (lanes 8-15: unspecified). A tree of quarter and
+ * pair shuffles: 24 operations for the 8 rows, where one _mm512_reduce_max_ps a row takes 8. */
+static inline __m512 max_lanes8(const __m512 t[8]) {
+    __m512 u[4], w[2];
+    for (int i = 0; i < 4; i++) /* quarters: row 2i's two halves' maxima, then row 2i + 1's */
+        u[i] = _mm512_max_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xEE));
+    for (int i = 0; i < 2; i++) /* quarter k of w[i]: row 4i + k's four candidates */
+        w[i] = _mm512_max_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
+    __m512 z = _mm512_max_ps(_mm512_shuffle_ps(w[0], w[1], 0x44), _mm512_shuffle_ps(w[0], w[1], 0xEE));
+    z = _mm512_max_ps(z, _mm512_permute_ps(z, 0xB1)); /* quarter k: rows k, k, k + 4, k + 4 */
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0), z);
 }
 
 /* PV for qe (QG or QP, a constant where inlined) queries of a chunk: acc rows (pad floats apart) scaled by
@@ -585,22 +601,23 @@ static void attention_team(const void *q, int64_t ldq, const void *k, const void
                 }
                 /* online softmax: each query's maximum so far, the factor rescaling what was summed under the
                  * old one (1 where it held; all queries at once, no branch), then the chunk's weights */
-                float cmax[16] = {0}, al[16];
-                for (int e = 0; e < qe; e++) {
-                    __m512 top = _mm512_set1_ps(-INFINITY);
-                    for (int b = 0; b < wb; b++)
-                        top = _mm512_mask_max_ps(top, lanes16(valid[e] - 16 * b), top,
-                                                 _mm512_loadu_ps(p + e * KC + 16 * b));
-                    cmax[e] = _mm512_reduce_max_ps(top);
+                __m512 tops[QP];
+                float al[16];
+                for (int e = 0; e < QP; e++) {
+                    tops[e] = _mm512_set1_ps(-INFINITY);
+                    if (e < qe)
+                        for (int b = 0; b < wb; b++)
+                            tops[e] = _mm512_mask_max_ps(tops[e], lanes16(valid[e] - 16 * b), tops[e],
+                                                         _mm512_loadu_ps(p + e * KC + 16 * b));
                 }
                 const __mmask16 group = (__mmask16)((1u << qe) - 1);
                 const __m512 m_old = _mm512_maskz_loadu_ps(group, m + a0);
-                const __m512 m_new = _mm512_max_ps(m_old, _mm512_maskz_loadu_ps(group, cmax));
+                const __m512 m_new = _mm512_max_ps(m_old, max_lanes8(tops));
                 _mm512_storeu_ps(al, softmax_exp16(_mm512_sub_ps(m_old, m_new), group));
                 _mm512_mask_storeu_ps(m + a0, group, m_new);
                 for (int e = 0; e < qe; e++) {
                     float *pe = p + e * KC;
-                    const __m512 mx = _mm512_set1_ps(m[a0 + e]);
+                    const __m512 mx = _mm512_permutexvar_ps(_mm512_set1_epi32(e), m_new);
                     __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(l + (a0 + e) * 16), _mm512_set1_ps(al[e]));
                     for (int b = 0; b < wb; b++) {
                         const __m512 w = softmax_exp16(_mm512_sub_ps(_mm512_loadu_ps(pe + 16 * b), mx),
