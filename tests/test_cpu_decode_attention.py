@@ -160,3 +160,45 @@ def test_table_writes_one_slot_per_request_the_same_in_numpy_and_torch():
     assert torch.equal(written[0], written[1])
     assert written[0][1, :6].tolist() == [0, 1, 2, 3, 4, 50] and written[0][0, 0] == 60 and written[0][3, 9] == 70
     assert table.array is None and ReqToTokenTable(2, 4).array is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mixed_batch_riders_go_with_the_extend(monkeypatch, dtype):
+    """A mixed extend batch (extend requests, then decode requests riding along) through the torch backend: the
+    reference's answer for the whole batch as one extend batch. In fp32, where the extend part goes to the C
+    kernel, the riders go in the same call (one call, the same bits as the extend and decode calls apart); in
+    bf16 the parts run their own ways."""
+    from sglbench.kernel import cpu_native
+    from sglbench.runtime.attention import TorchAttentionBackend
+    from sglbench.runtime.forward_batch import ForwardBatch
+    from sglbench.runtime.kv_pool import KVPool, KVPoolConfig
+
+    if dtype == torch.float32 and not cpu_native.available():
+        pytest.skip(f"C kernels: {cpu_native.unavailable_reason()}")
+    q_lens, prefixes = [20, 40, 1, 1, 1], [30, 0, 49, 6, 89]  # two extends, then three riders
+    q, kb, vb, qo, kvp, kvi = make_batch(q_lens, prefixes, 8, 2, 32, dtype=dtype)
+    backend = TorchAttentionBackend(KVPool(KVPoolConfig(8, 1, 2, 32, dtype, "cpu")), 32**-0.5)
+    ids = lambda n: torch.zeros(n, dtype=torch.int64)  # noqa: E731 (no step reads them here)
+
+    def batch(mode, lo, hi, parts=None):
+        qo_part, kv_part = qo[lo : hi + 1] - qo[lo], kvp[lo : hi + 1] - kvp[lo]
+        n = int(qo_part[-1])
+        return ForwardBatch(mode, ids(n), ids(n), ids(n), qo_part, kv_part, kvi[kvp[lo] : kvp[hi]], ids(0),
+                            parts=parts)
+
+    head, tail = batch(ForwardMode.EXTEND, 0, 2), batch(ForwardMode.DECODE, 2, 5)
+    whole = batch(ForwardMode.EXTEND, 0, 5, parts=(head, tail))
+    calls = []
+    counted = cpu_native._attention
+    monkeypatch.setattr(cpu_native, "_attention", lambda *a: calls.append(a) or counted(*a))
+    out = backend.extend(q, kb, vb, whole)
+    ref = reference.extend_attention_ref(q, kb, vb, qo, kvp, kvi, 32**-0.5)
+    tol = {} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(out, ref, **tol)
+    if dtype == torch.float32:
+        assert len(calls) == 1
+        split = torch.cat([cpu_native.extend_attention(q[:60], kb, vb, head.qo_indptr, head.kv_indptr,
+                                                       head.kv_indices, 32**-0.5),
+                           cpu_native.extend_attention(q[60:], kb, vb, tail.qo_indptr, tail.kv_indptr,
+                                                       tail.kv_indices, 32**-0.5)])
+        assert torch.equal(out, split)

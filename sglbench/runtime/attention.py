@@ -109,18 +109,29 @@ class TorchAttentionBackend(AttentionBackend):
         plan = self._plan(batch, lambda: self._plan_decode(batch, q, k_buf))
         return cpu_attention.decode_attention_cpu(q, k_buf, v_buf, plan, self.sm_scale)
 
+    def _plan_mixed(self, batch: ForwardBatch, q: torch.Tensor, k_buf: torch.Tensor):
+        """A mixed batch's plan: where the extend requests go to the C kernel, that kernel for the whole batch (it
+        takes the riders as one-token requests: one call, no second pass over the riders, no concatenation of the
+        outputs); else the extend part's plan and the riders' decode plan."""
+        head, tail = batch.parts
+        head_plan = self._plan_extend(head, q, k_buf)
+        if isinstance(head_plan, cpu_attention.NativeExtendPlan):
+            return head_plan
+        return head_plan, self._plan_decode(tail, q, k_buf)
+
     def extend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
-        if batch.parts is not None:  # extend requests, then decode requests riding along: each its own way
-            head, tail = batch.parts
-            head_plan, tail_plan = self._plan(batch, lambda: (self._plan_extend(head, q, k_buf),
-                                                              self._plan_decode(tail, q, k_buf)))
-            split = head.num_tokens
-            return torch.cat([
-                cpu_attention.extend_attention_cpu(q[:split], k_buf, v_buf, head.qo_indptr, head.kv_indptr,
-                                                   head.kv_indices, self.sm_scale, head_plan),
-                cpu_attention.decode_attention_cpu(q[split:], k_buf, v_buf, tail_plan, self.sm_scale),
-            ])
-        plan = self._plan(batch, lambda: self._plan_extend(batch, q, k_buf))
+        if batch.parts is None:
+            plan = self._plan(batch, lambda: self._plan_extend(batch, q, k_buf))
+        else:  # extend requests, then decode requests riding along
+            plan = self._plan(batch, lambda: self._plan_mixed(batch, q, k_buf))
+            if isinstance(plan, tuple):  # each part its own way
+                head, (head_plan, tail_plan) = batch.parts[0], plan
+                split = head.num_tokens
+                return torch.cat([
+                    cpu_attention.extend_attention_cpu(q[:split], k_buf, v_buf, head.qo_indptr, head.kv_indptr,
+                                                       head.kv_indices, self.sm_scale, head_plan),
+                    cpu_attention.decode_attention_cpu(q[split:], k_buf, v_buf, tail_plan, self.sm_scale),
+                ])
         return cpu_attention.extend_attention_cpu(
             q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, self.sm_scale, plan
         )
