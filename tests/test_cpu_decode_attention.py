@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
-from sglbench.kernel import cpu_attention, reference
-from sglbench.runtime.forward_batch import ForwardMode
-from sglbench.runtime.kv_pool import ReqToTokenTable
+from sglbench.kernel import cpu_attention, cpu_native, reference
+from sglbench.runtime.attention import TorchAttentionBackend
+from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
+from sglbench.runtime.kv_pool import KVPool, KVPoolConfig, ReqToTokenTable
 from sglbench.runtime.model_runner import ModelRunner
 from sglbench.runtime.request import Request
 from sglbench.runtime.sampling_params import SamplingParams
@@ -168,11 +169,6 @@ def test_mixed_batch_riders_go_with_the_extend(monkeypatch, dtype):
     reference's answer for the whole batch as one extend batch. In fp32, where the extend part goes to the C
     kernel, the riders go in the same call (one call, the same bits as the extend and decode calls apart); in
     bf16 the parts run their own ways."""
-    from sglbench.kernel import cpu_native
-    from sglbench.runtime.attention import TorchAttentionBackend
-    from sglbench.runtime.forward_batch import ForwardBatch
-    from sglbench.runtime.kv_pool import KVPool, KVPoolConfig
-
     if dtype == torch.float32 and not cpu_native.available():
         pytest.skip(f"C kernels: {cpu_native.unavailable_reason()}")
     q_lens, prefixes = [20, 40, 1, 1, 1], [30, 0, 49, 6, 89]  # two extends, then three riders
@@ -197,8 +193,9 @@ def test_mixed_batch_riders_go_with_the_extend(monkeypatch, dtype):
     torch.testing.assert_close(out, ref, **tol)
     if dtype == torch.float32:
         assert len(calls) == 1
-        split = torch.cat([cpu_native.extend_attention(q[:60], kb, vb, head.qo_indptr, head.kv_indptr,
+        cut = head.num_tokens
+        split = torch.cat([cpu_native.extend_attention(q[:cut], kb, vb, head.qo_indptr, head.kv_indptr,
                                                        head.kv_indices, 32**-0.5),
-                           cpu_native.extend_attention(q[60:], kb, vb, tail.qo_indptr, tail.kv_indptr,
+                           cpu_native.extend_attention(q[cut:], kb, vb, tail.qo_indptr, tail.kv_indptr,
                                                        tail.kv_indices, 32**-0.5)])
         assert torch.equal(out, split)

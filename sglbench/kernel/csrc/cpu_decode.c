@@ -404,9 +404,8 @@ static inline void transpose16(__m512 r[16]) {
  * accumulators) and keeps its running sum as a vector, reduced once at the end, in fp32 with denormals
  * flushed. PV takes QP queries by two vectors of the head per pass, so each weight is broadcast once for 2 FMAs
  * and the loads stay below the FMAs. At head size 32 torch's flash kernel spends its time in per-block GEMM
- * calls and exps; here a score costs a few instructions. q: [total_q, H, D] rows ldq
- * apart; out: [total_q, H, D] contiguous; elem 2 (bf16) or 4 (fp32). Returns 3, reading nothing, when an index
- * or slot is out of range. */
+ * calls and exps; here a score costs a few instructions. q: [total_q, H, D] rows ldq apart; out: [total_q, H,
+ * D] contiguous; elem 2 (bf16) or 4 (fp32). Returns 3, reading nothing, when an index or slot is out of range. */
 enum { QB = 16, QB_MAX = 512, KC = 64, KB = KC / 16, QG = 4, QP = 2 * QG };
 
 /* Lanes [0, left) of 16 set: a masked row's visible keys within one 16-key vector (none when left <= 0). */
