@@ -45,7 +45,8 @@ def min_rows(dtype: torch.dtype) -> int:
     return _MIN_ROWS_BY_DTYPE.get(dtype, MIN_ROWS)
 
 
-def _onednn_available(dtype: torch.dtype) -> bool:
+def onednn_available(dtype: torch.dtype) -> bool:
+    """Whether torch's oneDNN linear runs dtype here and gives right numbers (probed once)."""
     if dtype not in _available:
         try:
             x, w = torch.ones(MIN_ROWS, 8, dtype=dtype), torch.ones(4, 8, dtype=dtype)
@@ -105,7 +106,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
         return out.reshape(*x.shape[:-1], weight.shape[0])
     if (x.device.type != "cpu" or x.dim() != 2 or x.shape[0] < min_rows(x.dtype) or weight.dtype != x.dtype
-            or weight.numel() < MIN_ONEDNN_WEIGHT or not _onednn_available(x.dtype)):
+            or weight.numel() < MIN_ONEDNN_WEIGHT or not onednn_available(x.dtype)):
         return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
