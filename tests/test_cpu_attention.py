@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -167,18 +168,55 @@ def test_score_matrix_fallback_takes_the_mask():
 
 
 @pytest.mark.skipif(not cpu_native.available(), reason="the C kernels are off here")
-def test_choose_extend_takes_the_c_kernel_unless_shared_prefixes_dominate():
+def test_c_kernel_wins_times_both_ways_once_per_shape(monkeypatch):
+    """The machine check runs each way four times (one warm-up), once per dtype and head shape, and picks the
+    faster: here made the slower by a sleep, each way in turn."""
+    calls = {"c": 0, "torch": 0}
+    c_way, torch_way = cpu_native.extend_attention, cpu_attention.extend_attention_cpu
+
+    def slowed(name, way, delay):
+        def run(*args):
+            calls[name] += 1
+            time.sleep(delay)
+            return way(*args)
+        return run
+
+    try:
+        for slow, expect in (("torch", True), ("c", False)):
+            cpu_attention.c_kernel_wins.cache_clear()
+            calls.update(c=0, torch=0)
+            monkeypatch.setattr(cpu_native, "extend_attention", slowed("c", c_way, 0.02 * (slow == "c")))
+            monkeypatch.setattr(cpu_attention, "extend_attention_cpu",
+                                slowed("torch", torch_way, 0.02 * (slow == "torch")))
+            for shared in (False, True):
+                assert cpu_attention.c_kernel_wins(torch.float32, 4, 2, 16, shared) is expect
+                assert cpu_attention.c_kernel_wins(torch.float32, 4, 2, 16, shared) is expect  # cached
+            assert calls == {"c": 8, "torch": 8}
+        cpu_attention.c_kernel_wins.cache_clear()
+        with cpu_native.disabled():
+            assert cpu_attention.c_kernel_wins(torch.bfloat16, 4, 2, 16, False) is False
+    finally:
+        cpu_attention.c_kernel_wins.cache_clear()  # later tests time the real ways
+
+
+@pytest.mark.skipif(not cpu_native.available(), reason="the C kernels are off here")
+def test_choose_extend_takes_the_c_kernel_unless_shared_prefixes_dominate(monkeypatch):
+    """Where torch's plan wins the machine's timing (c_kernel_wins False: the AMX Xeon's flash kernel), fp32
+    goes to the C kernel unless the scores are nearly all over shared prefixes, bf16 stays on torch's plan;
+    where the C kernel wins both (an AMD EPYC here), every batch goes to it."""
     unshared = few_shot_batch(subjects=6, questions=6, prefix=0, suffix=80)  # prompts with nothing cached
     hellaswag_like = few_shot_batch(subjects=1, questions=40, prefix=1200, suffix=20)  # 98 % over one prefix
     mmlu_like = few_shot_batch(subjects=2, questions=8, prefix=100, suffix=60)  # 60 % shared: C
-    for batch, native in ((unshared, True), (hellaswag_like, False), (mmlu_like, True)):
-        q, k_buf, v_buf, qo, kv, kvi = batch
-        plan = cpu_attention.choose_extend(q, k_buf, qo, kv, kvi)
-        assert isinstance(plan, cpu_attention.NativeExtendPlan) is native
-        out = cpu_attention.extend_attention_cpu(q, k_buf, v_buf, qo, kv, kvi, 0.2, plan)
-        torch.testing.assert_close(out, reference.extend_attention_ref(q, k_buf, v_buf, qo, kv, kvi, 0.2),
-                                   rtol=2e-5, atol=2e-5)
-        bf16 = cpu_attention.choose_extend(q.bfloat16(), k_buf.bfloat16(), qo, kv, kvi)
-        assert not isinstance(bf16, cpu_attention.NativeExtendPlan)  # bf16: torch's flash kernel is as fast
+    for c_wins in (False, True):
+        monkeypatch.setattr(cpu_attention, "c_kernel_wins", lambda *shape, c_wins=c_wins: c_wins)
+        for batch, native in ((unshared, True), (hellaswag_like, c_wins), (mmlu_like, True)):
+            q, k_buf, v_buf, qo, kv, kvi = batch
+            plan = cpu_attention.choose_extend(q, k_buf, qo, kv, kvi)
+            assert isinstance(plan, cpu_attention.NativeExtendPlan) is native
+            out = cpu_attention.extend_attention_cpu(q, k_buf, v_buf, qo, kv, kvi, 0.2, plan)
+            torch.testing.assert_close(out, reference.extend_attention_ref(q, k_buf, v_buf, qo, kv, kvi, 0.2),
+                                       rtol=2e-5, atol=2e-5)
+            bf16 = cpu_attention.choose_extend(q.bfloat16(), k_buf.bfloat16(), qo, kv, kvi)
+            assert isinstance(bf16, cpu_attention.NativeExtendPlan) is (c_wins and native)
     with cpu_native.disabled():
         assert not isinstance(cpu_attention.choose_extend(*unshared[:2], *unshared[3:]), cpu_attention.NativeExtendPlan)

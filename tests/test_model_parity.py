@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from sglbench.kernel import cpu_features, cpu_linear, cpu_native
+from sglbench.kernel import cpu_attention, cpu_features, cpu_linear, cpu_native
 from sglbench.runtime.attention import TorchAttentionBackend
 from sglbench.runtime.forward_batch import ForwardBatch, ForwardMode
 from sglbench.runtime.kv_pool import KVPool, KVPoolConfig
@@ -179,6 +179,9 @@ def test_bf16_batched_decode_runs_as_one_batch_and_agrees_with_the_torch_path(bf
     path, _, _ = bf16_checkpoint
     prompts = _prompts(ModelConfig.from_path(path).vocab_size)
     prompts = (prompts * 4)[:requests]
+    # bf16 prefills go to the C kernel only on machines where it outruns torch's flash kernel (it computes in
+    # fp32, so its bf16 outputs round differently): pinned to torch's here, the decode steps alone are compared.
+    monkeypatch.setattr(cpu_attention, "c_kernel_wins", lambda *shape: False)
 
     def run() -> tuple[list[list[int]], list]:
         with Runtime(str(path), device="cpu", dtype="bfloat16", max_total_tokens=512) as rt:

@@ -31,7 +31,9 @@ of 420 tokens x 6): 0.85 ms against 1.47 for the padded block (``python -m sglbe
 
 from __future__ import annotations
 
+import functools
 import itertools
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -489,9 +491,49 @@ def _attend_by_scores(q, k, v, causal: bool, scale: float, mask: torch.Tensor | 
 # fp32 extend goes to the C kernel (cpu_native) unless nearly all its scores are over prefixes that requests
 # share: torch's flash kernel then takes all their queries against one K/V block, which a per-request kernel
 # does not, while its causal calls over short new-token runs are slow. `bench kernels`, fp32, head size 32, C
-# against the torch plan: fork-like batches 1.5x faster in C, MMLU-like (84 % of scores over 4 shared
-# 520-token prefixes, 100 new tokens each) 1.17x, HellaSwag-like (98 % over one 1,200-token prefix) 0.74x.
+# against the torch plan on the 2-core AMX Xeon: fork-like batches 1.5x faster in C, MMLU-like (84 % of scores
+# over 4 shared 520-token prefixes, 100 new tokens each) 1.17x, HellaSwag-like (98 % over one 1,200-token
+# prefix) 0.74x. How fast torch's flash kernel is depends on the CPU: it runs its blocks on the BLAS (MKL for
+# fp32) and, in bf16, on oneDNN's AMX tiles where there are any. On a 2-core AMD EPYC with AVX512-BF16 and no
+# AMX the C kernel was faster everywhere (`c_kernel_wins` below measures it per machine): HellaSwag-like 2.4x
+# in fp32 and 3.9x in bf16 at Qwen2.5-0.5B's 14/2 heads of 64, fresh prompts 6-7x in both.
 C_KERNEL_MAX_SHARED = 0.9
+
+
+def _calibration_batch(shared: bool, heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> tuple:
+    """A paged extend batch for `c_kernel_wins`: 16 questions of 16 tokens over one 512-token cached prefix
+    (97 % of the scores over it), or 2 fresh prompts of 96 tokens."""
+    g = torch.Generator().manual_seed(0)
+    prefix, new = (512, [16] * 16) if shared else (0, [96, 96])
+    slots = torch.randperm(prefix + sum(new), generator=g)
+    own = torch.split(slots[prefix:], new)
+    kv_indices = torch.cat([torch.cat([slots[:prefix], o]) for o in own])
+    qo = torch.tensor([0, *new]).cumsum(0)
+    kv = torch.tensor([0, *(prefix + n for n in new)]).cumsum(0)
+    k, v = (torch.randn(len(slots), kv_heads, head_dim, generator=g).to(dtype) for _ in range(2))
+    return torch.randn(sum(new), heads, head_dim, generator=g).to(dtype), k, v, qo, kv, kv_indices
+
+
+@functools.cache
+def c_kernel_wins(dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int, shared: bool) -> bool:
+    """Whether the C kernel runs an extend batch of this head shape at least as fast as torch's plan on this
+    machine: a batch over one long shared prefix (shared) or fresh prompts. Timed once per process and shape
+    (about 10-60 ms: each way's best of three, alternated), because which wins depends on the CPU's BLAS and
+    AMX (see C_KERNEL_MAX_SHARED); a tie goes to the C kernel, which reads the pages in place."""
+    if not cpu_native.available() or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    q, k, v, qo, kv, kv_indices = _calibration_batch(shared, heads, kv_heads, head_dim, dtype)
+    plan = plan_extend(qo, kv, kv_indices, dtype, work_per_score=heads * head_dim)
+    ways = {"torch": lambda: extend_attention_cpu(q, k, v, qo, kv, kv_indices, 1.0, plan),
+            "c": lambda: cpu_native.extend_attention(q, k, v, qo, kv, kv_indices, 1.0)}
+    best = dict.fromkeys(ways, float("inf"))
+    for counted in (False, True, True, True):  # the first round warms both up
+        for name, way in ways.items():
+            start = time.perf_counter()
+            way()
+            if counted:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best["c"] <= best["torch"]
 
 
 @dataclass(frozen=True)
@@ -501,14 +543,17 @@ class NativeExtendPlan:
 
 def choose_extend(q: torch.Tensor, k_buffer: torch.Tensor, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor,
                   kv_indices: torch.Tensor) -> ExtendPlan | MaskedExtendPlan | NativeExtendPlan:
-    """An extend batch's plan: the C kernel for fp32 where it runs, unless C_KERNEL_MAX_SHARED of the scores or
-    more are over shared prefixes, else `plan_extend`'s. Batches whose cached prefixes are too short to reach
-    that share (whether shared or not) go to the C kernel without planning."""
-    native = q.dtype == torch.float32 and cpu_native.attention_fits(q, k_buffer)
+    """An extend batch's plan: the C kernel where it runs (fp32; bf16 where it outruns torch's flash kernel on
+    fresh prompts, `c_kernel_wins`), unless C_KERNEL_MAX_SHARED of the scores or more are over shared prefixes
+    and torch's plan is the faster there, else `plan_extend`'s. Batches whose cached prefixes are too short to
+    reach that share (whether shared or not) go to the C kernel without planning."""
+    shape = (q.dtype, q.shape[1], k_buffer.shape[1], q.shape[2])
+    native = cpu_native.attention_fits(q, k_buffer) and (q.dtype == torch.float32 or c_kernel_wins(*shape, False))
     if native:
         new = qo_indptr[1:] - qo_indptr[:-1]
         prefix_scores = int((new * (kv_indptr[1:] - kv_indptr[:-1] - new)).sum())  # the shared scores' bound
-        if prefix_scores < C_KERNEL_MAX_SHARED * _extend_scores(qo_indptr, kv_indptr):
+        if (prefix_scores < C_KERNEL_MAX_SHARED * _extend_scores(qo_indptr, kv_indptr)
+                or c_kernel_wins(*shape, True)):
             return NativeExtendPlan()
     plan = plan_extend(qo_indptr, kv_indptr, kv_indices, q.dtype, work_per_score=q.shape[1] * q.shape[2])
     if native and shared_prefix_share(plan, qo_indptr, kv_indptr) < C_KERNEL_MAX_SHARED:
